@@ -1,0 +1,390 @@
+//! The replicated commands (what a Raft log entry carries) and their results.
+//!
+//! `Debug` on every type that can hold a value prints its length, never its
+//! bytes: values are secrets.
+
+use std::fmt;
+
+use crate::codec::{DecodeError, Reader, Writer};
+
+/// Largest encoded request accepted: 1.5 MiB.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// Longest key name.
+pub const MAX_KEY_BYTES: usize = 8 * 1024;
+/// Most compares plus operations in one transaction.
+pub const MAX_TXN_OPS: usize = 1024;
+
+const COMMAND_VERSION: u8 = 1;
+
+/// A value, with redacted `Debug`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Value(pub Vec<u8>);
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Value([redacted; {} bytes])", self.0.len())
+    }
+}
+
+/// One key's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyMeta {
+    /// Revision of the put that created the key.
+    pub create_revision: u64,
+    /// Revision of the last put.
+    pub mod_revision: u64,
+    /// Number of puts since creation (1 after the first).
+    pub version: u64,
+}
+
+/// A key with its value and metadata.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub meta: KeyMeta,
+}
+
+impl fmt::Debug for KeyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyValue")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field(
+                "value",
+                &format_args!("[redacted; {} bytes]", self.value.len()),
+            )
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+/// What a transaction checks before it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// The key does not exist.
+    Absent,
+    /// The key exists.
+    Exists,
+    /// The key exists and holds exactly this value.
+    ValueEquals(Value),
+    /// The key's last modification happened at this revision (0: absent).
+    ModRevisionEquals(u64),
+    /// The key has been put this many times since creation (0: absent).
+    VersionEquals(u64),
+}
+
+/// One condition of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub check: Check,
+}
+
+/// One operation of a transaction branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put { key: Vec<u8>, value: Value },
+    Delete { key: Vec<u8> },
+    Get { key: Vec<u8> },
+}
+
+/// A compare-and-swap transaction: if every compare holds, run `success`,
+/// else run `failure`; either way atomically, at one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+/// A state-changing request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Put { key: Vec<u8>, value: Value },
+    Delete { key: Vec<u8> },
+    Txn(Txn),
+}
+
+/// What a Raft log entry carries: a request and the quota the proposing
+/// leader enforces, so that every member decides alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub quota_bytes: u64,
+    pub request: Request,
+}
+
+/// The result of one transaction operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResult {
+    Put,
+    Delete { deleted: bool },
+    Get(Option<KeyValue>),
+}
+
+/// Why the state machine refused a command (it changed nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    QuotaExceeded {
+        used_bytes: u64,
+        requested_bytes: u64,
+        quota_bytes: u64,
+    },
+}
+
+/// The result of applying a [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Response {
+    /// Entries with no command (blank and membership entries).
+    #[default]
+    None,
+    Put {
+        revision: u64,
+    },
+    Delete {
+        revision: u64,
+        deleted: bool,
+    },
+    Txn {
+        revision: u64,
+        succeeded: bool,
+        results: Vec<OpResult>,
+    },
+    Rejected(Rejection),
+}
+
+impl Request {
+    fn check_key(key: &[u8]) -> Result<(), &'static str> {
+        if key.is_empty() {
+            return Err("key is empty");
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Err("key is longer than 8 KiB");
+        }
+        Ok(())
+    }
+
+    /// Checks what no state could make valid: empty or long keys, oversized
+    /// transactions.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        match self {
+            Request::Put { key, .. } | Request::Delete { key } => Self::check_key(key),
+            Request::Txn(t) => {
+                if t.compares.len() + t.success.len() + t.failure.len() > MAX_TXN_OPS {
+                    return Err("transaction has more than 1024 compares and operations");
+                }
+                for c in &t.compares {
+                    Self::check_key(&c.key)?;
+                }
+                for op in t.success.iter().chain(&t.failure) {
+                    match op {
+                        Op::Put { key, .. } | Op::Delete { key } | Op::Get { key } => {
+                            Self::check_key(key)?
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn encode_op(w: &mut Writer, op: &Op) {
+    match op {
+        Op::Put { key, value } => w.u8(1).bytes(key).bytes(&value.0),
+        Op::Delete { key } => w.u8(2).bytes(key),
+        Op::Get { key } => w.u8(3).bytes(key),
+    };
+}
+
+fn decode_op(r: &mut Reader<'_>) -> Result<Op, DecodeError> {
+    Ok(match r.u8("op tag")? {
+        1 => Op::Put {
+            key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
+            value: Value(r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec()),
+        },
+        2 => Op::Delete {
+            key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
+        },
+        3 => Op::Get {
+            key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
+        },
+        tag => return Err(DecodeError::UnknownTag { what: "op", tag }),
+    })
+}
+
+fn encode_ops(w: &mut Writer, ops: &[Op]) {
+    w.u32(u32::try_from(ops.len()).unwrap_or(u32::MAX));
+    for op in ops {
+        encode_op(w, op);
+    }
+}
+
+fn decode_ops(r: &mut Reader<'_>) -> Result<Vec<Op>, DecodeError> {
+    let n = r.count(5, "op count")?;
+    if n > MAX_TXN_OPS {
+        return Err(DecodeError::TooLong {
+            what: "op count",
+            len: n,
+            max: MAX_TXN_OPS,
+        });
+    }
+    (0..n).map(|_| decode_op(r)).collect()
+}
+
+impl Command {
+    pub fn encode(&self, w: &mut Writer) {
+        w.u8(COMMAND_VERSION).u64(self.quota_bytes);
+        match &self.request {
+            Request::Put { key, value } => w.u8(1).bytes(key).bytes(&value.0),
+            Request::Delete { key } => w.u8(2).bytes(key),
+            Request::Txn(t) => {
+                w.u8(3);
+                w.u32(u32::try_from(t.compares.len()).unwrap_or(u32::MAX));
+                for c in &t.compares {
+                    w.bytes(&c.key);
+                    match &c.check {
+                        Check::Absent => w.u8(1),
+                        Check::Exists => w.u8(2),
+                        Check::ValueEquals(v) => w.u8(3).bytes(&v.0),
+                        Check::ModRevisionEquals(rev) => w.u8(4).u64(*rev),
+                        Check::VersionEquals(v) => w.u8(5).u64(*v),
+                    };
+                }
+                encode_ops(w, &t.success);
+                encode_ops(w, &t.failure);
+                w
+            }
+        };
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(64);
+        self.encode(&mut w);
+        w.finish()
+    }
+
+    pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let version = r.u8("command version")?;
+        if version != COMMAND_VERSION {
+            return Err(DecodeError::UnknownVersion {
+                what: "command",
+                version,
+            });
+        }
+        let quota_bytes = r.u64("quota")?;
+        let request = match r.u8("request tag")? {
+            1 => Request::Put {
+                key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
+                value: Value(r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec()),
+            },
+            2 => Request::Delete {
+                key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
+            },
+            3 => {
+                let n = r.count(5, "compare count")?;
+                if n > MAX_TXN_OPS {
+                    return Err(DecodeError::TooLong {
+                        what: "compare count",
+                        len: n,
+                        max: MAX_TXN_OPS,
+                    });
+                }
+                let mut compares = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let key = r.bytes(MAX_KEY_BYTES, "key")?.to_vec();
+                    let check = match r.u8("check tag")? {
+                        1 => Check::Absent,
+                        2 => Check::Exists,
+                        3 => {
+                            Check::ValueEquals(Value(r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec()))
+                        }
+                        4 => Check::ModRevisionEquals(r.u64("revision")?),
+                        5 => Check::VersionEquals(r.u64("version")?),
+                        tag => return Err(DecodeError::UnknownTag { what: "check", tag }),
+                    };
+                    compares.push(Compare { key, check });
+                }
+                let success = decode_ops(r)?;
+                let failure = decode_ops(r)?;
+                Request::Txn(Txn {
+                    compares,
+                    success,
+                    failure,
+                })
+            }
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "request",
+                    tag,
+                })
+            }
+        };
+        Ok(Command {
+            quota_bytes,
+            request,
+        })
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let c = Self::decode(&mut r)?;
+        r.finish("command")?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip() {
+        let cmds = [
+            Request::Put {
+                key: b"a".to_vec(),
+                value: Value(b"1".to_vec()),
+            },
+            Request::Delete { key: b"b".to_vec() },
+            Request::Txn(Txn {
+                compares: vec![
+                    Compare {
+                        key: b"a".to_vec(),
+                        check: Check::ValueEquals(Value(b"1".to_vec())),
+                    },
+                    Compare {
+                        key: b"c".to_vec(),
+                        check: Check::ModRevisionEquals(9),
+                    },
+                    Compare {
+                        key: b"d".to_vec(),
+                        check: Check::Absent,
+                    },
+                ],
+                success: vec![Op::Get { key: b"a".to_vec() }],
+                failure: vec![Op::Delete { key: b"a".to_vec() }],
+            }),
+        ];
+        for request in cmds {
+            let c = Command {
+                quota_bytes: 77,
+                request,
+            };
+            assert_eq!(Command::from_bytes(&c.to_bytes()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_values() {
+        let c = Request::Put {
+            key: b"k".to_vec(),
+            value: Value(b"hunter2".to_vec()),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let kv = KeyValue {
+            key: b"k".to_vec(),
+            value: b"hunter2".to_vec(),
+            meta: KeyMeta::default(),
+        };
+        assert!(!format!("{kv:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,152 @@
+//! The RocksDB instance and sealed reads and writes on it.
+//!
+//! One RocksDB database holds every column family, so they share one
+//! write-ahead log: a synced write makes every earlier write durable too,
+//! which is what lets state-machine writes skip their own fsync (see
+//! ARCHITECTURE.md, "Durability").
+//!
+//! | column family | key                         | value (sealed)          |
+//! |---------------|-----------------------------|-------------------------|
+//! | `meta`        | fixed ASCII names           | vote, log/state pointers|
+//! | `log`         | index, u64 BE               | log entry               |
+//! | `kv`          | keyed BLAKE3 hash of name   | name, value, metadata   |
+//! | `events`      | revision u64 BE ‖ seq u32 BE | watch event             |
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+use zeroize::Zeroizing;
+
+use crate::crypto::Cipher;
+use crate::error::Error;
+
+pub const CF_META: &str = "meta";
+pub const CF_LOG: &str = "log";
+pub const CF_KV: &str = "kv";
+pub const CF_EVENTS: &str = "events";
+const ALL_CFS: [&str; 4] = [CF_META, CF_LOG, CF_KV, CF_EVENTS];
+
+pub struct Db {
+    pub db: DB,
+    pub cipher: Arc<Cipher>,
+    pub path: PathBuf,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The associated data of a row: its column family and key.
+pub fn location(cf: &str, key: &[u8]) -> Vec<u8> {
+    let mut loc = Vec::with_capacity(cf.len() + 1 + key.len());
+    loc.extend_from_slice(cf.as_bytes());
+    loc.push(0);
+    loc.extend_from_slice(key);
+    loc
+}
+
+pub fn engine_err(e: rocksdb::Error) -> Error {
+    Error::Engine(e.into_string())
+}
+
+impl Db {
+    pub fn open(path: &Path, cipher: Arc<Cipher>) -> Result<Self, rocksdb::Error> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_paranoid_checks(true);
+        opts.increase_parallelism(2);
+        opts.set_max_background_jobs(2);
+        // Values are sealed: compression would find nothing to compress.
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut o = Options::default();
+            o.set_compression_type(rocksdb::DBCompressionType::None);
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Db {
+            db,
+            cipher,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn cf(&self, name: &'static str) -> Result<&ColumnFamily, Error> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| Error::Engine(format!("column family `{name}` is missing")))
+    }
+
+    pub fn corruption(&self, cf: &str, detail: impl std::fmt::Display) -> Error {
+        Error::Corruption {
+            location: format!("{}: column family `{cf}`", self.path.display()),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Reads and opens one sealed row.
+    pub fn get_sealed(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
+        let handle = self.cf(cf)?;
+        match self.db.get_pinned_cf(handle, key).map_err(engine_err)? {
+            None => Ok(None),
+            Some(raw) => self
+                .cipher
+                .open(&location(cf, key), &raw)
+                .map(Some)
+                .map_err(|e| self.corruption(cf, e)),
+        }
+    }
+
+    /// Adds a sealed put to `batch`.
+    pub fn put_sealed(
+        &self,
+        batch: &mut WriteBatch,
+        cf: &'static str,
+        key: &[u8],
+        plain: &[u8],
+    ) -> Result<(), Error> {
+        let sealed = self.cipher.seal(&location(cf, key), plain);
+        batch.put_cf(self.cf(cf)?, key, sealed);
+        Ok(())
+    }
+
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), Error> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch, &wo).map_err(engine_err)
+    }
+
+    /// Every row of `cf` from `start`, opened, in key order.
+    pub fn scan_sealed<'a>(
+        &'a self,
+        cf: &'static str,
+        start: &[u8],
+    ) -> Result<impl Iterator<Item = Result<(Box<[u8]>, Zeroizing<Vec<u8>>), Error>> + 'a, Error>
+    {
+        let handle = self.cf(cf)?;
+        let it = self.db.iterator_cf(
+            handle,
+            IteratorMode::From(start, rocksdb::Direction::Forward),
+        );
+        Ok(it.map(move |item| {
+            let (k, v) = item.map_err(engine_err)?;
+            let plain = self
+                .cipher
+                .open(&location(cf, &k), &v)
+                .map_err(|e| self.corruption(cf, e))?;
+            Ok((k, plain))
+        }))
+    }
+}

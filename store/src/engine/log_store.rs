@@ -1,0 +1,330 @@
+//! Raft log and vote storage on RocksDB, with group commit.
+//!
+//! ```text
+//!  append(entries) ──► sealed WriteBatch (no sync) ──► memtable + WAL write
+//!        │                                                   
+//!        └─ callback ──► flusher thread: drain every queued callback,
+//!                        one WAL fsync, then complete them all
+//! ```
+//!
+//! Openraft keeps appending while a flush is in flight, so under load one
+//! fsync covers many append calls (and each call already carries a batch
+//! of client writes): concurrent writers share fsyncs and nothing is
+//! acknowledged before its fsync returns.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use rocksdb::{IteratorMode, WriteBatch};
+
+use crate::codec::{Reader, Writer};
+use crate::engine::db::{location, Db, CF_LOG, CF_META};
+use crate::error::Error;
+use crate::types::{self, NodeId, TypeConfig};
+
+pub const META_VOTE: &[u8] = b"vote";
+pub const META_COMMITTED: &[u8] = b"committed";
+pub const META_PURGED: &[u8] = b"purged";
+
+type SErr = StorageError<NodeId>;
+
+fn read_err(e: impl std::error::Error + 'static) -> SErr {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> SErr {
+    StorageIOError::write_logs(&e).into()
+}
+
+/// Reads log entries; cloned into every replication task.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    db: Arc<Db>,
+}
+
+/// The log store handed to openraft.
+#[derive(Debug)]
+pub struct LogStore {
+    db: Arc<Db>,
+    last_purged: Option<LogId<NodeId>>,
+    last_log: Option<LogId<NodeId>>,
+    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl LogReader {
+    fn read_range(&self, start: u64, end: Bound<u64>) -> Result<Vec<Entry<TypeConfig>>, Error> {
+        let cf = self.db.cf(CF_LOG)?;
+        let mut out = Vec::new();
+        let it = self.db.db.iterator_cf(
+            cf,
+            IteratorMode::From(&index_key(start), rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(crate::engine::db::engine_err)?;
+            let index = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| self.db.corruption(CF_LOG, "log key is not 8 bytes"))?,
+            );
+            let past_end = match end {
+                Bound::Included(e) => index > e,
+                Bound::Excluded(e) => index >= e,
+                Bound::Unbounded => false,
+            };
+            if past_end {
+                break;
+            }
+            let plain = self
+                .db
+                .cipher
+                .open(&location(CF_LOG, &k), &v)
+                .map_err(|e| self.db.corruption(CF_LOG, format!("entry {index}: {e}")))?;
+            let entry = types::decode_entry(&plain)
+                .map_err(|e| self.db.corruption(CF_LOG, format!("entry {index}: {e}")))?;
+            if entry.log_id.index != index {
+                return Err(self.db.corruption(
+                    CF_LOG,
+                    format!("entry at {index} claims index {}", entry.log_id.index),
+                ));
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+fn range_start(range: &impl RangeBounds<u64>) -> u64 {
+    match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        self.read_range(range_start(&range), range.end_bound().cloned())
+            .map_err(read_err)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        LogReader {
+            db: self.db.clone(),
+        }
+        .try_get_log_entries(range)
+        .await
+    }
+}
+
+fn read_log_id(db: &Db, key: &[u8]) -> Result<Option<LogId<NodeId>>, Error> {
+    match db.get_sealed(CF_META, key)? {
+        None => Ok(None),
+        Some(plain) => {
+            let mut r = Reader::new(&plain);
+            let id = types::decode_opt_log_id(&mut r).map_err(|e| db.corruption(CF_META, e))?;
+            r.finish("log id").map_err(|e| db.corruption(CF_META, e))?;
+            Ok(id)
+        }
+    }
+}
+
+fn encode_opt_log_id(id: &Option<LogId<NodeId>>) -> Vec<u8> {
+    let mut w = Writer::with_capacity(32);
+    types::encode_opt_log_id(&mut w, id);
+    w.finish()
+}
+
+impl LogStore {
+    pub fn open(db: Arc<Db>) -> Result<Self, Error> {
+        let last_purged = read_log_id(&db, META_PURGED)?;
+        let cf = db.cf(CF_LOG)?;
+        let last_log = match db.db.iterator_cf(cf, IteratorMode::End).next() {
+            None => last_purged,
+            Some(item) => {
+                let (k, v) = item.map_err(crate::engine::db::engine_err)?;
+                let plain = db
+                    .cipher
+                    .open(&location(CF_LOG, &k), &v)
+                    .map_err(|e| db.corruption(CF_LOG, format!("last entry: {e}")))?;
+                let entry = types::decode_entry(&plain).map_err(|e| db.corruption(CF_LOG, e))?;
+                Some(entry.log_id)
+            }
+        };
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let flush_db = db.clone();
+        thread::Builder::new()
+            .name("coffer-log-flush".into())
+            .spawn(move || flush_loop(&flush_db, &rx))
+            .map_err(|e| Error::Io {
+                path: db.path.clone(),
+                source: e,
+            })?;
+        Ok(LogStore {
+            db,
+            last_purged,
+            last_log,
+            flusher: tx,
+        })
+    }
+}
+
+/// Completes append callbacks after syncing the WAL, many per fsync.
+fn flush_loop(db: &Db, rx: &mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let result = db.db.flush_wal(true).map_err(|e| e.into_string());
+        for cb in waiting {
+            cb.log_io_completed(result.clone().map_err(std::io::Error::other));
+        }
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        Ok(LogState {
+            last_purged_log_id: self.last_purged,
+            last_log_id: self.last_log,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader {
+            db: self.db.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
+        let mut w = Writer::with_capacity(24);
+        types::encode_vote(&mut w, vote);
+        let mut batch = WriteBatch::default();
+        self.db
+            .put_sealed(&mut batch, CF_META, META_VOTE, &w.finish())
+            .and_then(|()| self.db.write(batch, true))
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
+        let read = || -> Result<Option<Vote<NodeId>>, Error> {
+            match self.db.get_sealed(CF_META, META_VOTE)? {
+                None => Ok(None),
+                Some(plain) => {
+                    let mut r = Reader::new(&plain);
+                    let v =
+                        types::decode_vote(&mut r).map_err(|e| self.db.corruption(CF_META, e))?;
+                    r.finish("vote")
+                        .map_err(|e| self.db.corruption(CF_META, e))?;
+                    Ok(Some(v))
+                }
+            }
+        };
+        read().map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
+        let mut batch = WriteBatch::default();
+        self.db
+            .put_sealed(
+                &mut batch,
+                CF_META,
+                META_COMMITTED,
+                &encode_opt_log_id(&committed),
+            )
+            .and_then(|()| self.db.write(batch, false))
+            .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
+        read_log_id(&self.db, META_COMMITTED).map_err(read_err)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let mut last = None;
+        for entry in entries {
+            let key = index_key(entry.log_id.index);
+            self.db
+                .put_sealed(&mut batch, CF_LOG, &key, &types::encode_entry(&entry))
+                .map_err(write_err)?;
+            last = Some(entry.log_id);
+        }
+        self.db.write(batch, false).map_err(write_err)?;
+        if last.is_some() {
+            self.last_log = last;
+        }
+        self.flusher
+            .send(callback)
+            .map_err(|_| write_err(Error::Shutdown("log flusher stopped".into())))
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let cf = self.db.cf(CF_LOG).map_err(write_err)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, index_key(log_id.index), index_key(u64::MAX));
+        batch.delete_cf(cf, index_key(u64::MAX));
+        // Not synced on its own: the next synced append or vote makes it
+        // durable, and until then nothing after it has been acknowledged.
+        self.db.write(batch, false).map_err(write_err)?;
+        self.last_log = if log_id.index == 0 {
+            self.last_purged
+        } else {
+            let reader = LogReader {
+                db: self.db.clone(),
+            };
+            match reader
+                .read_range(log_id.index - 1, Bound::Included(log_id.index - 1))
+                .map_err(read_err)?
+                .pop()
+            {
+                Some(e) => Some(e.log_id),
+                None => self.last_purged,
+            }
+        };
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let cf = self.db.cf(CF_LOG).map_err(write_err)?;
+        let mut batch = WriteBatch::default();
+        self.db
+            .put_sealed(
+                &mut batch,
+                CF_META,
+                META_PURGED,
+                &encode_opt_log_id(&Some(log_id)),
+            )
+            .map_err(write_err)?;
+        batch.delete_range_cf(cf, index_key(0), index_key(log_id.index.saturating_add(1)));
+        self.db.write(batch, true).map_err(write_err)?;
+        self.last_purged = Some(log_id);
+        if self.last_log.map_or(true, |l| l.index < log_id.index) {
+            self.last_log = Some(log_id);
+        }
+        Ok(())
+    }
+}

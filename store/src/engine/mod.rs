@@ -1,0 +1,9 @@
+//! The RocksDB + openraft engine behind [`crate::Store`].
+
+pub mod db;
+pub mod keys;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod store;
+pub mod watch;

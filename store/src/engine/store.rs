@@ -1,0 +1,577 @@
+//! [`Store`]: the handle a manager process links against.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
+};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft, RaftMetrics, Snapshot, SnapshotPolicy, Vote};
+use tokio::time::Instant;
+
+use crate::command::{
+    Command, KeyValue, OpResult, Rejection, Request, Response, Txn, Value, MAX_REQUEST_BYTES,
+};
+use crate::config::{Bootstrap, Config, Encryption};
+use crate::engine::db::Db;
+use crate::engine::keys;
+use crate::engine::log_store::LogStore;
+use crate::engine::network::{NetworkFactory, NoPeers, Transport};
+use crate::engine::state_machine::{Shared, StateMachine};
+use crate::engine::watch::Watch;
+use crate::error::{Error, OpenError};
+use crate::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
+use crate::types::{NodeId, TypeConfig};
+
+/// How long a retry waits while no leader is known.
+const NO_LEADER_BACKOFF: Duration = Duration::from_millis(20);
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Linearizable: confirmed with a quorum (read index) before reading.
+    Linearizable,
+    /// This member's applied state, which may lag the leader.
+    Stale,
+}
+
+/// The outcome of a [`Store::txn`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnResult {
+    pub succeeded: bool,
+    pub revision: u64,
+    pub results: Vec<OpResult>,
+}
+
+/// An open store: a member of a Raft cluster (a single-node one by
+/// default) with an encrypted RocksDB state machine. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = std::path::Path::new("/var/lib/coffer");
+/// let store = coffer_store::Store::open(coffer_store::Config::new(dir)).await?;
+/// store.put(b"k", b"v").await?;
+/// assert_eq!(store.get(b"k").await?.as_deref(), Some(&b"v"[..]));
+/// store.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: Raft<TypeConfig>,
+    shared: Arc<Shared>,
+    config: Config,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.config.dir)
+            .field("node_id", &self.inner.config.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_open(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn open_err(e: Error) -> OpenError {
+    match e {
+        Error::Corruption { location, detail } => OpenError::Corruption {
+            path: location.into(),
+            detail,
+        },
+        Error::Io { path, source } => OpenError::Io { path, source },
+        other => OpenError::Engine(other.to_string()),
+    }
+}
+
+fn not_leader(f: ForwardToLeader<NodeId, BasicNode>) -> Error {
+    Error::NotLeader {
+        leader_id: f.leader_id,
+        leader_addr: f.leader_node.map(|n| n.addr),
+    }
+}
+
+impl Store {
+    /// Opens (creating if empty) the store in `config.dir`. An empty
+    /// directory with [`Bootstrap::SingleNode`] becomes a single-node cluster.
+    pub async fn open(config: Config) -> Result<Store, OpenError> {
+        Self::open_with_transport(config, Arc::new(NoPeers)).await
+    }
+
+    /// Opens a store that reaches other members through `transport`.
+    pub async fn open_with_transport(
+        config: Config,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Store, OpenError> {
+        if config.node_id == 0 {
+            return Err(OpenError::Config("node id 0 is reserved".into()));
+        }
+        let dir = config.dir.clone();
+        fs::create_dir_all(&dir).map_err(io_open(&dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io_open(&dir))?;
+        let fresh = !keys::has_data(&dir);
+        let keyring = keys::open_keyring(&dir, fresh)?;
+        let cipher = Arc::new(match config.encryption {
+            Encryption::On => keyring.cipher().map_err(|e| OpenError::Corruption {
+                path: dir.join(keys::KEYS_DIR),
+                detail: e.to_string(),
+            })?,
+            Encryption::DangerOffForBenchmarks => keyring.danger_plaintext_cipher(),
+        });
+        drop(keyring);
+        let snapshot_dir = dir.join("snapshots");
+        fs::create_dir_all(&snapshot_dir).map_err(io_open(&snapshot_dir))?;
+        let db_path = dir.join("db");
+        let db = Arc::new(Db::open(&db_path, cipher).map_err(|e| match e.kind() {
+            rocksdb::ErrorKind::Corruption => OpenError::Corruption {
+                path: db_path.clone(),
+                detail: e.into_string(),
+            },
+            _ => OpenError::Engine(e.into_string()),
+        })?);
+        let shared = Shared::open(db.clone(), snapshot_dir, config.watch_history_revisions)
+            .map_err(open_err)?;
+        let log_store = LogStore::open(db).map_err(open_err)?;
+        let raft_config = openraft::Config {
+            cluster_name: "coffer".into(),
+            heartbeat_interval: config.heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+            install_snapshot_timeout: 60_000,
+            max_payload_entries: 512,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| OpenError::Config(e.to_string()))?;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            NetworkFactory { transport },
+            log_store,
+            StateMachine {
+                shared: shared.clone(),
+            },
+        )
+        .await
+        .map_err(|e| OpenError::Raft(e.to_string()))?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                raft,
+                shared,
+                config,
+            }),
+        };
+        store.bootstrap().await?;
+        Ok(store)
+    }
+
+    async fn bootstrap(&self) -> Result<(), OpenError> {
+        let cfg = &self.inner.config;
+        let raft = &self.inner.raft;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| OpenError::Raft(e.to_string()))?;
+        if !initialized && cfg.bootstrap == Bootstrap::SingleNode {
+            let members = BTreeMap::from([(cfg.node_id, BasicNode::new(&cfg.advertise_addr))]);
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(OpenError::Raft(e.to_string())),
+            }
+        }
+        // A member that is the only voter elects itself at once: wait for
+        // that so the first request does not race the election.
+        let sole_voter = {
+            let m = raft.metrics().borrow().membership_config.clone();
+            let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+            voters.len() == 1 && voters.contains(&cfg.node_id)
+        };
+        if sole_voter {
+            raft.wait(Some(cfg.request_timeout))
+                .current_leader(cfg.node_id, "single-node election")
+                .await
+                .map_err(|e| OpenError::Raft(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The underlying openraft handle (membership changes, metrics).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// The leader this member knows of, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// The revision of the last change this member applied.
+    pub fn revision(&self) -> Result<u64, Error> {
+        Ok(self
+            .inner
+            .shared
+            .state
+            .read()
+            .map_err(|_| poisoned())?
+            .index
+            .revision)
+    }
+
+    async fn propose(&self, request: Request) -> Result<Response, Error> {
+        request
+            .validate()
+            .map_err(|e| Error::InvalidArgument(e.into()))?;
+        let cmd = Command {
+            quota_bytes: self.inner.config.quota_bytes,
+            request,
+        };
+        let size = cmd.to_bytes().len();
+        if size > MAX_REQUEST_BYTES {
+            return Err(Error::RequestTooLarge {
+                size,
+                limit: MAX_REQUEST_BYTES,
+            });
+        }
+        let timeout = self.inner.config.request_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt =
+                tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd.clone())).await;
+            match attempt {
+                Err(_) => return Err(Error::Timeout(timeout.as_millis() as u64)),
+                Ok(Ok(resp)) => {
+                    return match resp.data {
+                        Response::Rejected(Rejection::QuotaExceeded {
+                            used_bytes,
+                            requested_bytes,
+                            quota_bytes,
+                        }) => Err(Error::QuotaExceeded {
+                            used_bytes,
+                            requested_bytes,
+                            quota_bytes,
+                        }),
+                        other => Ok(other),
+                    }
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    if f.leader_id.is_some() || Instant::now() + NO_LEADER_BACKOFF >= deadline {
+                        return Err(not_leader(f));
+                    }
+                    tokio::time::sleep(NO_LEADER_BACKOFF).await;
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                    return Err(Error::InvalidArgument(e.to_string()))
+                }
+                Ok(Err(RaftError::Fatal(f))) => return Err(Error::Shutdown(f.to_string())),
+            }
+        }
+    }
+
+    /// Waits until this member may serve a linearizable read.
+    async fn read_barrier(&self, consistency: Consistency) -> Result<(), Error> {
+        if consistency == Consistency::Stale {
+            return Ok(());
+        }
+        let timeout = self.inner.config.request_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.inner.raft.ensure_linearizable()).await {
+                Err(_) => return Err(Error::Timeout(timeout.as_millis() as u64)),
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    if f.leader_id.is_some() || Instant::now() + NO_LEADER_BACKOFF >= deadline {
+                        return Err(not_leader(f));
+                    }
+                    tokio::time::sleep(NO_LEADER_BACKOFF).await;
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                    return Err(Error::Unavailable(q.to_string()))
+                }
+                Ok(Err(RaftError::Fatal(f))) => return Err(Error::Shutdown(f.to_string())),
+            }
+        }
+    }
+
+    /// Puts `value` under `key`; returns the revision once the write is
+    /// committed by a quorum and durable.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, Error> {
+        match self
+            .propose(Request::Put {
+                key: key.to_vec(),
+                value: Value(value.to_vec()),
+            })
+            .await?
+        {
+            Response::Put { revision } => Ok(revision),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub async fn delete(&self, key: &[u8]) -> Result<bool, Error> {
+        match self.propose(Request::Delete { key: key.to_vec() }).await? {
+            Response::Delete { deleted, .. } => Ok(deleted),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Runs a compare-and-swap transaction.
+    pub async fn txn(&self, txn: Txn) -> Result<TxnResult, Error> {
+        match self.propose(Request::Txn(txn)).await? {
+            Response::Txn {
+                succeeded,
+                revision,
+                results,
+            } => Ok(TxnResult {
+                succeeded,
+                revision,
+                results,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The value under `key` (linearizable).
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self
+            .get_kv(key, Consistency::Linearizable)
+            .await?
+            .map(|kv| kv.value))
+    }
+
+    /// The key with its value and metadata.
+    pub async fn get_kv(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<KeyValue>, Error> {
+        self.read_barrier(consistency).await?;
+        let st = self.inner.shared.state.read().map_err(|_| poisoned())?;
+        if st.index.get(key).is_none() {
+            return Ok(None);
+        }
+        self.inner.shared.read_kv(key)
+    }
+
+    /// Every key starting with `prefix`, in key order.
+    pub async fn list(
+        &self,
+        prefix: &[u8],
+        consistency: Consistency,
+    ) -> Result<Vec<KeyValue>, Error> {
+        self.read_barrier(consistency).await?;
+        let st = self.inner.shared.state.read().map_err(|_| poisoned())?;
+        let mut out = Vec::new();
+        for (key, _) in st.index.keys.range(prefix.to_vec()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if let Some(kv) = self.inner.shared.read_kv(key)? {
+                out.push(kv);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Watches keys under `prefix` from revision `from` (inclusive; 0 means
+    /// only changes after now).
+    pub fn watch(&self, prefix: &[u8], from: u64) -> Result<Watch, Error> {
+        Watch::start(&self.inner.shared, prefix.to_vec(), from)
+    }
+
+    /// Adds a non-voting member that starts receiving the log.
+    pub async fn add_learner(&self, id: NodeId, addr: &str) -> Result<(), Error> {
+        self.inner
+            .raft
+            .add_learner(id, BasicNode::new(addr), true)
+            .await
+            .map(|_| ())
+            .map_err(membership_err)
+    }
+
+    /// Makes `voters` the voting members (learners not in it stay learners).
+    pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), Error> {
+        self.inner
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(membership_err)
+    }
+
+    /// Builds a snapshot now (and lets openraft purge the log behind it).
+    pub async fn trigger_snapshot(&self) -> Result<(), Error> {
+        self.inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Shutdown(e.to_string()))
+    }
+
+    /// Handles an AppendEntries RPC from the leader.
+    pub async fn handle_append_entries(
+        &self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<NodeId>, Error> {
+        self.inner
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| Error::Shutdown(e.to_string()))
+    }
+
+    /// Handles a RequestVote RPC from a candidate.
+    pub async fn handle_vote(
+        &self,
+        rpc: VoteRequest<NodeId>,
+    ) -> Result<VoteResponse<NodeId>, Error> {
+        self.inner
+            .raft
+            .vote(rpc)
+            .await
+            .map_err(|e| Error::Shutdown(e.to_string()))
+    }
+
+    /// Starts receiving a snapshot streamed by the leader holding `vote`.
+    pub fn receive_snapshot(&self, vote: Vote<NodeId>) -> Result<SnapshotReceiver, Error> {
+        Ok(SnapshotReceiver {
+            writer: self.inner.shared.receive_snapshot()?,
+            vote,
+            store: self.clone(),
+        })
+    }
+
+    /// Stops Raft and waits for the data directory to be released. Other
+    /// clones of this handle become unusable.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| Error::Shutdown(e.to_string()))?;
+        // openraft's tasks drop the log store and state machine as they
+        // end; the flusher and snapshot threads follow. Wait for every
+        // internal reference to the database to go.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Arc::strong_count(&self.inner.shared) > 1
+            || Arc::strong_count(&self.inner.shared.db) > 1
+        {
+            if Instant::now() >= deadline {
+                return Err(Error::Shutdown(
+                    "internal tasks did not stop within 30 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Receives a streamed snapshot: [`write_frame`](Self::write_frame) each
+/// frame as it arrives, then [`finish`](Self::finish).
+#[derive(Debug)]
+pub struct SnapshotReceiver {
+    writer: SnapshotWriter,
+    vote: Vote<NodeId>,
+    store: Store,
+}
+
+impl SnapshotReceiver {
+    /// Validates a frame's plaintext and stores it sealed under this
+    /// member's keys.
+    pub fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
+        self.writer.write_frame(frame).map_err(snapshot_error)
+    }
+
+    /// Completes the file and installs it.
+    pub async fn finish(self) -> Result<SnapshotResponse<NodeId>, Error> {
+        if !self.writer.is_complete() {
+            return Err(snapshot_error(SnapshotError::Sequence(
+                "stream ended before its end marker",
+            )));
+        }
+        let file = tokio::task::spawn_blocking(move || self.writer.finish())
+            .await
+            .map_err(|e| Error::Shutdown(e.to_string()))?
+            .map_err(snapshot_error)?;
+        let header = file.header().map_err(snapshot_error)?;
+        self.store
+            .inner
+            .raft
+            .install_full_snapshot(
+                self.vote,
+                Snapshot {
+                    meta: header.meta,
+                    snapshot: Box::new(file),
+                },
+            )
+            .await
+            .map_err(|e| Error::Shutdown(e.to_string()))
+    }
+}
+
+/// Opens a snapshot's frames for sending.
+pub fn snapshot_frames(snapshot: &Snapshot<TypeConfig>) -> Result<SnapshotReader, Error> {
+    snapshot.snapshot.reader().map_err(snapshot_error)
+}
+
+fn snapshot_error(e: SnapshotError) -> Error {
+    match e {
+        SnapshotError::Io { path, source } => Error::Io { path, source },
+        SnapshotError::Corrupt { path, detail } => Error::Corruption {
+            location: path.display().to_string(),
+            detail,
+        },
+        SnapshotError::Sequence(s) => Error::InvalidArgument(format!("snapshot stream: {s}")),
+    }
+}
+
+fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Error::InvalidArgument(c.to_string())
+        }
+        RaftError::Fatal(f) => Error::Shutdown(f.to_string()),
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Shutdown("state lock poisoned by a panic".into())
+}
+
+fn unexpected(resp: &Response) -> Error {
+    Error::Engine(format!(
+        "state machine answered {resp:?} to a different request"
+    ))
+}

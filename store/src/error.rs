@@ -1,0 +1,96 @@
+//! The store's public errors.
+//!
+//! [`OpenError`] is what opening a data directory can fail with; [`Error`]
+//! is what an operation on an open store can fail with. Both separate
+//! retryable conditions (no leader yet, no quorum, timeout) from fatal ones
+//! (corruption, wrong key): see [`Error::is_retryable`]. No message carries a
+//! key name's value, a secret or key material.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::types::NodeId;
+
+/// Why [`crate::Store::open`] failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// The key-encryption key does not open the keyring.
+    #[error("{path}: wrong key-encryption key: this data directory was sealed under another key")]
+    WrongKey { path: PathBuf },
+    /// A file under the data directory is damaged.
+    #[error("corruption in {path}: {detail}")]
+    Corruption { path: PathBuf, detail: String },
+    /// The data directory holds data but no keys, or keys but no data.
+    #[error("{path}: {detail}")]
+    Inconsistent { path: PathBuf, detail: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("storage engine: {0}")]
+    Engine(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Why an operation on an open store failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// This member is not the leader. Retry on the leader (if known).
+    #[error("not the leader{}", match (.leader_id, .leader_addr) {
+        (Some(id), Some(addr)) => format!("; the leader is node {id} at {addr}"),
+        (Some(id), None) => format!("; the leader is node {id}"),
+        _ => "; no leader is known yet".to_string(),
+    })]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    /// The cluster cannot reach a quorum right now.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// No answer within the request timeout. A write may or may not have
+    /// been committed.
+    #[error("timed out after {0} ms; a write may or may not have been committed")]
+    Timeout(u64),
+    /// The encoded request exceeds [`crate::MAX_REQUEST_BYTES`].
+    #[error("request of {size} bytes exceeds the limit of {limit} bytes")]
+    RequestTooLarge { size: usize, limit: usize },
+    /// The write would take the store past its quota; nothing changed.
+    #[error("store quota exceeded: {used_bytes} bytes used, {requested_bytes} more requested, quota {quota_bytes}")]
+    QuotaExceeded {
+        used_bytes: u64,
+        requested_bytes: u64,
+        quota_bytes: u64,
+    },
+    /// A watch asked for history that has been compacted away.
+    #[error("revision {requested} is compacted; the oldest available revision is {oldest}")]
+    Compacted { requested: u64, oldest: u64 },
+    /// A malformed argument (empty or oversized key, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Stored data failed to decode or authenticate.
+    #[error("corruption in {location}: {detail}")]
+    Corruption { location: String, detail: String },
+    #[error("storage engine: {0}")]
+    Engine(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// The store has been shut down or its Raft core stopped.
+    #[error("store is shut down: {0}")]
+    Shutdown(String),
+}
+
+impl Error {
+    /// Whether the same request may succeed if retried later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader { .. } | Error::Unavailable(_) | Error::Timeout(_)
+        )
+    }
+}

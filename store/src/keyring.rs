@@ -1,0 +1,380 @@
+//! The keyring file (`keys/keyring`) and the KEK file (`keys/kek`).
+//!
+//! ```text
+//! keyring := header ‖ u32 BE len ‖ sealed body
+//! header  := "CFKR" ‖ version u8 = 1 ‖ kek source u8 ‖ kdf params (28 bytes) ‖ check (32 bytes)
+//! body    := active dek id u32 ‖ dek count u16 ‖ (id u32 ‖ key 32 bytes)* ‖ name key 32 bytes
+//! ```
+//!
+//! The body is sealed under the key-encryption key (KEK) with the whole
+//! header as associated data, so a header edited on disk (say, weaker KDF
+//! parameters) makes the body fail to open. `check` is a keyed BLAKE3 hash of
+//! a constant under the KEK: it tells "wrong key" apart from "corrupted
+//! file" without revealing anything about the key.
+//!
+//! The KEK comes from one of two sources, named in the header:
+//! - [`KekSource::File`]: unlocked mode, a random key in `keys/kek` (0600);
+//! - [`KekSource::UnlockKey`]: autolock, derived with argon2id from the
+//!   cluster unlock key using the header's KDF parameters; never on disk.
+//!
+//! Several DEKs with ids make rotation a matter of adding a key and moving
+//! `active`; the name key is kept across rotations because it addresses rows.
+
+use std::collections::BTreeMap;
+
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::crypto::{self, Cipher, KdfParams, KeyId, OpenError, SecretKey, KEY_BYTES};
+
+const KEYRING_MAGIC: &[u8; 4] = b"CFKR";
+const KEYRING_VERSION: u8 = 1;
+const KEK_MAGIC: &[u8; 4] = b"CFKK";
+const KEK_VERSION: u8 = 1;
+const CHECK_CONTEXT: &[u8] = b"coffer keyring kek check v1";
+const BODY_LOCATION: &[u8] = b"coffer keyring body v1";
+/// A keyring holds at most this many data keys; rotation retires old ones.
+pub const DEKS_MAX: usize = 1024;
+/// Larger files are refused before they are read.
+pub const KEYRING_BYTES_MAX: usize = 64 * 1024;
+/// Size of the KEK file.
+pub const KEK_FILE_BYTES: usize = 4 + 1 + KEY_BYTES;
+
+/// Where the KEK that wraps a keyring comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KekSource {
+    /// A random key kept in `keys/kek`.
+    File,
+    /// Derived from the cluster unlock key with argon2id.
+    UnlockKey(KdfParams),
+}
+
+/// Why a keyring or KEK file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum KeyringError {
+    #[error("malformed: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("the key-encryption key does not match this keyring (wrong key or unlock key)")]
+    WrongKey,
+    #[error("the keyring body failed authentication: the file is corrupted")]
+    Corrupted,
+    #[error("the keyring body: {0}")]
+    Body(&'static str),
+}
+
+/// The parsed but still sealed keyring file. Parsing needs no key.
+#[derive(Debug, Clone)]
+pub struct KeyringFile {
+    pub source: KekSource,
+    header: Vec<u8>,
+    check: [u8; 32],
+    sealed_body: Vec<u8>,
+}
+
+/// The unwrapped key material.
+#[derive(Debug)]
+pub struct Keyring {
+    pub active: KeyId,
+    deks: BTreeMap<KeyId, SecretKey>,
+    name_key: SecretKey,
+}
+
+fn check_value(kek: &SecretKey) -> [u8; 32] {
+    *blake3::keyed_hash(kek.expose(), CHECK_CONTEXT).as_bytes()
+}
+
+impl Keyring {
+    /// A new keyring with one random data key and a random name key.
+    pub fn generate() -> Self {
+        let mut deks = BTreeMap::new();
+        deks.insert(KeyId(1), SecretKey::random());
+        Keyring {
+            active: KeyId(1),
+            deks,
+            name_key: SecretKey::random(),
+        }
+    }
+
+    /// Adds a fresh data key and makes it the one new records use. Records
+    /// sealed under older keys still open until they are rewritten.
+    pub fn rotate(&mut self) -> KeyId {
+        let next = KeyId(
+            self.deks
+                .keys()
+                .next_back()
+                .map_or(1, |k| k.0.wrapping_add(1)),
+        );
+        self.deks.insert(next, SecretKey::random());
+        self.active = next;
+        next
+    }
+
+    pub fn key_ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.deks.keys().copied()
+    }
+
+    /// The cipher for records.
+    pub fn cipher(&self) -> Result<Cipher, OpenError> {
+        Cipher::new(
+            self.active,
+            self.deks.iter().map(|(id, k)| (*id, k)),
+            self.name_key.clone(),
+        )
+    }
+
+    /// A cipher that stores records in the clear (benchmarks only).
+    pub fn danger_plaintext_cipher(&self) -> Cipher {
+        Cipher::danger_plaintext(self.name_key.clone())
+    }
+
+    /// The file bytes, sealed under `kek`.
+    pub fn seal(&self, kek: &SecretKey, source: KekSource) -> Vec<u8> {
+        let mut header = Writer::with_capacity(96);
+        header.raw(KEYRING_MAGIC).u8(KEYRING_VERSION);
+        match source {
+            KekSource::File => {
+                header.u8(1);
+                KdfParams {
+                    memory_kib: 0,
+                    iterations: 0,
+                    parallelism: 0,
+                    salt: [0; 16],
+                }
+                .encode(&mut header);
+            }
+            KekSource::UnlockKey(params) => {
+                header.u8(2);
+                params.encode(&mut header);
+            }
+        }
+        header.raw(&check_value(kek));
+        let header = header.finish();
+
+        let mut body = Writer::with_capacity(8 + self.deks.len() * (4 + KEY_BYTES) + KEY_BYTES);
+        body.u32(self.active.0);
+        // `rotate` and `decode` keep the count within DEKS_MAX.
+        body.u16(u16::try_from(self.deks.len()).unwrap_or(u16::MAX));
+        for (id, key) in &self.deks {
+            body.u32(id.0).raw(key.expose());
+        }
+        body.raw(self.name_key.expose());
+        let body = Zeroizing::new(body.finish());
+        let sealed = crypto::wrap(kek, &body_location(&header), &body);
+
+        let mut out = Writer::with_capacity(header.len() + 4 + sealed.len());
+        out.raw(&header).bytes(&sealed);
+        out.finish()
+    }
+}
+
+fn body_location(header: &[u8]) -> Vec<u8> {
+    let mut loc = BODY_LOCATION.to_vec();
+    loc.extend_from_slice(header);
+    loc
+}
+
+impl KeyringFile {
+    /// Parses the file's structure. Nothing is decrypted yet.
+    pub fn parse(bytes: &[u8]) -> Result<Self, KeyringError> {
+        if bytes.len() > KEYRING_BYTES_MAX {
+            return Err(DecodeError::TooLong {
+                what: "keyring file",
+                len: bytes.len(),
+                max: KEYRING_BYTES_MAX,
+            }
+            .into());
+        }
+        let mut r = Reader::new(bytes);
+        if r.array::<4>("keyring magic")? != *KEYRING_MAGIC {
+            return Err(DecodeError::Invalid {
+                what: "keyring",
+                reason: "not a Coffer keyring (bad magic)",
+            }
+            .into());
+        }
+        let version = r.u8("keyring version")?;
+        if version != KEYRING_VERSION {
+            return Err(DecodeError::UnknownVersion {
+                what: "keyring",
+                version,
+            }
+            .into());
+        }
+        let source = match r.u8("kek source")? {
+            1 => {
+                // The params field is present but unused: it must be zero.
+                let raw = r.take(28, "kdf params")?;
+                if raw.iter().any(|b| *b != 0) {
+                    return Err(DecodeError::Invalid {
+                        what: "keyring",
+                        reason: "kdf parameters set on a file-KEK keyring",
+                    }
+                    .into());
+                }
+                KekSource::File
+            }
+            2 => KekSource::UnlockKey(KdfParams::decode(&mut r)?),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "kek source",
+                    tag,
+                }
+                .into())
+            }
+        };
+        let check: [u8; 32] = r.array("kek check")?;
+        let header_len = bytes.len() - r.remaining();
+        let header = bytes[..header_len].to_vec();
+        let sealed_body = r.bytes(KEYRING_BYTES_MAX, "keyring body")?.to_vec();
+        r.finish("keyring")?;
+        Ok(KeyringFile {
+            source,
+            header,
+            check,
+            sealed_body,
+        })
+    }
+
+    /// Opens the body with `kek`.
+    pub fn unseal(&self, kek: &SecretKey) -> Result<Keyring, KeyringError> {
+        if !bool::from(check_value(kek).ct_eq(&self.check)) {
+            return Err(KeyringError::WrongKey);
+        }
+        let body = crypto::unwrap(kek, &body_location(&self.header), &self.sealed_body)
+            .map_err(|_| KeyringError::Corrupted)?;
+        let mut r = Reader::new(&body);
+        let active = KeyId(r.u32("active key id")?);
+        let n = usize::from(r.u16("key count")?);
+        if n == 0 || n > DEKS_MAX {
+            return Err(KeyringError::Body("key count out of range"));
+        }
+        let mut deks = BTreeMap::new();
+        for _ in 0..n {
+            let id = KeyId(r.u32("key id")?);
+            let key = SecretKey::from_bytes(r.array("data key")?);
+            if deks.insert(id, key).is_some() {
+                return Err(KeyringError::Body("duplicate key id"));
+            }
+        }
+        let name_key = SecretKey::from_bytes(r.array("name key")?);
+        r.finish("keyring body")?;
+        if !deks.contains_key(&active) {
+            return Err(KeyringError::Body("active key id names no key"));
+        }
+        Ok(Keyring {
+            active,
+            deks,
+            name_key,
+        })
+    }
+}
+
+/// Encodes the KEK file.
+pub fn encode_kek_file(kek: &SecretKey) -> Zeroizing<Vec<u8>> {
+    let mut w = Writer::with_capacity(KEK_FILE_BYTES);
+    w.raw(KEK_MAGIC).u8(KEK_VERSION).raw(kek.expose());
+    Zeroizing::new(w.finish())
+}
+
+/// Decodes the KEK file.
+pub fn decode_kek_file(bytes: &[u8]) -> Result<SecretKey, KeyringError> {
+    let mut r = Reader::new(bytes);
+    if r.array::<4>("kek magic")? != *KEK_MAGIC {
+        return Err(DecodeError::Invalid {
+            what: "kek file",
+            reason: "not a Coffer key file (bad magic)",
+        }
+        .into());
+    }
+    let version = r.u8("kek version")?;
+    if version != KEK_VERSION {
+        return Err(DecodeError::UnknownVersion {
+            what: "kek file",
+            version,
+        }
+        .into());
+    }
+    let key = SecretKey::from_bytes(r.array("kek")?);
+    r.finish("kek file")?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_kek_round_trip() {
+        let kek = SecretKey::random();
+        let ring = Keyring::generate();
+        let bytes = ring.seal(&kek, KekSource::File);
+        let parsed = KeyringFile::parse(&bytes).unwrap();
+        assert_eq!(parsed.source, KekSource::File);
+        let back = parsed.unseal(&kek).unwrap();
+        assert_eq!(back.active, ring.active);
+        // Records sealed with one open with the other.
+        let rec = ring.cipher().unwrap().seal(b"l", b"v");
+        assert_eq!(
+            back.cipher().unwrap().open(b"l", &rec).unwrap().as_slice(),
+            b"v"
+        );
+        let kek_bytes = encode_kek_file(&kek);
+        assert_eq!(decode_kek_file(&kek_bytes).unwrap(), kek);
+    }
+
+    #[test]
+    fn wrong_kek_and_corruption_are_told_apart() {
+        let kek = SecretKey::random();
+        let bytes = Keyring::generate().seal(&kek, KekSource::File);
+        let parsed = KeyringFile::parse(&bytes).unwrap();
+        assert_eq!(
+            parsed.unseal(&SecretKey::random()).unwrap_err(),
+            KeyringError::WrongKey
+        );
+        let mut bad = bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(
+            KeyringFile::parse(&bad).unwrap().unseal(&kek).unwrap_err(),
+            KeyringError::Corrupted
+        );
+        for n in 0..bytes.len() {
+            assert!(KeyringFile::parse(&bytes[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn unlock_key_source_uses_argon2id_params_from_the_header() {
+        let params = KdfParams {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+            salt: [9; 16],
+        };
+        let kek = crypto::derive_kek(b"CFKEY-1-abc", &params).unwrap();
+        let mut ring = Keyring::generate();
+        let old = ring.active;
+        let new = ring.rotate();
+        assert_ne!(old, new);
+        let bytes = ring.seal(&kek, KekSource::UnlockKey(params));
+        let parsed = KeyringFile::parse(&bytes).unwrap();
+        let KekSource::UnlockKey(read) = parsed.source else {
+            panic!("source lost");
+        };
+        let again = crypto::derive_kek(b"CFKEY-1-abc", &read).unwrap();
+        let back = parsed.unseal(&again).unwrap();
+        assert_eq!(back.active, new);
+        assert_eq!(back.key_ids().count(), 2);
+        let wrong = crypto::derive_kek(b"CFKEY-1-abd", &read).unwrap();
+        assert_eq!(parsed.unseal(&wrong).unwrap_err(), KeyringError::WrongKey);
+        // Weakening the header's KDF parameters breaks the body's authentication.
+        let mut tampered = bytes.clone();
+        tampered[6 + 7] ^= 1; // inside `iterations`
+        if let Ok(p) = KeyringFile::parse(&tampered) {
+            assert!(p.unseal(&kek).is_err());
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! coffer-store: Coffer's encrypted, Raft-replicated key/value store.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod codec;
+pub mod command;
+pub mod crypto;
+pub mod keyring;
+pub mod machine;
+pub mod snapshot;
+pub mod types;
+
+pub use command::{
+    Check, Command, Compare, KeyMeta, KeyValue, Op, OpResult, Rejection, Request, Response, Txn,
+    Value, MAX_KEY_BYTES, MAX_REQUEST_BYTES,
+};
+pub use types::{NodeId, TypeConfig};
+
+mod error;
+pub use error::{Error, OpenError};
+
+#[cfg(feature = "engine")]
+mod config;
+#[cfg(feature = "engine")]
+pub mod engine;
+
+#[cfg(feature = "engine")]
+pub use config::{Bootstrap, Config, Encryption, DEFAULT_QUOTA_BYTES};
+#[cfg(feature = "engine")]
+pub use engine::network::{NoPeers, Transport, TransportError};
+#[cfg(feature = "engine")]
+pub use engine::state_machine::{Event, EventKind};
+#[cfg(feature = "engine")]
+pub use engine::store::{snapshot_frames, Consistency, SnapshotReceiver, Store, TxnResult};
+#[cfg(feature = "engine")]
+pub use engine::watch::Watch;

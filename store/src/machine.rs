@@ -1,0 +1,480 @@
+//! The key/value state machine's decisions, as plain functions over an
+//! in-memory index: what a command changes, at which revision, and what it
+//! answers. The engine turns the returned [`Mutation`]s into sealed RocksDB
+//! writes; the property tests run this against a `BTreeMap` model.
+//!
+//! Revisions are cluster-wide: every command that changes at least one key
+//! takes the next revision, shared by all of its changes (a transaction is
+//! one revision). Commands that change nothing leave it where it is.
+
+use std::collections::BTreeMap;
+
+use crate::command::{
+    Check, Command, KeyMeta, KeyValue, Op, OpResult, Rejection, Request, Response,
+};
+
+/// What the index keeps for a live key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub meta: KeyMeta,
+    pub value_len: u64,
+}
+
+/// The plaintext in-memory index over the live keys (names are hashed on
+/// disk, so ordering and prefix scans need this).
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    pub keys: BTreeMap<Vec<u8>, IndexEntry>,
+    /// The revision of the last change.
+    pub revision: u64,
+    /// Sum of key and value lengths over live keys: what the quota limits.
+    pub used_bytes: u64,
+}
+
+/// A change to persist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    Put {
+        key: Vec<u8>,
+        value: crate::command::Value,
+        meta: KeyMeta,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+}
+
+impl Mutation {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Mutation::Put { key, .. } | Mutation::Delete { key } => key,
+        }
+    }
+}
+
+/// Reads the current value of a live key (from disk, or from changes of the
+/// same batch not yet written).
+pub trait Values {
+    type Error;
+    fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
+}
+
+fn entry_bytes(key: &[u8], value_len: u64) -> u64 {
+    (key.len() as u64).saturating_add(value_len)
+}
+
+impl Index {
+    pub fn get(&self, key: &[u8]) -> Option<&IndexEntry> {
+        self.keys.get(key)
+    }
+
+    fn put(&mut self, key: &[u8], value_len: u64, revision: u64) -> KeyMeta {
+        let meta = match self.keys.get(key) {
+            Some(old) => KeyMeta {
+                create_revision: old.meta.create_revision,
+                mod_revision: revision,
+                version: old.meta.version.saturating_add(1),
+            },
+            None => KeyMeta {
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+            },
+        };
+        if let Some(old) = self
+            .keys
+            .insert(key.to_vec(), IndexEntry { meta, value_len })
+        {
+            self.used_bytes = self
+                .used_bytes
+                .saturating_sub(entry_bytes(key, old.value_len));
+        }
+        self.used_bytes = self.used_bytes.saturating_add(entry_bytes(key, value_len));
+        meta
+    }
+
+    fn delete(&mut self, key: &[u8]) -> bool {
+        match self.keys.remove(key) {
+            Some(old) => {
+                self.used_bytes = self
+                    .used_bytes
+                    .saturating_sub(entry_bytes(key, old.value_len));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Restores `key` to `prior` (undo of a rejected transaction).
+    fn restore(&mut self, key: Vec<u8>, prior: Option<IndexEntry>) {
+        if let Some(cur) = self.keys.remove(&key) {
+            self.used_bytes = self
+                .used_bytes
+                .saturating_sub(entry_bytes(&key, cur.value_len));
+        }
+        if let Some(p) = prior {
+            self.used_bytes = self
+                .used_bytes
+                .saturating_add(entry_bytes(&key, p.value_len));
+            self.keys.insert(key, p);
+        }
+    }
+}
+
+/// Applies one command to `index`, returning the answer and the changes to
+/// persist. On `Err` from `values` the index may be partly changed; the
+/// caller treats that as fatal for the state machine.
+pub fn apply<V: Values>(
+    index: &mut Index,
+    values: &V,
+    command: &Command,
+) -> Result<(Response, Vec<Mutation>), V::Error> {
+    let next = index.revision.saturating_add(1);
+    let quota = command.quota_bytes;
+    match &command.request {
+        Request::Put { key, value } => {
+            let len = value.0.len() as u64;
+            let old = index.get(key).map_or(0, |e| entry_bytes(key, e.value_len));
+            let new = entry_bytes(key, len);
+            if new > old && index.used_bytes.saturating_sub(old).saturating_add(new) > quota {
+                return Ok((
+                    Response::Rejected(over_quota(index, new - old, quota)),
+                    vec![],
+                ));
+            }
+            let meta = index.put(key, len, next);
+            index.revision = next;
+            Ok((
+                Response::Put { revision: next },
+                vec![Mutation::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    meta,
+                }],
+            ))
+        }
+        Request::Delete { key } => {
+            if index.delete(key) {
+                index.revision = next;
+                Ok((
+                    Response::Delete {
+                        revision: next,
+                        deleted: true,
+                    },
+                    vec![Mutation::Delete { key: key.clone() }],
+                ))
+            } else {
+                Ok((
+                    Response::Delete {
+                        revision: index.revision,
+                        deleted: false,
+                    },
+                    vec![],
+                ))
+            }
+        }
+        Request::Txn(txn) => {
+            let mut succeeded = true;
+            for c in &txn.compares {
+                if !holds(index, values, &c.key, &c.check)? {
+                    succeeded = false;
+                    break;
+                }
+            }
+            let ops = if succeeded {
+                &txn.success
+            } else {
+                &txn.failure
+            };
+            let used_before = index.used_bytes;
+            let mut undo: Vec<(Vec<u8>, Option<IndexEntry>)> = Vec::new();
+            // Values written earlier in this transaction, visible to its later gets.
+            let mut written: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
+            let mut mutations = Vec::new();
+            let mut results = Vec::with_capacity(ops.len());
+            for op in ops {
+                match op {
+                    Op::Put { key, value } => {
+                        undo.push((key.clone(), index.get(key).copied()));
+                        let meta = index.put(key, value.0.len() as u64, next);
+                        written.insert(key, Some(&value.0));
+                        mutations.push(Mutation::Put {
+                            key: key.clone(),
+                            value: value.clone(),
+                            meta,
+                        });
+                        results.push(OpResult::Put);
+                    }
+                    Op::Delete { key } => {
+                        undo.push((key.clone(), index.get(key).copied()));
+                        let deleted = index.delete(key);
+                        if deleted {
+                            written.insert(key, None);
+                            mutations.push(Mutation::Delete { key: key.clone() });
+                        }
+                        results.push(OpResult::Delete { deleted });
+                    }
+                    Op::Get { key } => {
+                        let kv = match index.get(key) {
+                            None => None,
+                            Some(e) => {
+                                let value = match written.get(key.as_slice()) {
+                                    Some(Some(v)) => Some(v.to_vec()),
+                                    Some(None) => None,
+                                    None => values.value(key)?,
+                                };
+                                value.map(|value| KeyValue {
+                                    key: key.clone(),
+                                    value,
+                                    meta: e.meta,
+                                })
+                            }
+                        };
+                        results.push(OpResult::Get(kv));
+                    }
+                }
+            }
+            if index.used_bytes > used_before && index.used_bytes > quota {
+                let requested = index.used_bytes - used_before;
+                for (key, prior) in undo.into_iter().rev() {
+                    index.restore(key, prior);
+                }
+                return Ok((
+                    Response::Rejected(over_quota(index, requested, quota)),
+                    vec![],
+                ));
+            }
+            let revision = if mutations.is_empty() {
+                index.revision
+            } else {
+                index.revision = next;
+                next
+            };
+            Ok((
+                Response::Txn {
+                    revision,
+                    succeeded,
+                    results,
+                },
+                mutations,
+            ))
+        }
+    }
+}
+
+fn over_quota(index: &Index, requested_bytes: u64, quota_bytes: u64) -> Rejection {
+    Rejection::QuotaExceeded {
+        used_bytes: index.used_bytes,
+        requested_bytes,
+        quota_bytes,
+    }
+}
+
+fn holds<V: Values>(
+    index: &Index,
+    values: &V,
+    key: &[u8],
+    check: &Check,
+) -> Result<bool, V::Error> {
+    let entry = index.get(key);
+    Ok(match check {
+        Check::Absent => entry.is_none(),
+        Check::Exists => entry.is_some(),
+        Check::ModRevisionEquals(rev) => entry.map_or(0, |e| e.meta.mod_revision) == *rev,
+        Check::VersionEquals(v) => entry.map_or(0, |e| e.meta.version) == *v,
+        Check::ValueEquals(want) => match entry {
+            None => false,
+            Some(_) => values.value(key)?.as_deref() == Some(want.0.as_slice()),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Compare, Txn, Value};
+    use std::convert::Infallible;
+
+    /// Values kept beside the index, as the engine keeps them on disk.
+    #[derive(Default)]
+    struct Model {
+        index: Index,
+        values: BTreeMap<Vec<u8>, Vec<u8>>,
+    }
+
+    struct View<'a>(&'a BTreeMap<Vec<u8>, Vec<u8>>);
+    impl Values for View<'_> {
+        type Error = Infallible;
+        fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Infallible> {
+            Ok(self.0.get(key).cloned())
+        }
+    }
+
+    impl Model {
+        fn run(&mut self, request: Request, quota_bytes: u64) -> Response {
+            let cmd = Command {
+                quota_bytes,
+                request,
+            };
+            let Ok((resp, muts)) = apply(&mut self.index, &View(&self.values), &cmd);
+            for m in muts {
+                match m {
+                    Mutation::Put { key, value, .. } => {
+                        self.values.insert(key, value.0);
+                    }
+                    Mutation::Delete { key } => {
+                        self.values.remove(&key);
+                    }
+                }
+            }
+            resp
+        }
+    }
+
+    fn put(k: &str, v: &str) -> Request {
+        Request::Put {
+            key: k.into(),
+            value: Value(v.into()),
+        }
+    }
+
+    #[test]
+    fn revisions_versions_and_deletes() {
+        let mut m = Model::default();
+        assert_eq!(
+            m.run(put("a", "1"), u64::MAX),
+            Response::Put { revision: 1 }
+        );
+        assert_eq!(
+            m.run(put("a", "2"), u64::MAX),
+            Response::Put { revision: 2 }
+        );
+        let e = m.index.get(b"a").copied().unwrap();
+        assert_eq!(
+            e.meta,
+            KeyMeta {
+                create_revision: 1,
+                mod_revision: 2,
+                version: 2
+            }
+        );
+        assert_eq!(
+            m.run(
+                Request::Delete {
+                    key: b"zz".to_vec()
+                },
+                u64::MAX
+            ),
+            Response::Delete {
+                revision: 2,
+                deleted: false
+            }
+        );
+        assert_eq!(
+            m.run(Request::Delete { key: b"a".to_vec() }, u64::MAX),
+            Response::Delete {
+                revision: 3,
+                deleted: true
+            }
+        );
+        assert_eq!(m.index.used_bytes, 0);
+    }
+
+    #[test]
+    fn compare_and_swap() {
+        let mut m = Model::default();
+        m.run(put("lock", "a"), u64::MAX);
+        let cas = |expect: &str, new: &str| {
+            Request::Txn(Txn {
+                compares: vec![Compare {
+                    key: b"lock".to_vec(),
+                    check: Check::ValueEquals(Value(expect.into())),
+                }],
+                success: vec![
+                    Op::Put {
+                        key: b"lock".to_vec(),
+                        value: Value(new.into()),
+                    },
+                    Op::Get {
+                        key: b"lock".to_vec(),
+                    },
+                ],
+                failure: vec![Op::Get {
+                    key: b"lock".to_vec(),
+                }],
+            })
+        };
+        match m.run(cas("a", "b"), u64::MAX) {
+            Response::Txn {
+                revision: 2,
+                succeeded: true,
+                results,
+            } => assert!(matches!(&results[1], OpResult::Get(Some(kv)) if kv.value == b"b")),
+            other => panic!("{other:?}"),
+        }
+        match m.run(cas("a", "c"), u64::MAX) {
+            Response::Txn {
+                revision: 2,
+                succeeded: false,
+                results,
+            } => assert!(matches!(&results[0], OpResult::Get(Some(kv)) if kv.value == b"b")),
+            other => panic!("{other:?}"),
+        }
+        let absent = Request::Txn(Txn {
+            compares: vec![Compare {
+                key: b"new".to_vec(),
+                check: Check::ModRevisionEquals(0),
+            }],
+            success: vec![Op::Put {
+                key: b"new".to_vec(),
+                value: Value(b"x".to_vec()),
+            }],
+            failure: vec![],
+        });
+        assert!(matches!(
+            m.run(absent.clone(), u64::MAX),
+            Response::Txn {
+                succeeded: true,
+                revision: 3,
+                ..
+            }
+        ));
+        assert!(matches!(
+            m.run(absent, u64::MAX),
+            Response::Txn {
+                succeeded: false,
+                revision: 3,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn quota_rejects_growth_and_changes_nothing() {
+        let mut m = Model::default();
+        assert_eq!(m.run(put("a", "12345"), 10), Response::Put { revision: 1 });
+        assert!(matches!(
+            m.run(put("b", "123456789"), 10),
+            Response::Rejected(_)
+        ));
+        assert_eq!(m.index.revision, 1);
+        assert_eq!(m.index.used_bytes, 6);
+        // Shrinking and deleting are always allowed, even over quota.
+        assert_eq!(m.run(put("a", "1"), 1), Response::Put { revision: 2 });
+        let txn = Request::Txn(Txn {
+            compares: vec![],
+            success: vec![
+                Op::Delete { key: b"a".to_vec() },
+                Op::Put {
+                    key: b"c".to_vec(),
+                    value: Value(vec![0; 100]),
+                },
+            ],
+            failure: vec![],
+        });
+        assert!(matches!(m.run(txn, 50), Response::Rejected(_)));
+        assert!(m.index.get(b"a").is_some(), "rejected txn was rolled back");
+        assert_eq!(m.index.used_bytes, 2);
+        assert_eq!(m.index.revision, 2);
+    }
+}
