@@ -1,1 +1,130 @@
-fn main() {}
+//! The `coffer` binary.
+//!
+//! Until the server lands (it will serve these commands over the data
+//! directory's Unix socket), client commands open the store in the data
+//! directory directly; RocksDB's lock keeps two processes from opening one
+//! directory at once, and the second gets a clear error.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use coffer_store::{Config, Consistency, Store};
+
+/// Coffer: a replicated, encrypted-at-rest state store and secrets vault.
+#[derive(Debug, Parser)]
+#[command(name = "coffer", version, about)]
+struct Cli {
+    /// The data directory (created and bootstrapped as a single-node
+    /// store if empty).
+    #[arg(long, global = true, env = "COFFER_DATA_DIR", default_value = "/var/lib/coffer")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Reads and writes raw keys.
+    #[command(subcommand)]
+    Kv(KvCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KvCommand {
+    /// Prints the value under KEY (exit code 1 if absent).
+    Get { key: String },
+    /// Stores VALUE (or standard input with `-` or nothing) under KEY; prints the revision.
+    Put { key: String, value: Option<String> },
+    /// Deletes KEY; exit code 1 if it did not exist.
+    Del { key: String },
+    /// Lists keys starting with PREFIX, one per line.
+    Ls {
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+}
+
+/// Standard input, at most one byte more than a request may carry.
+fn read_stdin() -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .take(coffer_store::MAX_REQUEST_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .context("reading standard input")?;
+    Ok(buf)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let store = Store::open(Config::new(&cli.data_dir))
+        .await
+        .with_context(|| format!("opening the store in {}", cli.data_dir.display()))?;
+    let result = match cli.command {
+        Command::Kv(cmd) => kv(&store, cmd).await,
+    };
+    store.shutdown().await.context("closing the store")?;
+    result
+}
+
+async fn kv(store: &Store, cmd: KvCommand) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        KvCommand::Get { key } => match store.get(key.as_bytes()).await? {
+            Some(v) => {
+                out.write_all(&v)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!("coffer: key {key:?} not found");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        KvCommand::Put { key, value } => {
+            let value = match value.as_deref() {
+                None | Some("-") => read_stdin()?,
+                Some(v) => v.as_bytes().to_vec(),
+            };
+            if value.len() > coffer_store::MAX_REQUEST_BYTES {
+                bail!("value is larger than the {} byte request limit", coffer_store::MAX_REQUEST_BYTES);
+            }
+            let revision = store.put(key.as_bytes(), &value).await?;
+            writeln!(out, "{revision}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        KvCommand::Del { key } => {
+            if store.delete(key.as_bytes()).await? {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("coffer: key {key:?} not found");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        KvCommand::Ls { prefix } => {
+            for kv in store.list(prefix.as_bytes(), Consistency::Linearizable).await? {
+                out.write_all(&kv.key)?;
+                out.write_all(b"\n")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coffer: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("coffer: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

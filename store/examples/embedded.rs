@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The embedding contract: one call opens a single-node, encrypted store.
 //!
 //! `cargo run -p coffer-store --example embedded [DIR]` (default: a fresh
