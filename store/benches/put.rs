@@ -20,20 +20,21 @@ struct Figures {
 }
 
 impl Figures {
-    fn percentile(&self, p: f64) -> u32 {
-        if self.latencies_us.is_empty() {
+    /// The latency below which `permille`/1000 of the operations finished.
+    fn percentile(&self, permille: usize) -> u32 {
+        let n = self.latencies_us.len();
+        if n == 0 {
             return 0;
         }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies_us[i]
+        self.latencies_us[(n - 1) * permille / 1000]
     }
 
     fn print(&self, name: &str) {
         println!(
             "{name:<34} {:>9.0} ops/s   p50 {:>6} us   p99 {:>6} us   ({} ops in {:.2} s)",
             self.ops as f64 / self.elapsed.as_secs_f64(),
-            self.percentile(0.50),
-            self.percentile(0.99),
+            self.percentile(500),
+            self.percentile(990),
             self.ops,
             self.elapsed.as_secs_f64()
         );
@@ -99,11 +100,15 @@ async fn suite(encryption: Encryption, secs: Duration, with_gets: bool) {
     // Warm up: create the keys the get benchmark reads.
     run(&store, Workload::Put, 64, Duration::from_millis(500)).await;
     for writers in [1, 64, 256] {
-        run(&store, Workload::Put, writers, secs).await.print(&format!("put {label} {writers} writers"));
+        run(&store, Workload::Put, writers, secs)
+            .await
+            .print(&format!("put {label} {writers} writers"));
     }
     if with_gets {
         for readers in [1, 64] {
-            run(&store, Workload::Get, readers, secs).await.print(&format!("get {label} {readers} readers"));
+            run(&store, Workload::Get, readers, secs)
+                .await
+                .print(&format!("get {label} {readers} readers"));
         }
     }
     store.shutdown().await.expect("shutdown");

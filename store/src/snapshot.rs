@@ -236,6 +236,9 @@ impl SnapshotFile {
     }
 }
 
+/// A decoded frame with its plaintext bytes (what a transport sends).
+pub type FrameBytes = (Frame, Zeroizing<Vec<u8>>);
+
 /// Reads a snapshot file frame by frame.
 pub struct SnapshotReader {
     file: BufReader<File>,
@@ -265,7 +268,7 @@ impl SnapshotReader {
     }
 
     /// The next frame, decoded and as plaintext bytes; `None` after `End`.
-    pub fn next_frame(&mut self) -> Result<Option<(Frame, Zeroizing<Vec<u8>>)>, SnapshotError> {
+    pub fn next_frame(&mut self) -> Result<Option<FrameBytes>, SnapshotError> {
         if self.done {
             return Ok(None);
         }

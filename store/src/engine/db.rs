@@ -29,6 +29,9 @@ pub const CF_KV: &str = "kv";
 pub const CF_EVENTS: &str = "events";
 const ALL_CFS: [&str; 4] = [CF_META, CF_LOG, CF_KV, CF_EVENTS];
 
+/// A row key with its opened value.
+pub type OpenedRow = (Box<[u8]>, Zeroizing<Vec<u8>>);
+
 pub struct Db {
     pub db: DB,
     pub cipher: Arc<Cipher>,
@@ -85,6 +88,20 @@ impl Db {
             .ok_or_else(|| Error::Engine(format!("column family `{name}` is missing")))
     }
 
+    /// A RocksDB error on this database. Damage RocksDB detects (a block
+    /// checksum mismatch, a file shorter than the manifest says) is
+    /// corruption of the database, not a transient engine failure; RocksDB's
+    /// message names the damaged file.
+    pub fn engine_err(&self, e: rocksdb::Error) -> Error {
+        match e.kind() {
+            rocksdb::ErrorKind::Corruption => Error::Corruption {
+                location: self.path.display().to_string(),
+                detail: e.into_string(),
+            },
+            _ => engine_err(e),
+        }
+    }
+
     pub fn corruption(&self, cf: &str, detail: impl std::fmt::Display) -> Error {
         Error::Corruption {
             location: format!("{}: column family `{cf}`", self.path.display()),
@@ -99,7 +116,11 @@ impl Db {
         key: &[u8],
     ) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
         let handle = self.cf(cf)?;
-        match self.db.get_pinned_cf(handle, key).map_err(engine_err)? {
+        match self
+            .db
+            .get_pinned_cf(handle, key)
+            .map_err(|e| self.engine_err(e))?
+        {
             None => Ok(None),
             Some(raw) => self
                 .cipher
@@ -125,7 +146,9 @@ impl Db {
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), Error> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db.write_opt(batch, &wo).map_err(engine_err)
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|e| self.engine_err(e))
     }
 
     /// Every row of `cf` from `start`, opened, in key order.
@@ -133,15 +156,14 @@ impl Db {
         &'a self,
         cf: &'static str,
         start: &[u8],
-    ) -> Result<impl Iterator<Item = Result<(Box<[u8]>, Zeroizing<Vec<u8>>), Error>> + 'a, Error>
-    {
+    ) -> Result<impl Iterator<Item = Result<OpenedRow, Error>> + 'a, Error> {
         let handle = self.cf(cf)?;
         let it = self.db.iterator_cf(
             handle,
             IteratorMode::From(start, rocksdb::Direction::Forward),
         );
         Ok(it.map(move |item| {
-            let (k, v) = item.map_err(engine_err)?;
+            let (k, v) = item.map_err(|e| self.engine_err(e))?;
             let plain = self
                 .cipher
                 .open(&location(cf, &k), &v)

@@ -69,7 +69,7 @@ impl LogReader {
             IteratorMode::From(&index_key(start), rocksdb::Direction::Forward),
         );
         for item in it {
-            let (k, v) = item.map_err(crate::engine::db::engine_err)?;
+            let (k, v) = item.map_err(|e| self.db.engine_err(e))?;
             let index = u64::from_be_bytes(
                 k.as_ref()
                     .try_into()
@@ -158,7 +158,7 @@ impl LogStore {
         let last_log = match db.db.iterator_cf(cf, IteratorMode::End).next() {
             None => last_purged,
             Some(item) => {
-                let (k, v) = item.map_err(crate::engine::db::engine_err)?;
+                let (k, v) = item.map_err(|e| db.engine_err(e))?;
                 let plain = db
                     .cipher
                     .open(&location(CF_LOG, &k), &v)
@@ -322,7 +322,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.delete_range_cf(cf, index_key(0), index_key(log_id.index.saturating_add(1)));
         self.db.write(batch, true).map_err(write_err)?;
         self.last_purged = Some(log_id);
-        if self.last_log.map_or(true, |l| l.index < log_id.index) {
+        if self.last_log.is_none_or(|l| l.index < log_id.index) {
             self.last_log = Some(log_id);
         }
         Ok(())

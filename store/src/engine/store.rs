@@ -95,6 +95,7 @@ fn open_err(e: Error) -> OpenError {
             detail,
         },
         Error::Io { path, source } => OpenError::Io { path, source },
+        Error::Engine(detail) => OpenError::Engine(detail),
         other => OpenError::Engine(other.to_string()),
     }
 }
@@ -267,7 +268,7 @@ impl Store {
             let attempt =
                 tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd.clone())).await;
             match attempt {
-                Err(_) => return Err(Error::Timeout(timeout.as_millis() as u64)),
+                Err(_) => return Err(Error::Timeout(millis(timeout))),
                 Ok(Ok(resp)) => {
                     return match resp.data {
                         Response::Rejected(Rejection::QuotaExceeded {
@@ -305,7 +306,7 @@ impl Store {
         let deadline = Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.inner.raft.ensure_linearizable()).await {
-                Err(_) => return Err(Error::Timeout(timeout.as_millis() as u64)),
+                Err(_) => return Err(Error::Timeout(millis(timeout))),
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                     if f.leader_id.is_some() || Instant::now() + NO_LEADER_BACKOFF >= deadline {
@@ -564,6 +565,10 @@ fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> 
         }
         RaftError::Fatal(f) => Error::Shutdown(f.to_string()),
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn poisoned() -> Error {

@@ -1,0 +1,291 @@
+//! The public API's edges: watches (history, live, lag, compaction), limits
+//! and quota, validation, and stale versus linearizable reads.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use coffer_store::{
+    Check, Compare, Config, Consistency, Error, EventKind, Op, OpResult, Store, Txn, Value,
+    MAX_REQUEST_BYTES,
+};
+
+async fn open(dir: &std::path::Path) -> Store {
+    Store::open(Config::new(dir)).await.unwrap()
+}
+
+async fn next_event(w: &mut coffer_store::Watch) -> coffer_store::Event {
+    tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .expect("watch stalled")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn watch_replays_history_then_follows_live_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store.put(b"app/a", b"1").await.unwrap(); // rev 1
+    store.put(b"other", b"x").await.unwrap(); // rev 2
+    store.put(b"app/b", b"2").await.unwrap(); // rev 3
+    store.delete(b"app/a").await.unwrap(); // rev 4
+
+    let mut w = store.watch(b"app/", 1).unwrap();
+    let e = next_event(&mut w).await;
+    assert_eq!(
+        (
+            e.revision,
+            e.kind,
+            e.kv.key.as_slice(),
+            e.kv.value.as_slice()
+        ),
+        (1, EventKind::Put, &b"app/a"[..], &b"1"[..])
+    );
+    assert_eq!(next_event(&mut w).await.revision, 3);
+    let e = next_event(&mut w).await;
+    assert_eq!((e.revision, e.kind), (4, EventKind::Delete));
+
+    // Live: a transaction's writes arrive together, at one revision.
+    store
+        .txn(Txn {
+            compares: vec![],
+            success: vec![
+                Op::Put {
+                    key: b"app/c".to_vec(),
+                    value: Value(b"3".to_vec()),
+                },
+                Op::Put {
+                    key: b"app/d".to_vec(),
+                    value: Value(b"4".to_vec()),
+                },
+            ],
+            failure: vec![],
+        })
+        .await
+        .unwrap();
+    let (c, d) = (next_event(&mut w).await, next_event(&mut w).await);
+    assert_eq!((c.revision, d.revision), (5, 5));
+    assert_eq!(
+        (c.kv.key.as_slice(), d.kv.key.as_slice()),
+        (&b"app/c"[..], &b"app/d"[..])
+    );
+    assert_eq!(c.kv.meta.create_revision, 5);
+
+    // From 0: only what happens after the watch starts.
+    let mut fresh = store.watch(b"", 0).unwrap();
+    store.put(b"z", b"z").await.unwrap();
+    assert_eq!(next_event(&mut fresh).await.revision, 6);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lagging_watch_recovers_from_history_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let mut w = store.watch(b"k", 1).unwrap();
+    // More changes than the live channel buffers (1,024 notices) while the
+    // watch is not polled: it must fall back to history and still deliver
+    // every revision exactly once, in order.
+    for i in 0..1500u32 {
+        store
+            .put(format!("k{}", i % 7).as_bytes(), &i.to_be_bytes())
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.last() != Some(&1500) {
+        let e = next_event(&mut w).await;
+        assert_eq!(e.kv.value, ((e.revision - 1) as u32).to_be_bytes());
+        seen.push(e.revision);
+    }
+    assert_eq!(seen, (1..=1500).collect::<Vec<u64>>());
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn compacted_history_is_reported_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(dir.path());
+    cfg.watch_history_revisions = 100;
+    let store = Store::open(cfg).await.unwrap();
+    let mut lagging = store.watch(b"k", 1).unwrap();
+    for i in 0..1500u32 {
+        store
+            .put(format!("k{}", i % 7).as_bytes(), &i.to_be_bytes())
+            .await
+            .unwrap();
+    }
+    // History is trimmed in steps of 1,024 revisions past the last 100.
+    match store.watch(b"k", 1) {
+        Err(Error::Compacted {
+            requested: 1,
+            oldest,
+        }) => assert_eq!(oldest, 1025),
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    // The watch that fell behind is told, rather than silently skipping.
+    match tokio::time::timeout(Duration::from_secs(10), lagging.next())
+        .await
+        .unwrap()
+    {
+        Err(Error::Compacted { oldest, .. }) => assert_eq!(oldest, 1025),
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    // Recent history is still there, and survives a restart.
+    let mut recent = store.watch(b"k", 1490).unwrap();
+    assert_eq!(next_event(&mut recent).await.revision, 1490);
+    drop(recent);
+    drop(lagging);
+    store.shutdown().await.unwrap();
+    let store = open(dir.path()).await;
+    let mut recent = store.watch(b"k", 1495).unwrap();
+    assert_eq!(next_event(&mut recent).await.revision, 1495);
+    assert!(matches!(
+        store.watch(b"k", 1000),
+        Err(Error::Compacted { .. })
+    ));
+    drop(recent);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn limits_fail_cleanly_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(Config::new(dir.path()).quota_bytes(64 * 1024))
+        .await
+        .unwrap();
+    store.put(b"small", b"v").await.unwrap();
+
+    let huge = vec![7u8; MAX_REQUEST_BYTES + 1];
+    match store.put(b"big", &huge).await {
+        Err(Error::RequestTooLarge { limit, .. }) => assert_eq!(limit, MAX_REQUEST_BYTES),
+        other => panic!("expected RequestTooLarge, got {other:?}"),
+    }
+    let chunk = vec![1u8; 40 * 1024];
+    store.put(b"a", &chunk).await.unwrap();
+    match store.put(b"b", &chunk).await {
+        Err(e @ Error::QuotaExceeded { .. }) => {
+            assert!(!e.is_retryable());
+            assert!(e.to_string().contains("quota"));
+        }
+        other => panic!("expected QuotaExceeded, got {other:?}"),
+    }
+    assert_eq!(store.get(b"b").await.unwrap(), None);
+    assert_eq!(
+        store.revision().unwrap(),
+        2,
+        "a rejected write takes no revision"
+    );
+    // Deletes always pass; then the write fits.
+    assert!(store.delete(b"a").await.unwrap());
+    store.put(b"b", &chunk).await.unwrap();
+
+    for bad in [&b""[..], &vec![b'k'; 9 * 1024][..]] {
+        assert!(matches!(
+            store.put(bad, b"v").await,
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    let too_many = Txn {
+        compares: vec![],
+        success: vec![Op::Get { key: b"k".to_vec() }; 1025],
+        failure: vec![],
+    };
+    assert!(matches!(
+        store.txn(too_many).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(
+        store.get(b"small").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn txn_compares_on_revision_version_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let rev = store.put(b"cfg", b"v1").await.unwrap();
+    let kv = store
+        .get_kv(b"cfg", Consistency::Stale)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            kv.meta.create_revision,
+            kv.meta.mod_revision,
+            kv.meta.version
+        ),
+        (rev, rev, 1)
+    );
+
+    let swap = |check: Check| Txn {
+        compares: vec![Compare {
+            key: b"cfg".to_vec(),
+            check,
+        }],
+        success: vec![
+            Op::Put {
+                key: b"cfg".to_vec(),
+                value: Value(b"v2".to_vec()),
+            },
+            Op::Get {
+                key: b"cfg".to_vec(),
+            },
+        ],
+        failure: vec![Op::Get {
+            key: b"cfg".to_vec(),
+        }],
+    };
+    let stale = store
+        .txn(swap(Check::ModRevisionEquals(rev + 100)))
+        .await
+        .unwrap();
+    assert!(!stale.succeeded);
+    assert_eq!(stale.revision, rev);
+    let won = store
+        .txn(swap(Check::ModRevisionEquals(rev)))
+        .await
+        .unwrap();
+    assert!(won.succeeded);
+    assert_eq!(won.revision, rev + 1);
+    match &won.results[1] {
+        OpResult::Get(Some(kv)) => {
+            assert_eq!(kv.value, b"v2");
+            assert_eq!(kv.meta.version, 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        store
+            .txn(swap(Check::VersionEquals(2)))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    assert!(
+        store
+            .txn(swap(Check::ValueEquals(Value(b"v2".to_vec()))))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    assert!(!store.txn(swap(Check::Absent)).await.unwrap().succeeded);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let second = Store::open(Config::new(dir.path())).await;
+    let err = second.expect_err("two stores on one directory");
+    assert!(
+        err.to_string().to_lowercase().contains("lock"),
+        "unclear error: {err}"
+    );
+    store.shutdown().await.unwrap();
+    // Released on shutdown: it opens again.
+    open(dir.path()).await.shutdown().await.unwrap();
+}
