@@ -19,7 +19,12 @@ use coffer_store::{Config, Consistency, Store};
 struct Cli {
     /// The data directory (created and bootstrapped as a single-node
     /// store if empty).
-    #[arg(long, global = true, env = "COFFER_DATA_DIR", default_value = "/var/lib/coffer")]
+    #[arg(
+        long,
+        global = true,
+        env = "COFFER_DATA_DIR",
+        default_value = "/var/lib/coffer"
+    )]
     data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -87,7 +92,10 @@ async fn kv(store: &Store, cmd: KvCommand) -> Result<ExitCode> {
                 Some(v) => v.as_bytes().to_vec(),
             };
             if value.len() > coffer_store::MAX_REQUEST_BYTES {
-                bail!("value is larger than the {} byte request limit", coffer_store::MAX_REQUEST_BYTES);
+                bail!(
+                    "value is larger than the {} byte request limit",
+                    coffer_store::MAX_REQUEST_BYTES
+                );
             }
             let revision = store.put(key.as_bytes(), &value).await?;
             writeln!(out, "{revision}")?;
@@ -102,7 +110,10 @@ async fn kv(store: &Store, cmd: KvCommand) -> Result<ExitCode> {
             }
         }
         KvCommand::Ls { prefix } => {
-            for kv in store.list(prefix.as_bytes(), Consistency::Linearizable).await? {
+            for kv in store
+                .list(prefix.as_bytes(), Consistency::Linearizable)
+                .await?
+            {
                 out.write_all(&kv.key)?;
                 out.write_all(b"\n")?;
             }
@@ -113,7 +124,10 @@ async fn kv(store: &Store, cmd: KvCommand) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("coffer: starting the runtime: {e}");

@@ -26,7 +26,11 @@ fn coffer(dir: &std::path::Path, args: &[&str], stdin: Option<&[u8]>) -> Output 
 fn kv_round_trip_across_processes() {
     let dir = tempfile::tempdir().unwrap();
     let put = coffer(dir.path(), &["kv", "put", "app/a", "one"], None);
-    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&put.stdout).trim(), "1");
     let put = coffer(dir.path(), &["kv", "put", "app/b", "-"], Some(b"two\n"));
     assert!(put.status.success());
@@ -51,7 +55,10 @@ fn bad_input_gets_a_clear_error() {
     let big = coffer(dir.path(), &["kv", "put", "k", "-"], Some(&too_big));
     assert_eq!(big.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&big.stderr).contains("limit"));
-    let help = Command::new(env!("CARGO_BIN_EXE_coffer")).args(["kv", "--help"]).output().unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["kv", "--help"])
+        .output()
+        .unwrap();
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("put"));
 }

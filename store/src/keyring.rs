@@ -1,7 +1,7 @@
 //! The keyring file (`keys/keyring`) and the KEK file (`keys/kek`).
 //!
 //! ```text
-//! keyring := header ‖ u32 BE len ‖ sealed body
+//! keyring := header ‖ u32 BE len ‖ sealed body ‖ checksum (32 bytes)
 //! header  := "CFKR" ‖ version u8 = 1 ‖ kek source u8 ‖ kdf params (28 bytes) ‖ check (32 bytes)
 //! body    := active dek id u32 ‖ dek count u16 ‖ (id u32 ‖ key 32 bytes)* ‖ name key 32 bytes
 //! ```
@@ -10,7 +10,9 @@
 //! header as associated data, so a header edited on disk (say, weaker KDF
 //! parameters) makes the body fail to open. `check` is a keyed BLAKE3 hash of
 //! a constant under the KEK: it tells "wrong key" apart from "corrupted
-//! file" without revealing anything about the key.
+//! file" without revealing anything about the key. `checksum` is a plain
+//! BLAKE3 hash of everything before it, so damage anywhere (the check value
+//! included) is reported as corruption, never as a wrong key.
 //!
 //! The KEK comes from one of two sources, named in the header:
 //! - [`KekSource::File`]: unlocked mode, a random key in `keys/kek` (0600);
@@ -61,6 +63,8 @@ pub enum KeyringError {
     WrongKey,
     #[error("the keyring body failed authentication: the file is corrupted")]
     Corrupted,
+    #[error("the keyring checksum does not match: the file is corrupted")]
+    Checksum,
     #[error("the keyring body: {0}")]
     Body(&'static str),
 }
@@ -164,9 +168,12 @@ impl Keyring {
         let body = Zeroizing::new(body.finish());
         let sealed = crypto::wrap(kek, &body_location(&header), &body);
 
-        let mut out = Writer::with_capacity(header.len() + 4 + sealed.len());
+        let mut out = Writer::with_capacity(header.len() + 4 + sealed.len() + 32);
         out.raw(&header).bytes(&sealed);
-        out.finish()
+        let mut out = out.finish();
+        let checksum = blake3::hash(&out);
+        out.extend_from_slice(checksum.as_bytes());
+        out
     }
 }
 
@@ -229,7 +236,11 @@ impl KeyringFile {
         let header_len = bytes.len() - r.remaining();
         let header = bytes[..header_len].to_vec();
         let sealed_body = r.bytes(KEYRING_BYTES_MAX, "keyring body")?.to_vec();
+        let checksum: [u8; 32] = r.array("keyring checksum")?;
         r.finish("keyring")?;
+        if blake3::hash(&bytes[..bytes.len() - 32]).as_bytes() != &checksum {
+            return Err(KeyringError::Checksum);
+        }
         Ok(KeyringFile {
             source,
             header,
@@ -334,13 +345,14 @@ mod tests {
             parsed.unseal(&SecretKey::random()).unwrap_err(),
             KeyringError::WrongKey
         );
-        let mut bad = bytes.clone();
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
-        assert_eq!(
-            KeyringFile::parse(&bad).unwrap().unseal(&kek).unwrap_err(),
-            KeyringError::Corrupted
-        );
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            match KeyringFile::parse(&bad) {
+                Err(KeyringError::Checksum) | Err(KeyringError::Decode(_)) => {}
+                other => panic!("flip at {i}: {other:?}"),
+            }
+        }
         for n in 0..bytes.len() {
             assert!(KeyringFile::parse(&bytes[..n]).is_err());
         }
@@ -370,11 +382,14 @@ mod tests {
         assert_eq!(back.key_ids().count(), 2);
         let wrong = crypto::derive_kek(b"CFKEY-1-abd", &read).unwrap();
         assert_eq!(parsed.unseal(&wrong).unwrap_err(), KeyringError::WrongKey);
-        // Weakening the header's KDF parameters breaks the body's authentication.
+        // Weakening the header's KDF parameters, even with the checksum
+        // recomputed, breaks the body's authentication.
         let mut tampered = bytes.clone();
-        tampered[6 + 7] ^= 1; // inside `iterations`
-        if let Ok(p) = KeyringFile::parse(&tampered) {
-            assert!(p.unseal(&kek).is_err());
-        }
+        tampered[6 + 7] ^= 2; // `iterations` 1 -> 3
+        let n = tampered.len() - 32;
+        let sum = *blake3::hash(&tampered[..n]).as_bytes();
+        tampered[n..].copy_from_slice(&sum);
+        let p = KeyringFile::parse(&tampered).unwrap();
+        assert_eq!(p.unseal(&kek).unwrap_err(), KeyringError::Corrupted);
     }
 }

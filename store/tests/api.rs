@@ -94,7 +94,10 @@ async fn a_lagging_watch_recovers_from_history_without_gaps() {
     let mut seen = Vec::new();
     while seen.last() != Some(&1500) {
         let e = next_event(&mut w).await;
-        assert_eq!(e.kv.value, ((e.revision - 1) as u32).to_be_bytes());
+        assert_eq!(
+            e.kv.value,
+            u32::try_from(e.revision - 1).unwrap().to_be_bytes()
+        );
         seen.push(e.revision);
     }
     assert_eq!(seen, (1..=1500).collect::<Vec<u64>>());

@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::codec::{Reader, Writer};
 use crate::command::{KeyMeta, KeyValue, Response};
-use crate::engine::db::{engine_err, location, Db, CF_EVENTS, CF_KV, CF_META};
+use crate::engine::db::{location, Db, CF_EVENTS, CF_KV, CF_META};
 use crate::error::Error;
 use crate::machine::{self, Index, IndexEntry, Mutation, Values};
 use crate::snapshot::{Frame, SnapshotError, SnapshotFile, SnapshotHeader, SnapshotWriter};
@@ -363,7 +363,10 @@ impl Shared {
         let view = self.db.db.snapshot();
         let _ = taken.send(());
         let meta_cf = self.db.cf(CF_META)?;
-        let pointer = match view.get_cf(meta_cf, META_SM).map_err(engine_err)? {
+        let pointer = match view
+            .get_cf(meta_cf, META_SM)
+            .map_err(|e| self.db.engine_err(e))?
+        {
             None => SmPointer {
                 last_applied: None,
                 membership: StoredMembership::default(),
@@ -398,7 +401,7 @@ impl Shared {
         .map_err(snapshot_err)?;
         let kv_cf = self.db.cf(CF_KV)?;
         for item in view.iterator_cf(kv_cf, rocksdb::IteratorMode::Start) {
-            let (k, v) = item.map_err(engine_err)?;
+            let (k, v) = item.map_err(|e| self.db.engine_err(e))?;
             let plain = self
                 .db
                 .cipher
