@@ -13,6 +13,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Raft, RaftMetrics, Snapshot, SnapshotPolicy, Vote};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::command::{
@@ -469,7 +470,34 @@ impl Store {
             writer: self.inner.shared.receive_snapshot()?,
             vote,
             store: self.clone(),
+            _lease: self.keep_lease(vote),
         })
+    }
+
+    /// Renews `vote`'s lease on this member every heartbeat interval until
+    /// the returned sender is dropped. `None` outside a Tokio runtime.
+    fn keep_lease(&self, vote: Vote<NodeId>) -> Option<oneshot::Sender<()>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (open, mut closed) = oneshot::channel::<()>();
+        let raft = self.inner.raft.clone();
+        let every = Duration::from_millis(self.inner.config.heartbeat_interval_ms.max(1));
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = &mut closed => break,
+                    _ = tick.tick() => {
+                        // A refused renewal means a newer leader exists, and
+                        // `finish` reports the snapshot refused as well.
+                        if let Err(RaftError::Fatal(_)) = raft.append_entries(lease_renewal(vote)).await {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Some(open)
     }
 
     /// Stops Raft and waits for the data directory to be released. Other
@@ -500,11 +528,33 @@ impl Store {
 
 /// Receives a streamed snapshot: [`write_frame`](Self::write_frame) each
 /// frame as it arrives, then [`finish`](Self::finish).
+///
+/// While a snapshot streams and installs, openraft sends the member nothing
+/// else (no heartbeats while a snapshot is in flight). So that the member's
+/// election timer does not fire meanwhile (it would campaign in a higher
+/// term, refuse the finished snapshot and depose the leader, and a large
+/// snapshot would never land), a receiver renews the sender's lease every
+/// heartbeat interval for as long as it lives, as openraft's own chunked
+/// install does with every chunk. A transport must therefore drop the
+/// receiver as soon as its stream breaks or stalls.
 #[derive(Debug)]
 pub struct SnapshotReceiver {
     writer: SnapshotWriter,
     vote: Vote<NodeId>,
     store: Store,
+    /// Dropping it ends the lease renewals.
+    _lease: Option<oneshot::Sender<()>>,
+}
+
+/// An AppendEntries with no entries and no previous log id: any log
+/// accepts it, and it changes nothing but the vote and its lease.
+fn lease_renewal(vote: Vote<NodeId>) -> AppendEntriesRequest<TypeConfig> {
+    AppendEntriesRequest {
+        vote,
+        prev_log_id: None,
+        leader_commit: None,
+        entries: Vec::new(),
+    }
 }
 
 impl SnapshotReceiver {

@@ -1,0 +1,384 @@
+//! Three-member clusters on the in-process network of `coffer_tests`:
+//! replication, leader failover with restart, catch-up by snapshot, and a
+//! leader cut off in a minority.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context};
+use coffer_store::{Consistency, Error, NodeId, Store};
+use coffer_tests::{Cluster, WAIT_TIMEOUT};
+use tokio::sync::mpsc;
+
+fn key(prefix: &str, i: usize) -> Vec<u8> {
+    format!("{prefix}/{i:05}").into_bytes()
+}
+
+/// A value of `len` bytes that differs from every other key's value.
+fn value(i: usize, len: usize) -> Vec<u8> {
+    let seed = format!("value-{i}-");
+    seed.bytes().cycle().take(len.max(seed.len())).collect()
+}
+
+/// Asserts that `store` holds exactly `want` under `prefix`, reading its
+/// local applied state.
+async fn assert_holds(
+    store: &Store,
+    prefix: &[u8],
+    want: &BTreeMap<Vec<u8>, Vec<u8>>,
+) -> anyhow::Result<()> {
+    let node = store.node_id();
+    for (k, v) in want {
+        let got = store
+            .get_kv(k, Consistency::Stale)
+            .await?
+            .with_context(|| format!("node {node} lacks {}", String::from_utf8_lossy(k)))?;
+        ensure!(
+            &got.value == v,
+            "node {node}: wrong value under {}",
+            String::from_utf8_lossy(k)
+        );
+    }
+    let listed = store.list(prefix, Consistency::Stale).await?;
+    ensure!(
+        listed.len() == want.len(),
+        "node {node} lists {} keys under {}, want {}",
+        listed.len(),
+        String::from_utf8_lossy(prefix),
+        want.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cluster = Cluster::start(3).await?;
+    let mut want = BTreeMap::new();
+    let mut last_revision = 0;
+    for i in 0..30 {
+        let revision = cluster.put(&key("r", i), &value(i, 200)).await?;
+        ensure!(revision > last_revision, "revisions must grow");
+        last_revision = revision;
+        want.insert(key("r", i), value(i, 200));
+    }
+    // An overwrite: the last write wins everywhere, and bumps the version.
+    last_revision = cluster.put(&key("r", 0), b"second").await?;
+    want.insert(key("r", 0), b"second".to_vec());
+
+    let applied = cluster.wait_converged().await?;
+    let leader = cluster.leader().await?;
+    for id in cluster.ids() {
+        let store = cluster.store(id)?;
+        ensure!(
+            store.metrics().last_applied.map(|l| l.index) >= Some(applied),
+            "node {id} has not applied {applied}"
+        );
+        assert_holds(&store, b"r/", &want).await?;
+        ensure!(
+            store.revision()? == last_revision,
+            "node {id} is at revision {}, the leader at {last_revision}",
+            store.revision()?
+        );
+        let first = store
+            .get_kv(&key("r", 0), Consistency::Stale)
+            .await?
+            .context("overwritten key missing")?;
+        ensure!(
+            first.meta.version == 2,
+            "node {id}: overwrite not versioned"
+        );
+        if id == leader {
+            for (k, v) in &want {
+                ensure!(store.get(k).await?.as_ref() == Some(v), "leader read");
+            }
+        } else {
+            // A follower does not serve linearizable reads: it names the leader.
+            match store.get_kv(&key("r", 1), Consistency::Linearizable).await {
+                Err(Error::NotLeader {
+                    leader_id: Some(l), ..
+                }) if l == leader => {}
+                other => bail!("node {id}: linearizable read on a follower gave {other:?}"),
+            }
+        }
+    }
+    cluster.shutdown().await?;
+    eprintln!("three_nodes_replicate: {:?}", started.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_new_leader_keeps_acknowledged_writes() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cluster = Arc::new(Cluster::start(3).await?);
+    let old = cluster.leader().await?;
+    let old_term = cluster.metrics(old)?.current_term;
+    let mut acked = BTreeMap::new();
+    for i in 0..20 {
+        cluster.put(&key("k", i), &value(i, 100)).await?;
+        acked.insert(key("k", i), value(i, 100));
+    }
+
+    // A client keeps writing while the leader dies; it reports each
+    // acknowledged write.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn({
+        let (cluster, stop) = (cluster.clone(), stop.clone());
+        async move {
+            let mut i = 1000;
+            while !stop.load(Ordering::Relaxed) {
+                cluster.put(&key("k", i), &value(i, 100)).await?;
+                if tx.send(i).is_err() {
+                    break;
+                }
+                i += 1;
+            }
+            anyhow::Ok(())
+        }
+    });
+    let mut recv_acked = async |n: usize| -> anyhow::Result<()> {
+        for _ in 0..n {
+            let i = tokio::time::timeout(WAIT_TIMEOUT, rx.recv())
+                .await
+                .context("the writer stalled")?
+                .context("the writer stopped")?;
+            acked.insert(key("k", i), value(i, 100));
+        }
+        Ok(())
+    };
+    recv_acked(10).await?;
+    cluster.kill(old).await?;
+    // Writes acknowledged after the kill went to the new leader.
+    recv_acked(20).await?;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(i) = rx.recv().await {
+        acked.insert(key("k", i), value(i, 100));
+    }
+    writer.await??;
+
+    let survivors: Vec<NodeId> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+    let new = cluster.leader_among(&survivors).await?;
+    ensure!(new != old, "the killed node cannot lead");
+    let new_store = cluster.store(new)?;
+    ensure!(
+        new_store.metrics().current_term > old_term,
+        "a new leader needs a new term"
+    );
+    for (k, v) in &acked {
+        ensure!(
+            new_store.get(k).await?.as_ref() == Some(v),
+            "acknowledged write {} lost on the new leader",
+            String::from_utf8_lossy(k)
+        );
+    }
+    let revision = new_store.put(b"after/kill", b"yes").await?;
+    ensure!(revision > 0);
+    acked.insert(b"after/kill".to_vec(), b"yes".to_vec());
+    drop(new_store);
+
+    cluster.restart(old).await?;
+    cluster.wait_converged().await?;
+    let back = cluster.store(old)?;
+    for (k, v) in &acked {
+        let got = back.get_kv(k, Consistency::Stale).await?;
+        ensure!(
+            got.map(|kv| kv.value).as_ref() == Some(v),
+            "restarted node {old} lacks {}",
+            String::from_utf8_lossy(k)
+        );
+    }
+    ensure!(back.revision()? == cluster.store(new)?.revision()?);
+    drop(back);
+    Arc::into_inner(cluster)
+        .context("cluster still shared")?
+        .shutdown()
+        .await?;
+    eprintln!(
+        "leader_killed ({} acknowledged writes): {:?}",
+        acked.len(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_far_behind_installs_a_multi_frame_snapshot() -> anyhow::Result<()> {
+    const SNAPSHOT_AFTER_LOGS: u64 = 50;
+    /// Enough writes to pass a snapshot interval, and about 3.4 MiB of
+    /// values: the snapshot taken at index 50 (some 40 of them, ~2.8 MiB)
+    /// spans several ~1 MiB frames.
+    const BIG_KEYS: usize = 48;
+    const VALUE_BYTES: usize = 72 * 1024;
+    let started = Instant::now();
+    let cluster = Cluster::start_with(3, |c| {
+        c.snapshot_after_logs = SNAPSHOT_AFTER_LOGS;
+        c.logs_kept_after_snapshot = 0;
+    })
+    .await?;
+    let mut want = BTreeMap::new();
+    for i in 0..5 {
+        cluster.put(&key("s", i), b"early").await?;
+        want.insert(key("s", i), b"early".to_vec());
+    }
+    cluster.wait_converged().await?;
+    let leader = cluster.leader().await?;
+    let victim = cluster
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .context("no follower")?;
+    let victim_last = cluster.metrics(victim)?.last_log_index.unwrap_or(0);
+    cluster.kill(victim).await?;
+
+    for i in 0..BIG_KEYS {
+        cluster.put(&key("s", i), &value(i, VALUE_BYTES)).await?;
+        want.insert(key("s", i), value(i, VALUE_BYTES));
+    }
+    // Every survivor (whichever leads) must have purged the log the victim
+    // needs: from here it can only catch up by snapshot.
+    for id in cluster.reachable() {
+        cluster
+            .store(id)?
+            .raft()
+            .wait(Some(WAIT_TIMEOUT))
+            .metrics(
+                |m| m.purged.map_or(0, |p| p.index) > victim_last,
+                format!("node {id} purges past {victim_last}"),
+            )
+            .await
+            .with_context(|| format!("node {id} did not purge its log"))?;
+    }
+    ensure!(cluster.snapshot_deliveries(victim).is_empty());
+
+    // A slow link: the stream (5 frames or more) outlasts the longest time a
+    // follower waits for its leader (lease + election timeout = 1.2 s).
+    // Openraft sends no heartbeat while a snapshot is in flight, so the
+    // receiver must keep the leader's lease alive; otherwise the victim
+    // campaigns mid-stream and refuses the snapshot when it completes.
+    cluster.set_snapshot_frame_delay(std::time::Duration::from_millis(300));
+    cluster.restart(victim).await?;
+    cluster.wait_converged().await?;
+    // The metrics are published as the install completes, a moment before
+    // the transport records the delivery.
+    let deadline = Instant::now() + WAIT_TIMEOUT;
+    let delivery = loop {
+        let deliveries = cluster.snapshot_deliveries(victim);
+        let installed = deliveries
+            .iter()
+            .find(|d| d.installed && d.last_log_index > Some(victim_last));
+        match installed {
+            Some(d) => break d.clone(),
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            None => bail!("node {victim} caught up without installing a snapshot: {deliveries:?}"),
+        }
+    };
+    ensure!(
+        delivery.frames >= 4 && delivery.bytes > 2 << 20,
+        "the snapshot should span several frames: {delivery:?}"
+    );
+    let refused: Vec<_> = cluster
+        .snapshot_deliveries(victim)
+        .into_iter()
+        .filter(|d| !d.installed)
+        .collect();
+    ensure!(
+        refused.is_empty(),
+        "node {victim} refused snapshots (it campaigned mid-stream): {refused:?}"
+    );
+    let m = cluster.metrics(victim)?;
+    ensure!(
+        m.snapshot.map(|s| s.index) >= delivery.last_log_index,
+        "node {victim} reports no installed snapshot: {:?}",
+        m.snapshot
+    );
+    let back = cluster.store(victim)?;
+    assert_holds(&back, b"s/", &want).await?;
+
+    // It keeps up by log afterwards.
+    cluster.put(b"s/after", b"log").await?;
+    want.insert(b"s/after".to_vec(), b"log".to_vec());
+    cluster.wait_converged().await?;
+    assert_holds(&back, b"s/", &want).await?;
+    ensure!(back.revision()? == cluster.store(cluster.leader().await?)?.revision()?);
+    drop(back);
+    cluster.shutdown().await?;
+    eprintln!(
+        "snapshot ({} frames, {} bytes): {:?}",
+        delivery.frames,
+        delivery.bytes,
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_in_minority_cannot_commit() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cluster = Cluster::start(3).await?;
+    let mut want = BTreeMap::new();
+    for i in 0..10 {
+        cluster.put(&key("m", i), &value(i, 64)).await?;
+        want.insert(key("m", i), value(i, 64));
+    }
+    cluster.wait_converged().await?;
+    let old = cluster.leader().await?;
+    let old_term = cluster.metrics(old)?.current_term;
+
+    cluster.isolate(old);
+    let cut_off = cluster.store(old)?;
+    let attempts = futures::future::join_all((0..3).map(|i| {
+        let store = cut_off.clone();
+        async move { store.put(&key("lost", i), b"minority").await }
+    }))
+    .await;
+    for attempt in attempts {
+        match attempt {
+            Err(Error::Timeout(_) | Error::NotLeader { .. } | Error::Unavailable(_)) => {}
+            other => bail!("a write to a leader without quorum gave {other:?}"),
+        }
+    }
+    match cut_off.get(&key("m", 0)).await {
+        Err(Error::Timeout(_) | Error::NotLeader { .. } | Error::Unavailable(_)) => {}
+        other => bail!("a linearizable read without quorum gave {other:?}"),
+    }
+    drop(cut_off);
+
+    let majority: Vec<NodeId> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+    let new = cluster.leader_among(&majority).await?;
+    ensure!(new != old);
+    ensure!(cluster.metrics(new)?.current_term > old_term);
+    for i in 10..20 {
+        let (by, _) = cluster
+            .on_leader(|store| {
+                let (k, v) = (key("m", i), value(i, 64));
+                async move { store.put(&k, &v).await }
+            })
+            .await?;
+        ensure!(by != old, "the isolated node acknowledged a write");
+        want.insert(key("m", i), value(i, 64));
+    }
+
+    cluster.heal(old);
+    cluster.wait_converged().await?;
+    let leader = cluster.leader().await?;
+    ensure!(leader != old || cluster.metrics(old)?.current_term > old_term);
+    let revision = cluster.store(leader)?.revision()?;
+    for id in cluster.ids() {
+        let store = cluster.store(id)?;
+        assert_holds(&store, b"m/", &want).await?;
+        ensure!(
+            store.list(b"lost/", Consistency::Stale).await?.is_empty(),
+            "node {id} holds a write the minority never committed"
+        );
+        ensure!(store.revision()? == revision, "node {id} diverged");
+    }
+    ensure!(cluster.store(leader)?.get(&key("lost", 0)).await?.is_none());
+    cluster.shutdown().await?;
+    eprintln!("leader_in_minority: {:?}", started.elapsed());
+    Ok(())
+}
