@@ -94,3 +94,18 @@ impl Error {
         )
     }
 }
+
+impl From<crate::snapshot::SnapshotError> for Error {
+    fn from(e: crate::snapshot::SnapshotError) -> Self {
+        use crate::snapshot::SnapshotError;
+        match e {
+            SnapshotError::Io { path, source } => Error::Io { path, source },
+            SnapshotError::Corrupt { path, detail } => Error::Corruption {
+                location: path.display().to_string(),
+                detail,
+            },
+            // Out-of-order frames come from whoever sent them.
+            SnapshotError::Sequence(s) => Error::InvalidArgument(format!("snapshot stream: {s}")),
+        }
+    }
+}

@@ -646,17 +646,13 @@ fn flipped_keyring_byte_is_corruption_naming_the_keyring() {
         assert!(msg.contains(&ring.display().to_string()), "{ctx}");
     }
     // A truncated keyring, too.
-    for len in [0, 4, original.len() / 2, original.len() - 1] {
-        fs::write(&ring, &original[..len]).unwrap();
-        let err = rt
-            .block_on(Store::open(Config::new(&dir)))
-            .map(|_| ())
-            .expect_err("a truncated keyring opened");
-        assert!(
-            matches!(&err, OpenError::Corruption { path, .. } if *path == ring),
-            "keyring truncated to {len}: {err:?}"
-        );
-    }
+    assert_truncations_are_corruption(
+        &rt,
+        &dir,
+        &ring,
+        &original,
+        &[0, 4, original.len() / 2, original.len() - 1],
+    );
     fs::write(&ring, &original).unwrap();
     rt.block_on(async {
         let store = Store::open(Config::new(&dir)).await.unwrap();
@@ -697,18 +693,7 @@ fn another_kek_is_wrong_key_and_a_truncated_kek_is_corruption() {
     }
     assert!(err.to_string().contains(&keys_dir.display().to_string()));
 
-    for len in [0, 3, 5, original.len() - 1] {
-        fs::write(&kek, &original[..len]).unwrap();
-        let err = rt
-            .block_on(Store::open(Config::new(&dir)))
-            .map(|_| ())
-            .expect_err("opened with a truncated KEK");
-        assert!(
-            matches!(&err, OpenError::Corruption { path, .. } if *path == kek),
-            "KEK truncated to {len}: {err:?}"
-        );
-        assert!(err.to_string().contains(&kek.display().to_string()));
-    }
+    assert_truncations_are_corruption(&rt, &dir, &kek, &original, &[0, 3, 5, original.len() - 1]);
     // Missing entirely.
     fs::remove_file(&kek).unwrap();
     let err = rt
@@ -728,4 +713,28 @@ fn another_kek_is_wrong_key_and_a_truncated_kek_is_corruption() {
         store.shutdown().await.unwrap();
     });
     assert_no_panics("another_kek_is_wrong_key_and_a_truncated_kek_is_corruption");
+}
+
+/// Truncating `file` to each of `lens` makes the store refuse to open with
+/// a corruption error naming `file`.
+fn assert_truncations_are_corruption(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    file: &Path,
+    original: &[u8],
+    lens: &[usize],
+) {
+    for &len in lens {
+        fs::write(file, &original[..len]).unwrap();
+        let err = rt
+            .block_on(Store::open(Config::new(dir)))
+            .map(|_| ())
+            .expect_err("opened with a truncated key file");
+        assert!(
+            matches!(&err, OpenError::Corruption { path, .. } if path == file),
+            "{} truncated to {len}: {err:?}",
+            file.display()
+        );
+        assert!(err.to_string().contains(&file.display().to_string()));
+    }
 }

@@ -209,7 +209,7 @@ impl Shared {
         };
         if let Some(id) = &current_id {
             let file = SnapshotFile::new(&shared.snapshot_dir, id, shared.db.cipher.clone());
-            let header = file.header().map_err(snapshot_err)?;
+            let header = file.header().map_err(Error::from)?;
             if shared.db.get_sealed(CF_META, META_INSTALLING)?.is_some() {
                 shared.install_from_file(&file)?;
             }
@@ -281,9 +281,9 @@ impl Shared {
         batch.delete_range_cf(ev_cf, [0u8].as_slice(), [0xffu8; 13].as_slice());
         self.db.write(batch, false)?;
         let mut index = Index::default();
-        let mut reader = file.reader().map_err(snapshot_err)?;
+        let mut reader = file.reader().map_err(Error::from)?;
         let mut header = None;
-        while let Some((frame, _)) = reader.next_frame().map_err(snapshot_err)? {
+        while let Some((frame, _)) = reader.next_frame().map_err(Error::from)? {
             match frame {
                 Frame::Header(h) => header = Some(h),
                 Frame::Records(kvs) => {
@@ -309,7 +309,7 @@ impl Shared {
                 Frame::End { .. } => {}
             }
         }
-        let header = header.ok_or_else(|| snapshot_err(SnapshotError::Sequence("no header")))?;
+        let header = header.ok_or_else(|| Error::from(SnapshotError::Sequence("no header")))?;
         index.revision = header.revision;
         let pointer = SmPointer {
             last_applied: header.meta.last_log_id,
@@ -393,12 +393,12 @@ impl Shared {
             ),
         };
         let mut w = SnapshotWriter::create(&self.snapshot_dir, &id, self.db.cipher.clone())
-            .map_err(snapshot_err)?;
+            .map_err(Error::from)?;
         w.header(SnapshotHeader {
             meta: meta.clone(),
             revision: pointer.revision,
         })
-        .map_err(snapshot_err)?;
+        .map_err(Error::from)?;
         let kv_cf = self.db.cf(CF_KV)?;
         for item in view.iterator_cf(kv_cf, rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db.engine_err(e))?;
@@ -408,10 +408,10 @@ impl Shared {
                 .open(&location(CF_KV, &k), &v)
                 .map_err(|e| self.db.corruption(CF_KV, e))?;
             w.push(decode_kv_row(&self.db, &k, &plain)?)
-                .map_err(snapshot_err)?;
+                .map_err(Error::from)?;
         }
         drop(view);
-        let file = w.finish().map_err(snapshot_err)?;
+        let file = w.finish().map_err(Error::from)?;
         self.set_current(meta.clone(), file.clone())?;
         Ok(Snapshot {
             meta,
@@ -452,20 +452,20 @@ impl Shared {
         {
             return Ok(incoming.clone());
         }
-        let mut reader = incoming.reader().map_err(snapshot_err)?;
+        let mut reader = incoming.reader().map_err(Error::from)?;
         let mut w =
             SnapshotWriter::create(&self.snapshot_dir, &random_id(), self.db.cipher.clone())
-                .map_err(snapshot_err)?;
-        while let Some((_, plain)) = reader.next_frame().map_err(snapshot_err)? {
-            w.write_frame(&plain).map_err(snapshot_err)?;
+                .map_err(Error::from)?;
+        while let Some((_, plain)) = reader.next_frame().map_err(Error::from)? {
+            w.write_frame(&plain).map_err(Error::from)?;
         }
-        w.finish().map_err(snapshot_err)
+        w.finish().map_err(Error::from)
     }
 
     /// Starts receiving a snapshot streamed from another member.
     pub fn receive_snapshot(&self) -> Result<SnapshotWriter, Error> {
         SnapshotWriter::create(&self.snapshot_dir, &random_id(), self.db.cipher.clone())
-            .map_err(snapshot_err)
+            .map_err(Error::from)
     }
 
     fn install(
@@ -474,9 +474,9 @@ impl Shared {
         incoming: &SnapshotFile,
     ) -> Result<(), Error> {
         let file = self.adopt_snapshot(incoming)?;
-        let header = file.header().map_err(snapshot_err)?;
+        let header = file.header().map_err(Error::from)?;
         if header.meta != *meta {
-            return Err(snapshot_err(SnapshotError::Sequence(
+            return Err(Error::from(SnapshotError::Sequence(
                 "snapshot header does not match its metadata",
             )));
         }
@@ -501,20 +501,6 @@ impl Shared {
             }
         }
         Ok(out)
-    }
-}
-
-fn snapshot_err(e: SnapshotError) -> Error {
-    match e {
-        SnapshotError::Io { path, source } => Error::Io { path, source },
-        SnapshotError::Corrupt { path, detail } => Error::Corruption {
-            location: path.display().to_string(),
-            detail,
-        },
-        SnapshotError::Sequence(s) => Error::Corruption {
-            location: "snapshot stream".into(),
-            detail: s.into(),
-        },
     }
 }
 

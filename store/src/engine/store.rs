@@ -561,21 +561,21 @@ impl SnapshotReceiver {
     /// Validates a frame's plaintext and stores it sealed under this
     /// member's keys.
     pub fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
-        self.writer.write_frame(frame).map_err(snapshot_error)
+        self.writer.write_frame(frame).map_err(Error::from)
     }
 
     /// Completes the file and installs it.
     pub async fn finish(self) -> Result<SnapshotResponse<NodeId>, Error> {
         if !self.writer.is_complete() {
-            return Err(snapshot_error(SnapshotError::Sequence(
+            return Err(Error::from(SnapshotError::Sequence(
                 "stream ended before its end marker",
             )));
         }
         let file = tokio::task::spawn_blocking(move || self.writer.finish())
             .await
             .map_err(|e| Error::Shutdown(e.to_string()))?
-            .map_err(snapshot_error)?;
-        let header = file.header().map_err(snapshot_error)?;
+            .map_err(Error::from)?;
+        let header = file.header().map_err(Error::from)?;
         self.store
             .inner
             .raft
@@ -593,18 +593,7 @@ impl SnapshotReceiver {
 
 /// Opens a snapshot's frames for sending.
 pub fn snapshot_frames(snapshot: &Snapshot<TypeConfig>) -> Result<SnapshotReader, Error> {
-    snapshot.snapshot.reader().map_err(snapshot_error)
-}
-
-fn snapshot_error(e: SnapshotError) -> Error {
-    match e {
-        SnapshotError::Io { path, source } => Error::Io { path, source },
-        SnapshotError::Corrupt { path, detail } => Error::Corruption {
-            location: path.display().to_string(),
-            detail,
-        },
-        SnapshotError::Sequence(s) => Error::InvalidArgument(format!("snapshot stream: {s}")),
-    }
+    snapshot.snapshot.reader().map_err(Error::from)
 }
 
 fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
