@@ -13,6 +13,8 @@ pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 pub const MAX_KEY_BYTES: usize = 8 * 1024;
 /// Most compares plus operations in one transaction.
 pub const MAX_TXN_OPS: usize = 1024;
+/// Most requests batched into one log entry.
+pub const MAX_BATCH_REQUESTS: usize = 1024;
 
 const COMMAND_VERSION: u8 = 1;
 
@@ -105,12 +107,13 @@ pub enum Request {
     Txn(Txn),
 }
 
-/// What a Raft log entry carries: a request and the quota the proposing
-/// leader enforces, so that every member decides alike.
+/// What a Raft log entry carries: a batch of requests from concurrent
+/// callers (applied in order, each at its own revision) and the quota the
+/// proposing leader enforces, so that every member decides alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
     pub quota_bytes: u64,
-    pub request: Request,
+    pub requests: Vec<Request>,
 }
 
 /// The result of one transaction operation.
@@ -131,12 +134,9 @@ pub enum Rejection {
     },
 }
 
-/// The result of applying a [`Command`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The result of applying one [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    /// Entries with no command (blank and membership entries).
-    #[default]
-    None,
     Put {
         revision: u64,
     },
@@ -231,10 +231,9 @@ fn decode_ops(r: &mut Reader<'_>) -> Result<Vec<Op>, DecodeError> {
     (0..n).map(|_| decode_op(r)).collect()
 }
 
-impl Command {
+impl Request {
     pub fn encode(&self, w: &mut Writer) {
-        w.u8(COMMAND_VERSION).u64(self.quota_bytes);
-        match &self.request {
+        match self {
             Request::Put { key, value } => w.u8(1).bytes(key).bytes(&value.0),
             Request::Delete { key } => w.u8(2).bytes(key),
             Request::Txn(t) => {
@@ -257,22 +256,15 @@ impl Command {
         };
     }
 
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// Bytes this request takes in a log entry.
+    pub fn encoded_len(&self) -> usize {
         let mut w = Writer::with_capacity(64);
         self.encode(&mut w);
-        w.finish()
+        w.len()
     }
 
     pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let version = r.u8("command version")?;
-        if version != COMMAND_VERSION {
-            return Err(DecodeError::UnknownVersion {
-                what: "command",
-                version,
-            });
-        }
-        let quota_bytes = r.u64("quota")?;
-        let request = match r.u8("request tag")? {
+        Ok(match r.u8("request tag")? {
             1 => Request::Put {
                 key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
                 value: Value(r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec()),
@@ -318,10 +310,48 @@ impl Command {
                     tag,
                 })
             }
-        };
+        })
+    }
+}
+
+impl Command {
+    pub fn encode(&self, w: &mut Writer) {
+        w.u8(COMMAND_VERSION).u64(self.quota_bytes);
+        w.u32(u32::try_from(self.requests.len()).unwrap_or(u32::MAX));
+        for request in &self.requests {
+            request.encode(w);
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(64);
+        self.encode(&mut w);
+        w.finish()
+    }
+
+    pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let version = r.u8("command version")?;
+        if version != COMMAND_VERSION {
+            return Err(DecodeError::UnknownVersion {
+                what: "command",
+                version,
+            });
+        }
+        let quota_bytes = r.u64("quota")?;
+        let n = r.count(5, "request count")?;
+        if n > MAX_BATCH_REQUESTS {
+            return Err(DecodeError::TooLong {
+                what: "request count",
+                len: n,
+                max: MAX_BATCH_REQUESTS,
+            });
+        }
+        let requests = (0..n)
+            .map(|_| Request::decode(r))
+            .collect::<Result<_, _>>()?;
         Ok(Command {
             quota_bytes,
-            request,
+            requests,
         })
     }
 
@@ -364,13 +394,18 @@ mod tests {
                 failure: vec![Op::Delete { key: b"a".to_vec() }],
             }),
         ];
-        for request in cmds {
+        for request in cmds.clone() {
             let c = Command {
                 quota_bytes: 77,
-                request,
+                requests: vec![request],
             };
             assert_eq!(Command::from_bytes(&c.to_bytes()).unwrap(), c);
         }
+        let batch = Command {
+            quota_bytes: 1,
+            requests: cmds.to_vec(),
+        };
+        assert_eq!(Command::from_bytes(&batch.to_bytes()).unwrap(), batch);
     }
 
     #[test]

@@ -86,6 +86,50 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error for another caller of a shared batch. I/O errors,
+    /// which cannot be cloned, keep their message.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::NotLeader {
+                leader_id,
+                leader_addr,
+            } => Error::NotLeader {
+                leader_id: *leader_id,
+                leader_addr: leader_addr.clone(),
+            },
+            Error::Unavailable(s) => Error::Unavailable(s.clone()),
+            Error::Timeout(ms) => Error::Timeout(*ms),
+            Error::RequestTooLarge { size, limit } => Error::RequestTooLarge {
+                size: *size,
+                limit: *limit,
+            },
+            Error::QuotaExceeded {
+                used_bytes,
+                requested_bytes,
+                quota_bytes,
+            } => Error::QuotaExceeded {
+                used_bytes: *used_bytes,
+                requested_bytes: *requested_bytes,
+                quota_bytes: *quota_bytes,
+            },
+            Error::Compacted { requested, oldest } => Error::Compacted {
+                requested: *requested,
+                oldest: *oldest,
+            },
+            Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
+            Error::Corruption { location, detail } => Error::Corruption {
+                location: location.clone(),
+                detail: detail.clone(),
+            },
+            Error::Engine(s) => Error::Engine(s.clone()),
+            Error::Io { path, source } => Error::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Shutdown(s) => Error::Shutdown(s.clone()),
+        }
+    }
+
     /// Whether the same request may succeed if retried later.
     pub fn is_retryable(&self) -> bool {
         matches!(

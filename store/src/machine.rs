@@ -9,9 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::command::{
-    Check, Command, KeyMeta, KeyValue, Op, OpResult, Rejection, Request, Response,
-};
+use crate::command::{Check, KeyMeta, KeyValue, Op, OpResult, Rejection, Request, Response};
 
 /// What the index keeps for a live key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,17 +119,17 @@ impl Index {
     }
 }
 
-/// Applies one command to `index`, returning the answer and the changes to
+/// Applies one request to `index`, returning the answer and the changes to
 /// persist. On `Err` from `values` the index may be partly changed; the
 /// caller treats that as fatal for the state machine.
 pub fn apply<V: Values>(
     index: &mut Index,
     values: &V,
-    command: &Command,
+    quota: u64,
+    request: &Request,
 ) -> Result<(Response, Vec<Mutation>), V::Error> {
     let next = index.revision.saturating_add(1);
-    let quota = command.quota_bytes;
-    match &command.request {
+    match request {
         Request::Put { key, value } => {
             let len = value.0.len() as u64;
             let old = index.get(key).map_or(0, |e| entry_bytes(key, e.value_len));
@@ -312,11 +310,8 @@ mod tests {
 
     impl Model {
         fn run(&mut self, request: Request, quota_bytes: u64) -> Response {
-            let cmd = Command {
-                quota_bytes,
-                request,
-            };
-            let Ok((resp, muts)) = apply(&mut self.index, &View(&self.values), &cmd);
+            let Ok((resp, muts)) =
+                apply(&mut self.index, &View(&self.values), quota_bytes, &request);
             for m in muts {
                 match m {
                     Mutation::Put { key, value, .. } => {

@@ -20,7 +20,7 @@ openraft::declare_raft_types!(
     /// Coffer's openraft type configuration.
     pub TypeConfig:
         D = Command,
-        R = Response,
+        R = Vec<Response>,
         NodeId = NodeId,
         Node = BasicNode,
         Entry = Entry<TypeConfig>,
@@ -249,10 +249,10 @@ mod tests {
                 log_id,
                 payload: EntryPayload::Normal(Command {
                     quota_bytes: 5,
-                    request: Request::Put {
+                    requests: vec![Request::Put {
                         key: b"k".to_vec(),
                         value: Value(b"v".to_vec()),
-                    },
+                    }],
                 }),
             },
             Entry {

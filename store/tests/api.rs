@@ -292,3 +292,53 @@ async fn a_second_open_of_the_same_directory_is_refused() {
     // Released on shutdown: it opens again.
     open(dir.path()).await.shutdown().await.unwrap();
 }
+
+/// Group commit: concurrent writers share Raft entries (one fsync each),
+/// and every writer still gets its own revision and answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_log_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let before = settled_log_index(&store).await;
+    let writers = 256u32;
+    let mut tasks = Vec::new();
+    for i in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .put(format!("w{i}").as_bytes(), &i.to_be_bytes())
+                .await
+                .unwrap()
+        }));
+    }
+    let mut revisions = Vec::new();
+    for t in tasks {
+        revisions.push(t.await.unwrap());
+    }
+    revisions.sort_unstable();
+    assert_eq!(revisions, (1..=u64::from(writers)).collect::<Vec<_>>());
+    let entries = settled_log_index(&store).await - before;
+    assert!(
+        entries <= u64::from(writers) / 2,
+        "{writers} concurrent puts took {entries} log entries: writes are not being batched"
+    );
+    for i in 0..writers {
+        let v = store.get(format!("w{i}").as_bytes()).await.unwrap();
+        assert_eq!(v.as_deref(), Some(&i.to_be_bytes()[..]));
+    }
+    store.shutdown().await.unwrap();
+}
+
+/// The last log index once everything in the log has been applied.
+async fn settled_log_index(store: &Store) -> u64 {
+    let m = store
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.last_log_index.is_some() && m.last_applied.map(|l| l.index) == m.last_log_index,
+            "log applied",
+        )
+        .await
+        .unwrap();
+    m.last_log_index.unwrap()
+}

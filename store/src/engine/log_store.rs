@@ -1,22 +1,14 @@
-//! Raft log and vote storage on RocksDB, with group commit.
+//! Raft log and vote storage on RocksDB.
 //!
-//! ```text
-//!  append(entries) ──► sealed WriteBatch (no sync) ──► memtable + WAL write
-//!        │                                                   
-//!        └─ callback ──► flusher thread: drain every queued callback,
-//!                        one WAL fsync, then complete them all
-//! ```
-//!
-//! Openraft keeps appending while a flush is in flight, so under load one
-//! fsync covers many append calls (and each call already carries a batch
-//! of client writes): concurrent writers share fsyncs and nothing is
-//! acknowledged before its fsync returns.
+//! `append` seals the entries and writes them as one synced RocksDB write
+//! batch, then completes openraft's callback. openraft 0.9 awaits that
+//! callback before it does anything else, so nothing is gained by flushing
+//! on another thread; concurrent writers share an fsync because the
+//! proposer (`engine::proposer`) puts them in one entry.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -53,7 +45,6 @@ pub struct LogStore {
     db: Arc<Db>,
     last_purged: Option<LogId<NodeId>>,
     last_log: Option<LogId<NodeId>>,
-    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -167,35 +158,11 @@ impl LogStore {
                 Some(entry.log_id)
             }
         };
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let flush_db = db.clone();
-        thread::Builder::new()
-            .name("coffer-log-flush".into())
-            .spawn(move || flush_loop(&flush_db, &rx))
-            .map_err(|e| Error::Io {
-                path: db.path.clone(),
-                source: e,
-            })?;
         Ok(LogStore {
             db,
             last_purged,
             last_log,
-            flusher: tx,
         })
-    }
-}
-
-/// Completes append callbacks after syncing the WAL, many per fsync.
-fn flush_loop(db: &Db, rx: &mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
-        }
-        let result = db.db.flush_wal(true).map_err(|e| e.into_string());
-        for cb in waiting {
-            cb.log_io_completed(result.clone().map_err(std::io::Error::other));
-        }
     }
 }
 
@@ -273,13 +240,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(write_err)?;
             last = Some(entry.log_id);
         }
-        self.db.write(batch, false).map_err(write_err)?;
-        if last.is_some() {
+        let result = self.db.write(batch, true);
+        if result.is_ok() && last.is_some() {
             self.last_log = last;
         }
-        self.flusher
-            .send(callback)
-            .map_err(|_| write_err(Error::Shutdown("log flusher stopped".into())))
+        callback.log_io_completed(
+            result
+                .as_ref()
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .map(|_| ()),
+        );
+        result.map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {

@@ -4,6 +4,7 @@ pub mod db;
 pub mod keys;
 pub mod log_store;
 pub mod network;
+pub mod proposer;
 pub mod state_machine;
 pub mod store;
 pub mod watch;

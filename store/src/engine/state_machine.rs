@@ -560,7 +560,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
 }
 
 impl StateMachine {
-    fn apply_batch(&self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<Response>, Error> {
+    fn apply_batch(&self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<Vec<Response>>, Error> {
         let shared = &self.shared;
         let db = &shared.db;
         let mut st = shared.state.write().map_err(|_| lock_poisoned())?;
@@ -571,66 +571,71 @@ impl StateMachine {
         for entry in entries {
             st.last_applied = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Blank => responses.push(Response::None),
+                EntryPayload::Blank => responses.push(Vec::new()),
                 EntryPayload::Membership(m) => {
                     st.membership = StoredMembership::new(Some(entry.log_id), m);
-                    responses.push(Response::None);
+                    responses.push(Vec::new());
                 }
                 EntryPayload::Normal(cmd) => {
-                    let values = BatchValues {
-                        shared,
-                        pending: &pending,
-                    };
-                    let (resp, mutations) = machine::apply(&mut st.index, &values, &cmd)?;
-                    let revision = st.index.revision;
-                    for (seq, m) in mutations.into_iter().enumerate() {
-                        let seq = u32::try_from(seq).unwrap_or(u32::MAX);
-                        let event = match m {
-                            Mutation::Put { key, value, meta } => {
-                                let kv = KeyValue {
-                                    key,
-                                    value: value.0,
-                                    meta,
-                                };
-                                let mut w =
-                                    Writer::with_capacity(kv.key.len() + kv.value.len() + 40);
-                                crate::snapshot::encode_kv(&mut w, &kv);
-                                db.put_sealed(
-                                    &mut batch,
-                                    CF_KV,
-                                    &db.cipher.name_hash(&kv.key),
-                                    &w.finish(),
-                                )?;
-                                pending.insert(kv.key.clone(), Some(kv.value.clone()));
-                                Event {
-                                    revision,
-                                    kind: EventKind::Put,
-                                    kv,
-                                }
-                            }
-                            Mutation::Delete { key } => {
-                                batch.delete_cf(db.cf(CF_KV)?, db.cipher.name_hash(&key));
-                                pending.insert(key.clone(), None);
-                                Event {
-                                    revision,
-                                    kind: EventKind::Delete,
-                                    kv: KeyValue {
-                                        key,
-                                        value: Vec::new(),
-                                        meta: KeyMeta::default(),
-                                    },
-                                }
-                            }
+                    let mut answers = Vec::with_capacity(cmd.requests.len());
+                    for request in &cmd.requests {
+                        let values = BatchValues {
+                            shared,
+                            pending: &pending,
                         };
-                        db.put_sealed(
-                            &mut batch,
-                            CF_EVENTS,
-                            &event_key(revision, seq),
-                            &encode_event(&event),
-                        )?;
-                        events.push(event);
+                        let (resp, mutations) =
+                            machine::apply(&mut st.index, &values, cmd.quota_bytes, request)?;
+                        let revision = st.index.revision;
+                        for (seq, m) in mutations.into_iter().enumerate() {
+                            let seq = u32::try_from(seq).unwrap_or(u32::MAX);
+                            let event = match m {
+                                Mutation::Put { key, value, meta } => {
+                                    let kv = KeyValue {
+                                        key,
+                                        value: value.0,
+                                        meta,
+                                    };
+                                    let mut w =
+                                        Writer::with_capacity(kv.key.len() + kv.value.len() + 40);
+                                    crate::snapshot::encode_kv(&mut w, &kv);
+                                    db.put_sealed(
+                                        &mut batch,
+                                        CF_KV,
+                                        &db.cipher.name_hash(&kv.key),
+                                        &w.finish(),
+                                    )?;
+                                    pending.insert(kv.key.clone(), Some(kv.value.clone()));
+                                    Event {
+                                        revision,
+                                        kind: EventKind::Put,
+                                        kv,
+                                    }
+                                }
+                                Mutation::Delete { key } => {
+                                    batch.delete_cf(db.cf(CF_KV)?, db.cipher.name_hash(&key));
+                                    pending.insert(key.clone(), None);
+                                    Event {
+                                        revision,
+                                        kind: EventKind::Delete,
+                                        kv: KeyValue {
+                                            key,
+                                            value: Vec::new(),
+                                            meta: KeyMeta::default(),
+                                        },
+                                    }
+                                }
+                            };
+                            db.put_sealed(
+                                &mut batch,
+                                CF_EVENTS,
+                                &event_key(revision, seq),
+                                &encode_event(&event),
+                            )?;
+                            events.push(event);
+                        }
+                        answers.push(resp);
                     }
-                    responses.push(resp);
+                    responses.push(answers);
                 }
             }
         }
@@ -679,7 +684,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((st.last_applied, st.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, SErr>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, SErr>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,

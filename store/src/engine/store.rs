@@ -13,17 +13,16 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Raft, RaftMetrics, Snapshot, SnapshotPolicy, Vote};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::command::{
-    Command, KeyValue, OpResult, Rejection, Request, Response, Txn, Value, MAX_REQUEST_BYTES,
-};
+use crate::command::{KeyValue, OpResult, Request, Response, Txn, Value, MAX_REQUEST_BYTES};
 use crate::config::{Bootstrap, Config, Encryption};
 use crate::engine::db::Db;
 use crate::engine::keys;
 use crate::engine::log_store::LogStore;
 use crate::engine::network::{NetworkFactory, NoPeers, Transport};
+use crate::engine::proposer::{self, Queued};
 use crate::engine::state_machine::{Shared, StateMachine};
 use crate::engine::watch::Watch;
 use crate::error::{Error, OpenError};
@@ -71,6 +70,7 @@ struct Inner {
     raft: Raft<TypeConfig>,
     shared: Arc<Shared>,
     config: Config,
+    proposals: mpsc::Sender<Queued>,
 }
 
 impl std::fmt::Debug for Store {
@@ -175,6 +175,11 @@ impl Store {
         .map_err(|e| OpenError::Raft(e.to_string()))?;
         let store = Store {
             inner: Arc::new(Inner {
+                proposals: proposer::start(
+                    raft.clone(),
+                    config.quota_bytes,
+                    config.request_timeout,
+                ),
                 raft,
                 shared,
                 config,
@@ -252,49 +257,29 @@ impl Store {
         request
             .validate()
             .map_err(|e| Error::InvalidArgument(e.into()))?;
-        let cmd = Command {
-            quota_bytes: self.inner.config.quota_bytes,
-            request,
-        };
-        let size = cmd.to_bytes().len();
-        if size > MAX_REQUEST_BYTES {
+        let encoded_len = request.encoded_len();
+        if encoded_len > MAX_REQUEST_BYTES {
             return Err(Error::RequestTooLarge {
-                size,
+                size: encoded_len,
                 limit: MAX_REQUEST_BYTES,
             });
         }
+        let (reply, answer) = oneshot::channel();
+        let stopped = || Error::Shutdown("the proposer has stopped".into());
+        self.inner
+            .proposals
+            .send(Queued {
+                request,
+                encoded_len,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
         let timeout = self.inner.config.request_timeout;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let attempt =
-                tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd.clone())).await;
-            match attempt {
-                Err(_) => return Err(Error::Timeout(millis(timeout))),
-                Ok(Ok(resp)) => {
-                    return match resp.data {
-                        Response::Rejected(Rejection::QuotaExceeded {
-                            used_bytes,
-                            requested_bytes,
-                            quota_bytes,
-                        }) => Err(Error::QuotaExceeded {
-                            used_bytes,
-                            requested_bytes,
-                            quota_bytes,
-                        }),
-                        other => Ok(other),
-                    }
-                }
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    if f.leader_id.is_some() || Instant::now() + NO_LEADER_BACKOFF >= deadline {
-                        return Err(not_leader(f));
-                    }
-                    tokio::time::sleep(NO_LEADER_BACKOFF).await;
-                }
-                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                    return Err(Error::InvalidArgument(e.to_string()))
-                }
-                Ok(Err(RaftError::Fatal(f))) => return Err(Error::Shutdown(f.to_string())),
-            }
+        match tokio::time::timeout(timeout, answer).await {
+            Err(_) => Err(Error::Timeout(millis(timeout))),
+            Ok(Err(_)) => Err(stopped()),
+            Ok(Ok(result)) => result,
         }
     }
 

@@ -1,0 +1,172 @@
+//! Group commit: concurrent writes share one Raft entry, hence one fsync.
+//!
+//! ```text
+//!  put/delete/txn ──► queue ──► proposer task: take what is queued (up to
+//!  (many callers)                 MAX_BATCH_REQUESTS and MAX_REQUEST_BYTES)
+//!                                 ──► one Command ──► Raft ──► one synced append
+//!                                 ◄── one Response per request, in order
+//! ```
+//!
+//! openraft 0.9 appends and fsyncs one client write at a time (its core
+//! awaits each append's flush before it takes the next message), so batching
+//! has to happen before Raft, as etcd does with its proposals. While a batch
+//! is in flight the next one gathers, so the batch size adapts to the load:
+//! one request when there is one writer, dozens under load.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::Raft;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use crate::command::{
+    Command, Rejection, Request, Response, MAX_BATCH_REQUESTS, MAX_REQUEST_BYTES,
+};
+use crate::error::Error;
+use crate::types::TypeConfig;
+
+/// Requests waiting for the proposer, at most.
+pub const QUEUE_REQUESTS_MAX: usize = 16 * 1024;
+/// Batches proposed but not yet applied, at most.
+pub const INFLIGHT_BATCHES_MAX: usize = 2;
+/// How long a retry waits while no leader is known.
+const NO_LEADER_BACKOFF: Duration = Duration::from_millis(20);
+
+/// A request and where its answer goes.
+#[derive(Debug)]
+pub struct Queued {
+    pub request: Request,
+    pub encoded_len: usize,
+    pub reply: oneshot::Sender<Result<Response, Error>>,
+}
+
+/// Starts the proposer task; requests sent to the returned queue are
+/// proposed in batches until the queue's senders are all dropped.
+pub fn start(raft: Raft<TypeConfig>, quota_bytes: u64, timeout: Duration) -> mpsc::Sender<Queued> {
+    let (tx, rx) = mpsc::channel(QUEUE_REQUESTS_MAX);
+    tokio::spawn(run(raft, quota_bytes, timeout, rx));
+    tx
+}
+
+async fn run(
+    raft: Raft<TypeConfig>,
+    quota_bytes: u64,
+    timeout: Duration,
+    mut rx: mpsc::Receiver<Queued>,
+) {
+    let inflight = Arc::new(Semaphore::new(INFLIGHT_BATCHES_MAX));
+    let mut carried: Option<Queued> = None;
+    loop {
+        let first = match carried.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
+        // Wait for a slot first: requests that arrive meanwhile join this batch.
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.encoded_len;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_REQUESTS {
+            match rx.try_recv() {
+                Ok(q) if bytes + q.encoded_len > MAX_REQUEST_BYTES => {
+                    carried = Some(q);
+                    break;
+                }
+                Ok(q) => {
+                    bytes += q.encoded_len;
+                    batch.push(q);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            propose(&raft, quota_bytes, timeout, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Proposes one batch and answers each of its callers.
+async fn propose(raft: &Raft<TypeConfig>, quota_bytes: u64, timeout: Duration, batch: Vec<Queued>) {
+    let (requests, replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|q| (q.request, q.reply)).unzip();
+    let command = Command {
+        quota_bytes,
+        requests,
+    };
+    match write(raft, command, timeout).await {
+        Ok(responses) if responses.len() == replies.len() => {
+            for (reply, response) in replies.into_iter().zip(responses) {
+                // A caller that gave up (timed out) no longer listens.
+                let _ = reply.send(answer(response));
+            }
+        }
+        Ok(responses) => {
+            for reply in replies {
+                let _ = reply.send(Err(Error::Engine(format!(
+                    "state machine answered a batch with {} responses",
+                    responses.len()
+                ))));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.duplicate()));
+            }
+        }
+    }
+}
+
+fn answer(response: Response) -> Result<Response, Error> {
+    match response {
+        Response::Rejected(Rejection::QuotaExceeded {
+            used_bytes,
+            requested_bytes,
+            quota_bytes,
+        }) => Err(Error::QuotaExceeded {
+            used_bytes,
+            requested_bytes,
+            quota_bytes,
+        }),
+        other => Ok(other),
+    }
+}
+
+/// Writes `command` through Raft, retrying while no leader is known.
+async fn write(
+    raft: &Raft<TypeConfig>,
+    command: Command,
+    timeout: Duration,
+) -> Result<Vec<Response>, Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, raft.client_write(command.clone())).await {
+            Err(_) => {
+                return Err(Error::Timeout(
+                    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                ))
+            }
+            Ok(Ok(resp)) => return Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                if f.leader_id.is_some() || Instant::now() + NO_LEADER_BACKOFF >= deadline {
+                    return Err(Error::NotLeader {
+                        leader_id: f.leader_id,
+                        leader_addr: f.leader_node.map(|n| n.addr),
+                    });
+                }
+                tokio::time::sleep(NO_LEADER_BACKOFF).await;
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                return Err(Error::InvalidArgument(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => return Err(Error::Shutdown(f.to_string())),
+        }
+    }
+}
