@@ -88,7 +88,7 @@ async fn run(store: &Store, workload: Workload, writers: usize, duration: Durati
     }
 }
 
-async fn suite(encryption: Encryption, secs: Duration, with_gets: bool) {
+async fn suite(encryption: Encryption, secs: Duration, with_gets: bool, filter: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = Config::new(dir.path());
     config.encryption = encryption;
@@ -100,15 +100,17 @@ async fn suite(encryption: Encryption, secs: Duration, with_gets: bool) {
     // Warm up: create the keys the get benchmark reads.
     run(&store, Workload::Put, 64, Duration::from_millis(500)).await;
     for writers in [1, 64, 256] {
-        run(&store, Workload::Put, writers, secs)
-            .await
-            .print(&format!("put {label} {writers} writers"));
+        let name = format!("put {label} {writers} writers");
+        if name.contains(filter) {
+            run(&store, Workload::Put, writers, secs).await.print(&name);
+        }
     }
     if with_gets {
         for readers in [1, 64] {
-            run(&store, Workload::Get, readers, secs)
-                .await
-                .print(&format!("get {label} {readers} readers"));
+            let name = format!("get {label} {readers} readers");
+            if name.contains(filter) {
+                run(&store, Workload::Get, readers, secs).await.print(&name);
+            }
         }
     }
     store.shutdown().await.expect("shutdown");
@@ -116,6 +118,11 @@ async fn suite(encryption: Encryption, secs: Duration, with_gets: bool) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // Like criterion: a plain argument selects the runs whose name contains it.
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_default();
     let secs = Duration::from_secs(if quick { 2 } else { 10 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -123,6 +130,11 @@ fn main() {
         .build()
         .expect("runtime");
     println!("coffer-store embedded single node, {VALUE_BYTES}-byte values, durable puts");
-    rt.block_on(suite(Encryption::On, secs, true));
-    rt.block_on(suite(Encryption::DangerOffForBenchmarks, secs, false));
+    rt.block_on(suite(Encryption::On, secs, true, &filter));
+    rt.block_on(suite(
+        Encryption::DangerOffForBenchmarks,
+        secs,
+        false,
+        &filter,
+    ));
 }

@@ -193,7 +193,11 @@ impl Cipher {
         let mut out = Vec::with_capacity(RECORD_OVERHEAD_BYTES + plaintext.len());
         out.push(RECORD_VERSION);
         out.extend_from_slice(&active.0.to_be_bytes());
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        // Nonces come from the thread-local CSPRNG (ChaCha, seeded and
+        // periodically reseeded from the OS): a syscall per record would
+        // cost more than the encryption. 192-bit random nonces make reuse
+        // negligible without any state.
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut rand::thread_rng());
         out.extend_from_slice(nonce.as_slice());
         out.extend_from_slice(plaintext);
         let aad = associated_data(&out[..5], location);

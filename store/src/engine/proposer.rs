@@ -11,7 +11,9 @@
 //! awaits each append's flush before it takes the next message), so batching
 //! has to happen before Raft, as etcd does with its proposals. While a batch
 //! is in flight the next one gathers, so the batch size adapts to the load:
-//! one request when there is one writer, dozens under load.
+//! one request when there is one writer, dozens under load. One batch in
+//! flight measured best (64 writers: 28k puts/s with one, 21-27k with two or
+//! three, which split the waiting writers into a large and a tiny batch).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +32,9 @@ use crate::types::TypeConfig;
 /// Requests waiting for the proposer, at most.
 pub const QUEUE_REQUESTS_MAX: usize = 16 * 1024;
 /// Batches proposed but not yet applied, at most.
-pub const INFLIGHT_BATCHES_MAX: usize = 2;
+pub const INFLIGHT_BATCHES_MAX: usize = 1;
+/// Scheduler turns the proposer gives callers to queue before a batch.
+const GATHER_YIELDS_MAX: usize = 8;
 /// How long a retry waits while no leader is known.
 const NO_LEADER_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -70,6 +74,17 @@ async fn run(
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             return;
         };
+        // Callers answered by the previous batch are runnable but may not
+        // have queued their next request yet: let them, while the queue
+        // keeps growing (a few scheduler turns, no timer).
+        let mut queued = rx.len();
+        for _ in 0..GATHER_YIELDS_MAX {
+            tokio::task::yield_now().await;
+            if rx.len() == queued {
+                break;
+            }
+            queued = rx.len();
+        }
         let mut bytes = first.encoded_len;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_REQUESTS {
