@@ -37,6 +37,8 @@ const META_INSTALLING: &[u8] = b"installing";
 /// Event history is trimmed in steps of this many revisions, so that range
 /// deletions stay rare.
 const EVENT_TRIM_STEP: u64 = 1024;
+/// An events record is sealed once it holds about this much.
+const EVENT_RECORD_BYTES: usize = 1 << 20;
 
 type SErr = StorageError<NodeId>;
 
@@ -95,32 +97,50 @@ fn random_id() -> String {
     k.expose()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn event_key(revision: u64, seq: u32) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..8].copy_from_slice(&revision.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
+/// Row key of an event record: the last revision it holds. One record
+/// holds the events of one applied batch, so it is sealed once per batch.
+fn event_key(last_revision: u64) -> [u8; 8] {
+    last_revision.to_be_bytes()
 }
 
-pub fn encode_event(e: &Event) -> Vec<u8> {
-    let mut w = Writer::with_capacity(64 + e.kv.key.len() + e.kv.value.len());
-    w.u8(1).u64(e.revision).u8(match e.kind {
-        EventKind::Put => 1,
-        EventKind::Delete => 2,
-    });
-    crate::snapshot::encode_kv(&mut w, &e.kv);
+/// Encodes the events of one applied batch (one sealed `events` row).
+pub fn encode_events(events: &[Event]) -> Vec<u8> {
+    let size: usize = events
+        .iter()
+        .map(|e| 48 + e.kv.key.len() + e.kv.value.len())
+        .sum();
+    let mut w = Writer::with_capacity(8 + size);
+    w.u8(2).u32(u32::try_from(events.len()).unwrap_or(u32::MAX));
+    for e in events {
+        w.u64(e.revision).u8(match e.kind {
+            EventKind::Put => 1,
+            EventKind::Delete => 2,
+        });
+        crate::snapshot::encode_kv(&mut w, &e.kv);
+    }
     w.finish()
 }
 
-pub fn decode_event(bytes: &[u8]) -> Result<Event, crate::codec::DecodeError> {
+/// Decodes what [`encode_events`] wrote.
+pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, crate::codec::DecodeError> {
     let mut r = Reader::new(bytes);
-    let version = r.u8("event version")?;
-    if version != 1 {
+    let version = r.u8("events version")?;
+    if version != 2 {
         return Err(crate::codec::DecodeError::UnknownVersion {
-            what: "event",
+            what: "events",
             version,
         });
     }
+    let n = r.count(42, "event count")?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(decode_event(&mut r)?);
+    }
+    r.finish("events")?;
+    Ok(out)
+}
+
+fn decode_event(r: &mut Reader<'_>) -> Result<Event, crate::codec::DecodeError> {
     let revision = r.u64("event revision")?;
     let kind = match r.u8("event kind")? {
         1 => EventKind::Put,
@@ -132,8 +152,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, crate::codec::DecodeError> {
             })
         }
     };
-    let kv = crate::snapshot::decode_kv(&mut r)?;
-    r.finish("event")?;
+    let kv = crate::snapshot::decode_kv(r)?;
     Ok(Event { revision, kind, kv })
 }
 
@@ -493,12 +512,15 @@ impl Shared {
     /// The events at revisions `from..` whose key starts with `prefix`.
     pub fn history(&self, from: u64, prefix: &[u8]) -> Result<Vec<Event>, Error> {
         let mut out = Vec::new();
-        for row in self.db.scan_sealed(CF_EVENTS, &event_key(from, 0))? {
+        // The first record whose last revision is at or past `from`.
+        for row in self.db.scan_sealed(CF_EVENTS, &event_key(from))? {
             let (_, plain) = row?;
-            let e = decode_event(&plain).map_err(|e| self.db.corruption(CF_EVENTS, e))?;
-            if e.kv.key.starts_with(prefix) {
-                out.push(e);
-            }
+            let events = decode_events(&plain).map_err(|e| self.db.corruption(CF_EVENTS, e))?;
+            out.extend(
+                events
+                    .into_iter()
+                    .filter(|e| e.revision >= from && e.kv.key.starts_with(prefix)),
+            );
         }
         Ok(out)
     }
@@ -567,6 +589,7 @@ impl StateMachine {
         let mut batch = WriteBatch::default();
         let mut pending: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let mut events = Vec::new();
+        let mut sealed_upto = 0;
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             st.last_applied = Some(entry.log_id);
@@ -586,8 +609,7 @@ impl StateMachine {
                         let (resp, mutations) =
                             machine::apply(&mut st.index, &values, cmd.quota_bytes, request)?;
                         let revision = st.index.revision;
-                        for (seq, m) in mutations.into_iter().enumerate() {
-                            let seq = u32::try_from(seq).unwrap_or(u32::MAX);
+                        for m in mutations {
                             let event = match m {
                                 Mutation::Put { key, value, meta } => {
                                     let kv = KeyValue {
@@ -625,27 +647,35 @@ impl StateMachine {
                                     }
                                 }
                             };
-                            db.put_sealed(
-                                &mut batch,
-                                CF_EVENTS,
-                                &event_key(revision, seq),
-                                &encode_event(&event),
-                            )?;
                             events.push(event);
                         }
                         answers.push(resp);
+                        // Between requests, so a transaction's events (one
+                        // revision) never straddle two records.
+                        let unsealed = &events[sealed_upto..];
+                        let unsealed_bytes: usize = unsealed
+                            .iter()
+                            .map(|e| e.kv.key.len() + e.kv.value.len() + 48)
+                            .sum();
+                        if unsealed_bytes >= EVENT_RECORD_BYTES {
+                            seal_events(db, &mut batch, unsealed)?;
+                            sealed_upto = events.len();
+                        }
                     }
                     responses.push(answers);
                 }
             }
         }
+        seal_events(db, &mut batch, &events[sealed_upto..])?;
         let trim_to = st.index.revision.saturating_sub(shared.watch_history) / EVENT_TRIM_STEP
             * EVENT_TRIM_STEP;
         if trim_to > st.compacted {
+            // Records that end at or before `trim_to`; one that straddles it
+            // stays, and `Watch` never asks for what lies before `compacted`.
             batch.delete_range_cf(
                 db.cf(CF_EVENTS)?,
-                event_key(0, 0),
-                event_key(trim_to.saturating_add(1), 0),
+                event_key(0),
+                event_key(trim_to.saturating_add(1)),
             );
             st.compacted = trim_to;
         }
@@ -663,6 +693,19 @@ impl StateMachine {
             let _ = shared.notices.send(Notice::Events(Arc::new(events)));
         }
         Ok(responses)
+    }
+}
+
+/// Adds one sealed `events` row holding `events` (none if empty).
+fn seal_events(db: &Db, batch: &mut WriteBatch, events: &[Event]) -> Result<(), Error> {
+    match events.last() {
+        None => Ok(()),
+        Some(last) => db.put_sealed(
+            batch,
+            CF_EVENTS,
+            &event_key(last.revision),
+            &encode_events(events),
+        ),
     }
 }
 
