@@ -88,6 +88,7 @@ pub enum Error {
 impl Error {
     /// The same error for another caller of a shared batch. I/O errors,
     /// which cannot be cloned, keep their message.
+    #[cfg(feature = "engine")]
     pub(crate) fn duplicate(&self) -> Error {
         match self {
             Error::NotLeader {

@@ -6,6 +6,7 @@
 pub mod codec;
 pub mod command;
 pub mod crypto;
+pub mod event;
 pub mod keyring;
 pub mod machine;
 pub mod snapshot;
@@ -15,6 +16,7 @@ pub use command::{
     Check, Command, Compare, KeyMeta, KeyValue, Op, OpResult, Rejection, Request, Response, Txn,
     Value, MAX_KEY_BYTES, MAX_REQUEST_BYTES,
 };
+pub use event::{Event, EventKind};
 pub use types::{NodeId, TypeConfig};
 
 mod error;
@@ -29,8 +31,6 @@ pub mod engine;
 pub use config::{Bootstrap, Config, Encryption, DEFAULT_QUOTA_BYTES};
 #[cfg(feature = "engine")]
 pub use engine::network::{NoPeers, Transport, TransportError};
-#[cfg(feature = "engine")]
-pub use engine::state_machine::{Event, EventKind};
 #[cfg(feature = "engine")]
 pub use engine::store::{snapshot_frames, Consistency, SnapshotReceiver, Store, TxnResult};
 #[cfg(feature = "engine")]

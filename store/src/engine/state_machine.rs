@@ -27,6 +27,7 @@ use crate::codec::{Reader, Writer};
 use crate::command::{KeyMeta, KeyValue, Response};
 use crate::engine::db::{location, Db, CF_EVENTS, CF_KV, CF_META};
 use crate::error::Error;
+use crate::event::{decode_events, encode_events, Event, EventKind};
 use crate::machine::{self, Index, IndexEntry, Mutation, Values};
 use crate::snapshot::{Frame, SnapshotError, SnapshotFile, SnapshotHeader, SnapshotWriter};
 use crate::types::{self, NodeId, TypeConfig};
@@ -41,22 +42,6 @@ const EVENT_TRIM_STEP: u64 = 1024;
 const EVENT_RECORD_BYTES: usize = 1 << 20;
 
 type SErr = StorageError<NodeId>;
-
-/// What happened to a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    Put,
-    Delete,
-}
-
-/// One change seen by a watch. For a delete, `kv.value` is empty and
-/// `kv.meta` is zero.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub revision: u64,
-    pub kind: EventKind,
-    pub kv: KeyValue,
-}
 
 /// What the state machine tells live watches.
 #[derive(Debug, Clone)]
@@ -101,59 +86,6 @@ fn random_id() -> String {
 /// holds the events of one applied batch, so it is sealed once per batch.
 fn event_key(last_revision: u64) -> [u8; 8] {
     last_revision.to_be_bytes()
-}
-
-/// Encodes the events of one applied batch (one sealed `events` row).
-pub fn encode_events(events: &[Event]) -> Vec<u8> {
-    let size: usize = events
-        .iter()
-        .map(|e| 48 + e.kv.key.len() + e.kv.value.len())
-        .sum();
-    let mut w = Writer::with_capacity(8 + size);
-    w.u8(2).u32(u32::try_from(events.len()).unwrap_or(u32::MAX));
-    for e in events {
-        w.u64(e.revision).u8(match e.kind {
-            EventKind::Put => 1,
-            EventKind::Delete => 2,
-        });
-        crate::snapshot::encode_kv(&mut w, &e.kv);
-    }
-    w.finish()
-}
-
-/// Decodes what [`encode_events`] wrote.
-pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, crate::codec::DecodeError> {
-    let mut r = Reader::new(bytes);
-    let version = r.u8("events version")?;
-    if version != 2 {
-        return Err(crate::codec::DecodeError::UnknownVersion {
-            what: "events",
-            version,
-        });
-    }
-    let n = r.count(42, "event count")?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(decode_event(&mut r)?);
-    }
-    r.finish("events")?;
-    Ok(out)
-}
-
-fn decode_event(r: &mut Reader<'_>) -> Result<Event, crate::codec::DecodeError> {
-    let revision = r.u64("event revision")?;
-    let kind = match r.u8("event kind")? {
-        1 => EventKind::Put,
-        2 => EventKind::Delete,
-        tag => {
-            return Err(crate::codec::DecodeError::UnknownTag {
-                what: "event kind",
-                tag,
-            })
-        }
-    };
-    let kv = crate::snapshot::decode_kv(r)?;
-    Ok(Event { revision, kind, kv })
 }
 
 struct SmPointer {

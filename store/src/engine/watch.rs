@@ -5,8 +5,9 @@ use std::sync::Weak;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::engine::state_machine::{Event, Notice, Shared};
+use crate::engine::state_machine::{Notice, Shared};
 use crate::error::Error;
+use crate::event::Event;
 
 /// A stream of [`Event`]s for keys under a prefix, in revision order, with
 /// no gaps and no repeats. Created by [`crate::Store::watch`].
