@@ -218,6 +218,20 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
+    /// Like [`count`](Self::count), and at most `max`.
+    pub fn count_at_most(
+        &mut self,
+        min_item_bytes: usize,
+        max: usize,
+        what: &'static str,
+    ) -> Result<usize, DecodeError> {
+        let n = self.count(min_item_bytes, what)?;
+        if n > max {
+            return Err(DecodeError::TooLong { what, len: n, max });
+        }
+        Ok(n)
+    }
+
     /// Fails unless every byte has been read.
     pub fn finish(self, what: &'static str) -> Result<(), DecodeError> {
         if self.buf.is_empty() {

@@ -220,14 +220,7 @@ fn encode_ops(w: &mut Writer, ops: &[Op]) {
 }
 
 fn decode_ops(r: &mut Reader<'_>) -> Result<Vec<Op>, DecodeError> {
-    let n = r.count(5, "op count")?;
-    if n > MAX_TXN_OPS {
-        return Err(DecodeError::TooLong {
-            what: "op count",
-            len: n,
-            max: MAX_TXN_OPS,
-        });
-    }
+    let n = r.count_at_most(5, MAX_TXN_OPS, "op count")?;
     (0..n).map(|_| decode_op(r)).collect()
 }
 
@@ -273,14 +266,7 @@ impl Request {
                 key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
             },
             3 => {
-                let n = r.count(5, "compare count")?;
-                if n > MAX_TXN_OPS {
-                    return Err(DecodeError::TooLong {
-                        what: "compare count",
-                        len: n,
-                        max: MAX_TXN_OPS,
-                    });
-                }
+                let n = r.count_at_most(5, MAX_TXN_OPS, "compare count")?;
                 let mut compares = Vec::with_capacity(n);
                 for _ in 0..n {
                     let key = r.bytes(MAX_KEY_BYTES, "key")?.to_vec();
@@ -338,14 +324,7 @@ impl Command {
             });
         }
         let quota_bytes = r.u64("quota")?;
-        let n = r.count(5, "request count")?;
-        if n > MAX_BATCH_REQUESTS {
-            return Err(DecodeError::TooLong {
-                what: "request count",
-                len: n,
-                max: MAX_BATCH_REQUESTS,
-            });
-        }
+        let n = r.count_at_most(5, MAX_BATCH_REQUESTS, "request count")?;
         let requests = (0..n)
             .map(|_| Request::decode(r))
             .collect::<Result<_, _>>()?;

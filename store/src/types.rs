@@ -98,11 +98,6 @@ pub fn encode_membership(w: &mut Writer, m: &Membership<NodeId, BasicNode>) {
 }
 
 pub fn decode_membership(r: &mut Reader<'_>) -> Result<Membership<NodeId, BasicNode>, DecodeError> {
-    let too_many = |len| DecodeError::TooLong {
-        what: "membership",
-        len,
-        max: MAX_MEMBERS,
-    };
     let n_configs = r.count(4, "membership configs")?;
     if n_configs > 2 {
         // A membership is a single config or a joint of two.
@@ -113,20 +108,14 @@ pub fn decode_membership(r: &mut Reader<'_>) -> Result<Membership<NodeId, BasicN
     }
     let mut configs = Vec::with_capacity(n_configs);
     for _ in 0..n_configs {
-        let n = r.count(8, "membership voters")?;
-        if n > MAX_MEMBERS {
-            return Err(too_many(n));
-        }
+        let n = r.count_at_most(8, MAX_MEMBERS, "membership voters")?;
         let mut set = BTreeSet::new();
         for _ in 0..n {
             set.insert(r.u64("voter id")?);
         }
         configs.push(set);
     }
-    let n_nodes = r.count(12, "membership nodes")?;
-    if n_nodes > MAX_MEMBERS {
-        return Err(too_many(n_nodes));
-    }
+    let n_nodes = r.count_at_most(12, MAX_MEMBERS, "membership nodes")?;
     let mut nodes = BTreeMap::new();
     for _ in 0..n_nodes {
         let id = r.u64("node id")?;

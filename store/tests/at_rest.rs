@@ -618,13 +618,7 @@ fn flipped_keyring_byte_is_corruption_naming_the_keyring() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let rt = runtime("flipped_keyring_byte_is_corruption_naming_the_keyring");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    rt.block_on(async {
-        let store = Store::open(Config::new(&dir)).await.unwrap();
-        store.put(b"k", b"v").await.unwrap();
-        store.shutdown().await.unwrap();
-    });
+    let (_tmp, dir) = store_with_one_key(&rt);
     let ring = dir.join(keys::KEYS_DIR).join(keys::KEYRING_FILE);
     let original = fs::read(&ring).unwrap();
     // Every byte of the file, each with a random non-zero mask.
@@ -665,13 +659,7 @@ fn flipped_keyring_byte_is_corruption_naming_the_keyring() {
 #[test]
 fn another_kek_is_wrong_key_and_a_truncated_kek_is_corruption() {
     let rt = runtime("another_kek_is_wrong_key_and_a_truncated_kek_is_corruption");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    rt.block_on(async {
-        let store = Store::open(Config::new(&dir)).await.unwrap();
-        store.put(b"k", b"v").await.unwrap();
-        store.shutdown().await.unwrap();
-    });
+    let (_tmp, dir) = store_with_one_key(&rt);
     let keys_dir = dir.join(keys::KEYS_DIR);
     let kek = keys_dir.join(keys::KEK_FILE);
     let ring = keys_dir.join(keys::KEYRING_FILE);
@@ -737,4 +725,16 @@ fn assert_truncations_are_corruption(
         );
         assert!(err.to_string().contains(&file.display().to_string()));
     }
+}
+
+/// A closed store holding one key, in `<tmp>/data`.
+fn store_with_one_key(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    rt.block_on(async {
+        let store = Store::open(Config::new(&dir)).await.unwrap();
+        store.put(b"k", b"v").await.unwrap();
+        store.shutdown().await.unwrap();
+    });
+    (tmp, dir)
 }
