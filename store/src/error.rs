@@ -86,6 +86,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// A request that got no answer within `after`.
+    #[cfg(feature = "engine")]
+    pub(crate) fn timeout(after: std::time::Duration) -> Error {
+        Error::Timeout(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
+    }
+
     /// The same error for another caller of a shared batch. I/O errors,
     /// which cannot be cloned, keep their message.
     #[cfg(feature = "engine")]

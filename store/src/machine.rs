@@ -66,6 +66,20 @@ impl Index {
         self.keys.get(key)
     }
 
+    /// Adds a live key as stored (on disk or in a snapshot), keeping
+    /// `used_bytes` right; revisions are not touched.
+    pub fn insert_live(&mut self, key: Vec<u8>, meta: KeyMeta, value_len: u64) {
+        let key_len = key.len() as u64;
+        if let Some(old) = self.keys.insert(key, IndexEntry { meta, value_len }) {
+            self.used_bytes = self
+                .used_bytes
+                .saturating_sub(key_len.saturating_add(old.value_len));
+        }
+        self.used_bytes = self
+            .used_bytes
+            .saturating_add(key_len.saturating_add(value_len));
+    }
+
     fn put(&mut self, key: &[u8], value_len: u64, revision: u64) -> KeyMeta {
         let meta = match self.keys.get(key) {
             Some(old) => KeyMeta {

@@ -170,6 +170,7 @@ fn frame_location(id: &str, index: u64) -> Vec<u8> {
 
 /// A finished snapshot file on disk and the keys that open it: openraft's
 /// `SnapshotData`.
+#[derive(Clone)]
 pub struct SnapshotFile {
     path: PathBuf,
     id: String,

@@ -521,8 +521,9 @@ fn open_and_read_all(
     let db = match Db::open(&dir.join("db"), Arc::new(cipher)) {
         Ok(db) => db,
         Err(e) => {
-            assert!(is_corruption_message(e.as_ref()), "raw open: {e}");
-            return Outcome::Detected(e.into_string());
+            let msg = e.to_string();
+            assert!(is_corruption_message(&msg), "raw open: {msg}");
+            return Outcome::Detected(msg);
         }
     };
     for cf in ALL_CFS {

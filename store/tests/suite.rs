@@ -29,7 +29,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
         let dir = tempfile::tempdir().map_err(io_err)?;
         let cipher = Keyring::generate().cipher().map_err(io_err)?;
         let db = Db::open(&dir.path().join("db"), Arc::new(cipher))
-            .map_err(|e| io_err(std::io::Error::other(e.into_string())))?;
+            .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
         let db = Arc::new(db);
         let snapshot_dir = dir.path().join("snapshots");
         std::fs::create_dir_all(&snapshot_dir).map_err(io_err)?;

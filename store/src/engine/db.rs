@@ -55,12 +55,22 @@ pub fn location(cf: &str, key: &[u8]) -> Vec<u8> {
     loc
 }
 
-pub fn engine_err(e: rocksdb::Error) -> Error {
-    Error::Engine(e.into_string())
+/// A RocksDB error on the database at `path`. Damage RocksDB detects (a
+/// block checksum mismatch, a file shorter than the manifest says) is
+/// corruption of the database, not a transient engine failure; RocksDB's
+/// message names the damaged file.
+fn engine_error(path: &Path, e: rocksdb::Error) -> Error {
+    match e.kind() {
+        rocksdb::ErrorKind::Corruption => Error::Corruption {
+            location: path.display().to_string(),
+            detail: e.into_string(),
+        },
+        _ => Error::Engine(e.into_string()),
+    }
 }
 
 impl Db {
-    pub fn open(path: &Path, cipher: Arc<Cipher>) -> Result<Self, rocksdb::Error> {
+    pub fn open(path: &Path, cipher: Arc<Cipher>) -> Result<Self, Error> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -74,7 +84,7 @@ impl Db {
             o.set_compression_type(rocksdb::DBCompressionType::None);
             ColumnFamilyDescriptor::new(*name, o)
         });
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| engine_error(path, e))?;
         Ok(Db {
             db,
             cipher,
@@ -88,18 +98,9 @@ impl Db {
             .ok_or_else(|| Error::Engine(format!("column family `{name}` is missing")))
     }
 
-    /// A RocksDB error on this database. Damage RocksDB detects (a block
-    /// checksum mismatch, a file shorter than the manifest says) is
-    /// corruption of the database, not a transient engine failure; RocksDB's
-    /// message names the damaged file.
+    /// A RocksDB error on this database (see [`engine_error`]).
     pub fn engine_err(&self, e: rocksdb::Error) -> Error {
-        match e.kind() {
-            rocksdb::ErrorKind::Corruption => Error::Corruption {
-                location: self.path.display().to_string(),
-                detail: e.into_string(),
-            },
-            _ => engine_err(e),
-        }
+        engine_error(&self.path, e)
     }
 
     pub fn corruption(&self, cf: &str, detail: impl std::fmt::Display) -> Error {

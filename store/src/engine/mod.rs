@@ -5,6 +5,7 @@ pub mod keys;
 pub mod log_store;
 pub mod network;
 pub mod proposer;
+pub mod retry;
 pub mod state_machine;
 pub mod store;
 pub mod watch;

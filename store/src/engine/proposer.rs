@@ -21,11 +21,11 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::time::Instant;
 
 use crate::command::{
     Command, Rejection, Request, Response, MAX_BATCH_REQUESTS, MAX_REQUEST_BYTES,
 };
+use crate::engine::retry::{self, Refused};
 use crate::error::Error;
 use crate::types::TypeConfig;
 
@@ -35,8 +35,6 @@ pub const QUEUE_REQUESTS_MAX: usize = 16 * 1024;
 pub const INFLIGHT_BATCHES_MAX: usize = 1;
 /// Scheduler turns the proposer gives callers to queue before a batch.
 const GATHER_YIELDS_MAX: usize = 8;
-/// How long a retry waits while no leader is known.
-const NO_LEADER_BACKOFF: Duration = Duration::from_millis(20);
 
 /// A request and where its answer goes.
 #[derive(Debug)]
@@ -154,34 +152,24 @@ fn answer(response: Response) -> Result<Response, Error> {
     }
 }
 
-/// Writes `command` through Raft, retrying while no leader is known.
+/// Writes `command` through Raft, riding out an election.
 async fn write(
     raft: &Raft<TypeConfig>,
     command: Command,
     timeout: Duration,
 ) -> Result<Vec<Response>, Error> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, raft.client_write(command.clone())).await {
-            Err(_) => {
-                return Err(Error::Timeout(
-                    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                ))
+    let command = &command;
+    retry::through_election(timeout, || async move {
+        match raft.client_write(command.clone()).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Refused::Forward(f))
             }
-            Ok(Ok(resp)) => return Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                if f.leader_id.is_some() || Instant::now() + NO_LEADER_BACKOFF >= deadline {
-                    return Err(Error::NotLeader {
-                        leader_id: f.leader_id,
-                        leader_addr: f.leader_node.map(|n| n.addr),
-                    });
-                }
-                tokio::time::sleep(NO_LEADER_BACKOFF).await;
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(Refused::Failed(Error::InvalidArgument(e.to_string())))
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                return Err(Error::InvalidArgument(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(f))) => return Err(Error::Shutdown(f.to_string())),
+            Err(RaftError::Fatal(f)) => Err(Refused::Failed(Error::Shutdown(f.to_string()))),
         }
-    }
+    })
+    .await
 }

@@ -28,7 +28,7 @@ use crate::command::{KeyMeta, KeyValue, Response};
 use crate::engine::db::{location, Db, CF_EVENTS, CF_KV, CF_META};
 use crate::error::Error;
 use crate::event::{decode_events, encode_events, Event, EventKind};
-use crate::machine::{self, Index, IndexEntry, Mutation, Values};
+use crate::machine::{self, Index, Mutation, Values};
 use crate::snapshot::{Frame, SnapshotError, SnapshotFile, SnapshotHeader, SnapshotWriter};
 use crate::types::{self, NodeId, TypeConfig};
 
@@ -123,6 +123,13 @@ fn decode_pointer(bytes: &[u8]) -> Result<SmPointer, crate::codec::DecodeError> 
     Ok(p)
 }
 
+/// Adds the sealed `kv` row of `kv`, under its name's hash, to `batch`.
+fn put_kv_row(db: &Db, batch: &mut WriteBatch, kv: &KeyValue) -> Result<(), Error> {
+    let mut w = Writer::with_capacity(kv.key.len() + kv.value.len() + 40);
+    crate::snapshot::encode_kv(&mut w, kv);
+    db.put_sealed(batch, CF_KV, &db.cipher.name_hash(&kv.key), &w.finish())
+}
+
 /// Decodes a `kv` row and checks that it sits under its own name's hash.
 fn decode_kv_row(db: &Db, row_key: &[u8], plain: &[u8]) -> Result<KeyValue, Error> {
     let mut r = Reader::new(plain);
@@ -183,17 +190,7 @@ impl Shared {
         for row in self.db.scan_sealed(CF_KV, &[])? {
             let (k, plain) = row?;
             let kv = decode_kv_row(&self.db, &k, &plain)?;
-            st.index.used_bytes = st
-                .index
-                .used_bytes
-                .saturating_add(kv.key.len() as u64 + kv.value.len() as u64);
-            st.index.keys.insert(
-                kv.key,
-                IndexEntry {
-                    meta: kv.meta,
-                    value_len: kv.value.len() as u64,
-                },
-            );
+            st.index.insert_live(kv.key, kv.meta, kv.value.len() as u64);
         }
         *self.state.write().map_err(|_| lock_poisoned())? = st;
         Ok(())
@@ -240,20 +237,8 @@ impl Shared {
                 Frame::Records(kvs) => {
                     let mut batch = WriteBatch::default();
                     for kv in kvs {
-                        let hash = self.db.cipher.name_hash(&kv.key);
-                        let mut w = Writer::with_capacity(kv.key.len() + kv.value.len() + 40);
-                        crate::snapshot::encode_kv(&mut w, &kv);
-                        self.db.put_sealed(&mut batch, CF_KV, &hash, &w.finish())?;
-                        index.used_bytes = index
-                            .used_bytes
-                            .saturating_add(kv.key.len() as u64 + kv.value.len() as u64);
-                        index.keys.insert(
-                            kv.key,
-                            IndexEntry {
-                                meta: kv.meta,
-                                value_len: kv.value.len() as u64,
-                            },
-                        );
+                        put_kv_row(&self.db, &mut batch, &kv)?;
+                        index.insert_live(kv.key, kv.meta, kv.value.len() as u64);
                     }
                     self.db.write(batch, false)?;
                 }
@@ -458,13 +443,6 @@ impl Shared {
     }
 }
 
-impl Clone for SnapshotFile {
-    fn clone(&self) -> Self {
-        let dir = self.path().parent().map(PathBuf::from).unwrap_or_default();
-        SnapshotFile::new(&dir, self.id(), self.cipher().clone())
-    }
-}
-
 /// Values of a batch being applied: its own earlier writes, then disk.
 struct BatchValues<'a> {
     shared: &'a Shared,
@@ -549,15 +527,7 @@ impl StateMachine {
                                         value: value.0,
                                         meta,
                                     };
-                                    let mut w =
-                                        Writer::with_capacity(kv.key.len() + kv.value.len() + 40);
-                                    crate::snapshot::encode_kv(&mut w, &kv);
-                                    db.put_sealed(
-                                        &mut batch,
-                                        CF_KV,
-                                        &db.cipher.name_hash(&kv.key),
-                                        &w.finish(),
-                                    )?;
+                                    put_kv_row(db, &mut batch, &kv)?;
                                     pending.insert(kv.key.clone(), Some(kv.value.clone()));
                                     Event {
                                         revision,

@@ -6,9 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{
-    CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
-};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
@@ -23,14 +21,12 @@ use crate::engine::keys;
 use crate::engine::log_store::LogStore;
 use crate::engine::network::{NetworkFactory, NoPeers, Transport};
 use crate::engine::proposer::{self, Queued};
+use crate::engine::retry::{self, Refused};
 use crate::engine::state_machine::{Shared, StateMachine};
 use crate::engine::watch::Watch;
 use crate::error::{Error, OpenError};
 use crate::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::types::{NodeId, TypeConfig};
-
-/// How long a retry waits while no leader is known.
-const NO_LEADER_BACKOFF: Duration = Duration::from_millis(20);
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,13 +97,6 @@ fn open_err(e: Error) -> OpenError {
     }
 }
 
-fn not_leader(f: ForwardToLeader<NodeId, BasicNode>) -> Error {
-    Error::NotLeader {
-        leader_id: f.leader_id,
-        leader_addr: f.leader_node.map(|n| n.addr),
-    }
-}
-
 impl Store {
     /// Opens (creating if empty) the store in `config.dir`. An empty
     /// directory with [`Bootstrap::SingleNode`] becomes a single-node cluster.
@@ -139,13 +128,7 @@ impl Store {
         let snapshot_dir = dir.join("snapshots");
         fs::create_dir_all(&snapshot_dir).map_err(io_open(&snapshot_dir))?;
         let db_path = dir.join("db");
-        let db = Arc::new(Db::open(&db_path, cipher).map_err(|e| match e.kind() {
-            rocksdb::ErrorKind::Corruption => OpenError::Corruption {
-                path: db_path.clone(),
-                detail: e.into_string(),
-            },
-            _ => OpenError::Engine(e.into_string()),
-        })?);
+        let db = Arc::new(Db::open(&db_path, cipher).map_err(open_err)?);
         let shared = Shared::open(db.clone(), snapshot_dir, config.watch_history_revisions)
             .map_err(open_err)?;
         let log_store = LogStore::open(db).map_err(open_err)?;
@@ -277,7 +260,7 @@ impl Store {
             .map_err(|_| stopped())?;
         let timeout = self.inner.config.request_timeout;
         match tokio::time::timeout(timeout, answer).await {
-            Err(_) => Err(Error::Timeout(millis(timeout))),
+            Err(_) => Err(Error::timeout(timeout)),
             Ok(Err(_)) => Err(stopped()),
             Ok(Ok(result)) => result,
         }
@@ -288,24 +271,20 @@ impl Store {
         if consistency == Consistency::Stale {
             return Ok(());
         }
-        let timeout = self.inner.config.request_timeout;
-        let deadline = Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.inner.raft.ensure_linearizable()).await {
-                Err(_) => return Err(Error::Timeout(millis(timeout))),
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                    if f.leader_id.is_some() || Instant::now() + NO_LEADER_BACKOFF >= deadline {
-                        return Err(not_leader(f));
-                    }
-                    tokio::time::sleep(NO_LEADER_BACKOFF).await;
+        let raft = &self.inner.raft;
+        retry::through_election(self.inner.config.request_timeout, || async move {
+            match raft.ensure_linearizable().await {
+                Ok(_) => Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    Err(Refused::Forward(f))
                 }
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
-                    return Err(Error::Unavailable(q.to_string()))
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                    Err(Refused::Failed(Error::Unavailable(q.to_string())))
                 }
-                Ok(Err(RaftError::Fatal(f))) => return Err(Error::Shutdown(f.to_string())),
+                Err(RaftError::Fatal(f)) => Err(Refused::Failed(Error::Shutdown(f.to_string()))),
             }
-        }
+        })
+        .await
     }
 
     /// Puts `value` under `key`; returns the revision once the write is
@@ -583,16 +562,12 @@ pub fn snapshot_frames(snapshot: &Snapshot<TypeConfig>) -> Result<SnapshotReader
 
 fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => retry::not_leader(f),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             Error::InvalidArgument(c.to_string())
         }
         RaftError::Fatal(f) => Error::Shutdown(f.to_string()),
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn poisoned() -> Error {
