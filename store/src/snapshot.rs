@@ -371,6 +371,11 @@ impl SnapshotWriter {
         })
     }
 
+    /// The id the finished file will have.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     fn io(&self, source: io::Error) -> SnapshotError {
         SnapshotError::Io {
             path: self.tmp.clone(),

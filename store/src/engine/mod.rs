@@ -6,6 +6,10 @@ pub mod log_store;
 pub mod network;
 pub mod proposer;
 pub mod retry;
+pub mod snapshots;
 pub mod state_machine;
 pub mod store;
 pub mod watch;
+
+#[cfg(test)]
+mod tests;

@@ -6,14 +6,14 @@
 //! so the state on disk is always a prefix of the log. The write is not
 //! synced on its own; see ARCHITECTURE.md, "Durability".
 //!
-//! Snapshot install is made crash-safe by an `installing` marker: the
-//! received file is complete and synced before the marker is written, and
-//! [`Shared::open`] finishes an install the marker says was interrupted.
+//! Snapshot files and their lifecycle (who may delete what, the current
+//! snapshot only moving forward, the crash-safe install) belong to
+//! [`crate::engine::snapshots`]; this module builds snapshots from a
+//! RocksDB point-in-time view and replaces the state from one.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -26,6 +26,8 @@ use tokio::sync::{broadcast, oneshot};
 use crate::codec::{Reader, Writer};
 use crate::command::{KeyMeta, KeyValue, Response};
 use crate::engine::db::{location, Db, CF_EVENTS, CF_KV, CF_META};
+use crate::engine::snapshots::{Meta, Snapshots};
+use crate::engine::watch::{HISTORY_PAGE_BYTES, HISTORY_PAGE_EVENTS};
 use crate::error::Error;
 use crate::event::{decode_events, encode_events, Event, EventKind};
 use crate::machine::{self, Index, Mutation, Values};
@@ -33,13 +35,18 @@ use crate::snapshot::{Frame, SnapshotError, SnapshotFile, SnapshotHeader, Snapsh
 use crate::types::{self, NodeId, TypeConfig};
 
 const META_SM: &[u8] = b"sm";
-const META_SNAPSHOT: &[u8] = b"snapshot";
-const META_INSTALLING: &[u8] = b"installing";
 /// Event history is trimmed in steps of this many revisions, so that range
 /// deletions stay rare.
 const EVENT_TRIM_STEP: u64 = 1024;
 /// An events record is sealed once it holds about this much.
 const EVENT_RECORD_BYTES: usize = 1 << 20;
+/// Rows a list reads per RocksDB multi-get.
+pub const LIST_PAGE_KEYS: usize = 256;
+/// Live notices kept for watchers that have not read them yet. Each holds
+/// one events record (about [`EVENT_RECORD_BYTES`], plus at most one
+/// request), so this bounds what stalled watchers pin in memory; a watcher
+/// that falls further behind reads the history from disk.
+pub const NOTICES_MAX: usize = 64;
 
 type SErr = StorageError<NodeId>;
 
@@ -68,18 +75,12 @@ pub struct Shared {
     pub db: Arc<Db>,
     pub state: RwLock<SmState>,
     pub notices: broadcast::Sender<Notice>,
-    pub snapshot_dir: PathBuf,
-    current: Mutex<Option<(SnapshotMeta<NodeId, BasicNode>, SnapshotFile)>>,
+    pub snapshots: Snapshots,
     pub watch_history: u64,
 }
 
 fn lock_poisoned() -> Error {
     Error::Shutdown("state lock poisoned by a panic".into())
-}
-
-fn random_id() -> String {
-    let k = crate::crypto::SecretKey::random();
-    k.expose()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Row key of an event record: the last revision it holds. One record
@@ -149,31 +150,19 @@ impl Shared {
         snapshot_dir: PathBuf,
         watch_history: u64,
     ) -> Result<Arc<Self>, Error> {
-        let (notices, _) = broadcast::channel(1024);
+        let (notices, _) = broadcast::channel(NOTICES_MAX);
+        let (snapshots, interrupted) = Snapshots::open(&db, snapshot_dir)?;
         let shared = Arc::new(Shared {
             db,
             state: RwLock::new(SmState::default()),
             notices,
-            snapshot_dir,
-            current: Mutex::new(None),
+            snapshots,
             watch_history: watch_history.max(1),
         });
-        let current_id = match shared.db.get_sealed(CF_META, META_SNAPSHOT)? {
-            Some(id) => Some(
-                String::from_utf8(id.to_vec())
-                    .map_err(|_| shared.db.corruption(CF_META, "snapshot id is not UTF-8"))?,
-            ),
-            None => None,
-        };
-        if let Some(id) = &current_id {
-            let file = SnapshotFile::new(&shared.snapshot_dir, id, shared.db.cipher.clone());
+        if let Some(file) = interrupted {
             let header = file.header().map_err(Error::from)?;
-            if shared.db.get_sealed(CF_META, META_INSTALLING)?.is_some() {
-                shared.install_from_file(&file)?;
-            }
-            *shared.current.lock().map_err(|_| lock_poisoned())? = Some((header.meta, file));
+            shared.install_file(header.meta, file)?;
         }
-        shared.remove_other_snapshots(current_id.as_deref());
         shared.load()?;
         Ok(shared)
     }
@@ -196,18 +185,54 @@ impl Shared {
         Ok(())
     }
 
-    fn remove_other_snapshots(&self, keep: Option<&str>) {
-        let Ok(dir) = fs::read_dir(&self.snapshot_dir) else {
-            return;
+    /// A live key with its value, as this member has applied it. The row
+    /// is read under the state lock (one bounded read), so the index and
+    /// the row agree; a key the index holds whose row is missing is
+    /// corruption, never an absent key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, Error> {
+        let st = self.state.read().map_err(|_| lock_poisoned())?;
+        if st.index.get(key).is_none() {
+            return Ok(None);
+        }
+        self.read_kv(key)?
+            .map(Some)
+            .ok_or_else(|| self.db.corruption(CF_KV, "a live key's row is missing"))
+    }
+
+    /// Every live key starting with `prefix`, in key order, as of one
+    /// point in time. The state lock is held only to clone the index (a
+    /// persistent map: constant time) and take a RocksDB view that matches
+    /// it; the rows are then read from the view in pages of
+    /// [`LIST_PAGE_KEYS`], with no lock held. Call on a blocking thread.
+    pub fn list(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, Error> {
+        let (keys, view) = {
+            let st = self.state.read().map_err(|_| lock_poisoned())?;
+            (st.index.keys.clone(), self.db.db.snapshot())
         };
-        let keep = keep.map(|id| format!("{id}.snap"));
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            if Some(name.to_string_lossy().as_ref()) != keep.as_deref() {
-                // Leftovers are harmless (sealed); failing to remove one is not an error.
-                let _ = fs::remove_file(entry.path());
+        let cf = self.db.cf(CF_KV)?;
+        let mut out = Vec::new();
+        let mut names = keys
+            .range(prefix.to_vec()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .peekable();
+        while names.peek().is_some() {
+            let page: Vec<&Vec<u8>> = names.by_ref().take(LIST_PAGE_KEYS).collect();
+            let hashes: Vec<[u8; 32]> = page.iter().map(|k| self.db.cipher.name_hash(k)).collect();
+            let rows = view.multi_get_cf(hashes.iter().map(|h| (cf, h.as_slice())));
+            for (hash, row) in hashes.iter().zip(rows) {
+                let raw = row
+                    .map_err(|e| self.db.engine_err(e))?
+                    .ok_or_else(|| self.db.corruption(CF_KV, "a live key's row is missing"))?;
+                let plain = self
+                    .db
+                    .cipher
+                    .open(&location(CF_KV, hash), &raw)
+                    .map_err(|e| self.db.corruption(CF_KV, e))?;
+                out.push(decode_kv_row(&self.db, hash, &plain)?);
             }
         }
+        Ok(out)
     }
 
     /// Reads a live key's row.
@@ -219,8 +244,20 @@ impl Shared {
         }
     }
 
-    /// Replaces the state with the contents of a complete snapshot file.
-    fn install_from_file(&self, file: &SnapshotFile) -> Result<(), Error> {
+    /// Replaces the state with the contents of a complete snapshot file of
+    /// this member's own, through [`Snapshots::install`].
+    fn install_file(&self, meta: Meta, file: SnapshotFile) -> Result<(), Error> {
+        self.snapshots.install(&self.db, meta, file, |file, last| {
+            self.replace_state(file, last)
+        })?;
+        // Watches re-check what history is left.
+        let _ = self.notices.send(Notice::Reset);
+        Ok(())
+    }
+
+    /// Rewrites the state from `file`; the new pointer row goes into
+    /// `last`, which the caller commits (synced) with the snapshot rows.
+    fn replace_state(&self, file: &SnapshotFile, last: &mut WriteBatch) -> Result<(), Error> {
         let mut st = self.state.write().map_err(|_| lock_poisoned())?;
         let kv_cf = self.db.cf(CF_KV)?;
         let ev_cf = self.db.cf(CF_EVENTS)?;
@@ -253,19 +290,14 @@ impl Shared {
             revision: header.revision,
             compacted: header.revision,
         };
-        let mut batch = WriteBatch::default();
         self.db
-            .put_sealed(&mut batch, CF_META, META_SM, &encode_pointer(&pointer))?;
-        batch.delete_cf(self.db.cf(CF_META)?, META_INSTALLING);
-        self.db.write(batch, true)?;
+            .put_sealed(last, CF_META, META_SM, &encode_pointer(&pointer))?;
         *st = SmState {
             index,
             last_applied: pointer.last_applied,
             membership: pointer.membership,
             compacted: pointer.compacted,
         };
-        drop(st);
-        let _ = self.notices.send(Notice::Reset);
         Ok(())
     }
 
@@ -283,10 +315,7 @@ impl Shared {
                 let result = shared.build_snapshot(taken_tx);
                 let _ = done_tx.send(result);
             })
-            .map_err(|e| Error::Io {
-                path: self.snapshot_dir.clone(),
-                source: e,
-            })?;
+            .map_err(|e| Error::Engine(format!("cannot start the snapshot thread: {e}")))?;
         // An error before the view was taken arrives through `done_rx`.
         let _ = taken_rx.await;
         Ok(done_rx)
@@ -318,18 +347,17 @@ impl Shared {
                 decode_pointer(&plain).map_err(|e| self.db.corruption(CF_META, e))?
             }
         };
-        let id = random_id();
+        let mut w = self.snapshots.writer()?;
         let meta = SnapshotMeta {
             last_log_id: pointer.last_applied,
             last_membership: pointer.membership,
             snapshot_id: format!(
-                "{}-{}-{id}",
+                "{}-{}-{}",
                 pointer.last_applied.map_or(0, |l| l.leader_id.term),
-                pointer.last_applied.map_or(0, |l| l.index)
+                pointer.last_applied.map_or(0, |l| l.index),
+                w.id()
             ),
         };
-        let mut w = SnapshotWriter::create(&self.snapshot_dir, &id, self.db.cipher.clone())
-            .map_err(Error::from)?;
         w.header(SnapshotHeader {
             meta: meta.clone(),
             revision: pointer.revision,
@@ -348,50 +376,31 @@ impl Shared {
         }
         drop(view);
         let file = w.finish().map_err(Error::from)?;
-        self.set_current(meta.clone(), file.clone())?;
+        // A build that an install overtook is discarded here; openraft
+        // ignores the meta of a snapshot older than the one it holds.
+        self.snapshots
+            .publish(&self.db, meta.clone(), file.clone())?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(file),
         })
     }
 
-    fn set_current(
-        &self,
-        meta: SnapshotMeta<NodeId, BasicNode>,
-        file: SnapshotFile,
-    ) -> Result<(), Error> {
-        let mut batch = WriteBatch::default();
-        self.db
-            .put_sealed(&mut batch, CF_META, META_SNAPSHOT, file.id().as_bytes())?;
-        self.db.write(batch, true)?;
-        let mut cur = self.current.lock().map_err(|_| lock_poisoned())?;
-        let keep = file.id().to_string();
-        *cur = Some((meta, file));
-        drop(cur);
-        self.remove_other_snapshots(Some(&keep));
-        Ok(())
-    }
-
     fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
-        let cur = self.current.lock().map_err(|_| lock_poisoned())?;
-        Ok(cur.as_ref().map(|(meta, file)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(file.clone()),
+        Ok(self.snapshots.current()?.map(|c| Snapshot {
+            meta: c.meta,
+            snapshot: Box::new(c.file),
         }))
     }
 
     /// Copies `incoming` into a file of our own (sealed under our keys)
     /// unless it already is one.
-    pub fn adopt_snapshot(&self, incoming: &SnapshotFile) -> Result<SnapshotFile, Error> {
-        if Arc::ptr_eq(incoming.cipher(), &self.db.cipher)
-            && incoming.path().parent() == Some(self.snapshot_dir.as_path())
-        {
+    fn adopt_snapshot(&self, incoming: &SnapshotFile) -> Result<SnapshotFile, Error> {
+        if self.snapshots.owns(incoming) {
             return Ok(incoming.clone());
         }
         let mut reader = incoming.reader().map_err(Error::from)?;
-        let mut w =
-            SnapshotWriter::create(&self.snapshot_dir, &random_id(), self.db.cipher.clone())
-                .map_err(Error::from)?;
+        let mut w = self.snapshots.writer()?;
         while let Some((_, plain)) = reader.next_frame().map_err(Error::from)? {
             w.write_frame(&plain).map_err(Error::from)?;
         }
@@ -400,8 +409,7 @@ impl Shared {
 
     /// Starts receiving a snapshot streamed from another member.
     pub fn receive_snapshot(&self) -> Result<SnapshotWriter, Error> {
-        SnapshotWriter::create(&self.snapshot_dir, &random_id(), self.db.cipher.clone())
-            .map_err(Error::from)
+        self.snapshots.writer()
     }
 
     fn install(
@@ -416,31 +424,71 @@ impl Shared {
                 "snapshot header does not match its metadata",
             )));
         }
-        let mut batch = WriteBatch::default();
-        self.db
-            .put_sealed(&mut batch, CF_META, META_INSTALLING, file.id().as_bytes())?;
-        self.db
-            .put_sealed(&mut batch, CF_META, META_SNAPSHOT, file.id().as_bytes())?;
-        self.db.write(batch, true)?;
-        self.install_from_file(&file)?;
-        self.set_current(header.meta, file)
+        self.install_file(header.meta, file)
     }
 
-    /// The events at revisions `from..` whose key starts with `prefix`.
-    pub fn history(&self, from: u64, prefix: &[u8]) -> Result<Vec<Event>, Error> {
-        let mut out = Vec::new();
-        // The first record whose last revision is at or past `from`.
-        for row in self.db.scan_sealed(CF_EVENTS, &event_key(from))? {
-            let (_, plain) = row?;
-            let events = decode_events(&plain).map_err(|e| self.db.corruption(CF_EVENTS, e))?;
-            out.extend(
-                events
-                    .into_iter()
-                    .filter(|e| e.revision >= from && e.kv.key.starts_with(prefix)),
-            );
+    /// One bounded page of the events at revisions `from..=upto` whose key
+    /// starts with `prefix`, read from disk. The state lock is held only to
+    /// check that the history is kept and to open the iterator (a
+    /// point-in-time view), never across the reads.
+    pub fn history_page(&self, from: u64, upto: u64, prefix: &[u8]) -> Result<HistoryPage, Error> {
+        let cf = CF_EVENTS;
+        let it = {
+            let st = self.state.read().map_err(|_| lock_poisoned())?;
+            if from <= st.compacted {
+                return Err(Error::Compacted {
+                    requested: from,
+                    oldest: st.compacted + 1,
+                });
+            }
+            // The first record whose last revision is at or past `from`.
+            self.db.db.iterator_cf(
+                self.db.cf(cf)?,
+                rocksdb::IteratorMode::From(&event_key(from), rocksdb::Direction::Forward),
+            )
+        };
+        let mut page = HistoryPage {
+            events: Vec::new(),
+            covered_upto: upto,
+        };
+        let mut bytes = 0usize;
+        for item in it {
+            let (k, v) = item.map_err(|e| self.db.engine_err(e))?;
+            let plain = self
+                .db
+                .cipher
+                .open(&location(cf, &k), &v)
+                .map_err(|e| self.db.corruption(cf, e))?;
+            let events = decode_events(&plain).map_err(|e| self.db.corruption(cf, e))?;
+            let Some(last) = events.last().map(|e| e.revision) else {
+                return Err(self.db.corruption(cf, "empty events record"));
+            };
+            for e in events {
+                if e.revision >= from && e.revision <= upto && e.kv.key.starts_with(prefix) {
+                    bytes += e.kv.key.len() + e.kv.value.len();
+                    page.events.push(e);
+                }
+            }
+            if last >= upto {
+                break;
+            }
+            if page.events.len() >= HISTORY_PAGE_EVENTS || bytes >= HISTORY_PAGE_BYTES {
+                // Records hold consecutive revisions: everything up to this
+                // record's last one has been read.
+                page.covered_upto = last;
+                break;
+            }
         }
-        Ok(out)
+        Ok(page)
     }
+}
+
+/// What [`Shared::history_page`] read.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub events: Vec<Event>,
+    /// Every matching event up to this revision is in `events`.
+    pub covered_upto: u64,
 }
 
 /// Values of a batch being applied: its own earlier writes, then disk.
@@ -498,8 +546,10 @@ impl StateMachine {
         let mut st = shared.state.write().map_err(|_| lock_poisoned())?;
         let mut batch = WriteBatch::default();
         let mut pending: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        // The events of the record being filled, and the sealed records'.
         let mut events = Vec::new();
-        let mut sealed_upto = 0;
+        let mut events_bytes = 0usize;
+        let mut notices = Vec::new();
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             st.last_applied = Some(entry.log_id);
@@ -549,26 +599,26 @@ impl StateMachine {
                                     }
                                 }
                             };
+                            events_bytes += event.kv.key.len() + event.kv.value.len() + 48;
                             events.push(event);
                         }
                         answers.push(resp);
                         // Between requests, so a transaction's events (one
                         // revision) never straddle two records.
-                        let unsealed = &events[sealed_upto..];
-                        let unsealed_bytes: usize = unsealed
-                            .iter()
-                            .map(|e| e.kv.key.len() + e.kv.value.len() + 48)
-                            .sum();
-                        if unsealed_bytes >= EVENT_RECORD_BYTES {
-                            seal_events(db, &mut batch, unsealed)?;
-                            sealed_upto = events.len();
+                        if events_bytes >= EVENT_RECORD_BYTES {
+                            seal_events(db, &mut batch, &events)?;
+                            notices.push(Arc::new(std::mem::take(&mut events)));
+                            events_bytes = 0;
                         }
                     }
                     responses.push(answers);
                 }
             }
         }
-        seal_events(db, &mut batch, &events[sealed_upto..])?;
+        if !events.is_empty() {
+            seal_events(db, &mut batch, &events)?;
+            notices.push(Arc::new(events));
+        }
         let trim_to = st.index.revision.saturating_sub(shared.watch_history) / EVENT_TRIM_STEP
             * EVENT_TRIM_STEP;
         if trim_to > st.compacted {
@@ -590,9 +640,9 @@ impl StateMachine {
         db.put_sealed(&mut batch, CF_META, META_SM, &encode_pointer(&pointer))?;
         db.write(batch, false)?;
         drop(st);
-        if !events.is_empty() {
+        for events in notices {
             // No receivers is not an error: nobody is watching.
-            let _ = shared.notices.send(Notice::Events(Arc::new(events)));
+            let _ = shared.notices.send(Notice::Events(events));
         }
         Ok(responses)
     }
@@ -654,11 +704,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, SErr> {
         // Coffer's transport streams frames through `Store::receive_snapshot`;
         // this handle only names where such a file would go.
-        Ok(Box::new(SnapshotFile::new(
-            &self.shared.snapshot_dir,
-            &random_id(),
-            self.shared.db.cipher.clone(),
-        )))
+        Ok(Box::new(self.shared.snapshots.placeholder()))
     }
 
     async fn install_snapshot(
@@ -678,5 +724,196 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared
             .current_snapshot()
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Cipher, KeyId, SecretKey};
+    use std::fs;
+
+    fn open(dir: &std::path::Path) -> Arc<Shared> {
+        // Fixed keys, so a test can reopen what it wrote.
+        let k = SecretKey::from_bytes([7; 32]);
+        let cipher = Arc::new(
+            Cipher::new(KeyId(1), [(KeyId(1), &k)], SecretKey::from_bytes([9; 32])).unwrap(),
+        );
+        let db = Arc::new(Db::open(&dir.join("db"), cipher).unwrap());
+        fs::create_dir_all(dir.join("snapshots")).unwrap();
+        Shared::open(db, dir.join("snapshots"), 100).unwrap()
+    }
+
+    /// Regression (issue 5, fault 1): a snapshot build that finishes while
+    /// a snapshot is being received must not delete the receiver's file.
+    #[tokio::test]
+    async fn a_build_leaves_a_receivers_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = open(dir.path());
+        let mut incoming = shared.receive_snapshot().unwrap();
+        incoming
+            .header(SnapshotHeader {
+                meta: SnapshotMeta::default(),
+                revision: 0,
+            })
+            .unwrap();
+        let built = shared.start_snapshot().await.unwrap().await.unwrap();
+        assert!(built.is_ok(), "build failed: {built:?}");
+        let received = incoming.finish();
+        assert!(
+            received.is_ok(),
+            "the build deleted the receiver's file: {received:?}"
+        );
+    }
+
+    fn meta_at(index: u64) -> Meta {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("test-{index}"),
+        }
+    }
+
+    fn kv(key: &str, revision: u64) -> KeyValue {
+        KeyValue {
+            key: key.as_bytes().to_vec(),
+            value: b"value".to_vec(),
+            meta: KeyMeta {
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+            },
+        }
+    }
+
+    /// A finished snapshot at `index` holding `keys`.
+    fn snapshot_at(shared: &Shared, index: u64, keys: &[&str]) -> SnapshotFile {
+        let mut w = shared.receive_snapshot().unwrap();
+        w.header(SnapshotHeader {
+            meta: meta_at(index),
+            revision: index,
+        })
+        .unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            w.push(kv(k, i as u64 + 1)).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn snapshot_files(shared: &Shared) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(shared.snapshots.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Regression (issue 5, fault 1): a build and an install interleaved on
+    /// one member. The install must not delete the build's temporary file,
+    /// and the build, older than what was installed, must not become
+    /// current afterwards; the next open finds the installed snapshot.
+    #[test]
+    fn an_install_overtaking_a_build_stays_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = open(dir.path());
+        // The build has taken its view (index 5) and is writing its file.
+        let mut build = shared.snapshots.writer().unwrap();
+        build
+            .header(SnapshotHeader {
+                meta: meta_at(5),
+                revision: 5,
+            })
+            .unwrap();
+        build.push(kv("old", 1)).unwrap();
+        // Meanwhile the leader's snapshot at index 10 arrives and installs.
+        let installed = snapshot_at(&shared, 10, &["a", "b"]);
+        shared.install(&meta_at(10), &installed).unwrap();
+        // The build finishes and tries to publish.
+        let built = build
+            .finish()
+            .expect("the install deleted the build's file");
+        assert!(!shared
+            .snapshots
+            .publish(&shared.db, meta_at(5), built.clone())
+            .unwrap());
+        assert!(!built.path().exists(), "a superseded build is removed");
+        let cur = shared.snapshots.current().unwrap().unwrap();
+        assert_eq!(cur.meta, meta_at(10));
+        assert_eq!(
+            snapshot_files(&shared),
+            vec![format!("{}.snap", installed.id())]
+        );
+        drop(cur);
+        drop(shared);
+        let shared = open(dir.path());
+        let cur = shared.snapshots.current().unwrap().unwrap();
+        assert_eq!(cur.meta, meta_at(10));
+        assert!(shared.read_kv(b"a").unwrap().is_some());
+        assert!(shared.read_kv(b"old").unwrap().is_none());
+    }
+
+    /// The current snapshot only moves forward: an older build is
+    /// discarded, an older install refused with nothing changed, and a
+    /// newer build replaces (and removes) the current file.
+    #[test]
+    fn the_current_snapshot_only_moves_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = open(dir.path());
+        let ten = snapshot_at(&shared, 10, &["a"]);
+        shared.install(&meta_at(10), &ten).unwrap();
+        let older = snapshot_at(&shared, 7, &["z"]);
+        assert!(shared.install(&meta_at(7), &older).is_err());
+        assert!(shared.read_kv(b"z").unwrap().is_none());
+        assert!(shared.read_kv(b"a").unwrap().is_some());
+        assert_eq!(
+            shared.snapshots.current().unwrap().unwrap().meta,
+            meta_at(10)
+        );
+        let same = snapshot_at(&shared, 10, &["a"]);
+        assert!(!shared
+            .snapshots
+            .publish(&shared.db, meta_at(10), same.clone())
+            .unwrap());
+        assert!(!same.path().exists());
+        let newer = snapshot_at(&shared, 12, &["a"]);
+        assert!(shared
+            .snapshots
+            .publish(&shared.db, meta_at(12), newer.clone())
+            .unwrap());
+        assert!(!ten.path().exists(), "the replaced current file is removed");
+        // `older` was refused but is still its caller's to remove.
+        shared.snapshots.discard(&older).unwrap();
+        assert_eq!(
+            snapshot_files(&shared),
+            vec![format!("{}.snap", newer.id())]
+        );
+    }
+
+    /// An install interrupted after its marker is finished by the next open,
+    /// and files a crash left behind are removed then (and only then).
+    #[test]
+    fn open_finishes_an_interrupted_install_and_clears_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = open(dir.path());
+        let file = snapshot_at(&shared, 10, &["a", "b"]);
+        let mut marker = WriteBatch::default();
+        shared
+            .db
+            .put_sealed(&mut marker, CF_META, b"installing", file.id().as_bytes())
+            .unwrap();
+        shared.db.write(marker, true).unwrap();
+        let leftover = snapshot_at(&shared, 3, &["x"]);
+        let tmp = shared.snapshots.dir().join("feedfeedfeedfeed.snap.tmp");
+        fs::write(&tmp, b"partial").unwrap();
+        drop(shared);
+        let shared = open(dir.path());
+        assert_eq!(
+            shared.snapshots.current().unwrap().unwrap().meta,
+            meta_at(10)
+        );
+        assert!(shared.read_kv(b"b").unwrap().is_some());
+        assert!(!leftover.path().exists() && !tmp.exists());
+        assert_eq!(snapshot_files(&shared), vec![format!("{}.snap", file.id())]);
     }
 }

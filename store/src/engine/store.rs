@@ -224,6 +224,12 @@ impl Store {
         self.inner.raft.metrics().borrow().current_leader
     }
 
+    /// The engine state, for the engine's own tests.
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
     /// The revision of the last change this member applied.
     pub fn revision(&self) -> Result<u64, Error> {
         Ok(self
@@ -341,11 +347,7 @@ impl Store {
         consistency: Consistency,
     ) -> Result<Option<KeyValue>, Error> {
         self.read_barrier(consistency).await?;
-        let st = self.inner.shared.state.read().map_err(|_| poisoned())?;
-        if st.index.get(key).is_none() {
-            return Ok(None);
-        }
-        self.inner.shared.read_kv(key)
+        self.inner.shared.get(key)
     }
 
     /// Every key starting with `prefix`, in key order.
@@ -355,17 +357,11 @@ impl Store {
         consistency: Consistency,
     ) -> Result<Vec<KeyValue>, Error> {
         self.read_barrier(consistency).await?;
-        let st = self.inner.shared.state.read().map_err(|_| poisoned())?;
-        let mut out = Vec::new();
-        for (key, _) in st.index.keys.range(prefix.to_vec()..) {
-            if !key.starts_with(prefix) {
-                break;
-            }
-            if let Some(kv) = self.inner.shared.read_kv(key)? {
-                out.push(kv);
-            }
-        }
-        Ok(out)
+        let shared = self.inner.shared.clone();
+        let prefix = prefix.to_vec();
+        tokio::task::spawn_blocking(move || shared.list(&prefix))
+            .await
+            .map_err(|e| Error::Shutdown(format!("list reader stopped: {e}")))?
     }
 
     /// Watches keys under `prefix` from revision `from` (inclusive; 0 means
@@ -540,18 +536,24 @@ impl SnapshotReceiver {
             .map_err(|e| Error::Shutdown(e.to_string()))?
             .map_err(Error::from)?;
         let header = file.header().map_err(Error::from)?;
-        self.store
+        let answer = self
+            .store
             .inner
             .raft
             .install_full_snapshot(
                 self.vote,
                 Snapshot {
                     meta: header.meta,
-                    snapshot: Box::new(file),
+                    snapshot: Box::new(file.clone()),
                 },
             )
             .await
-            .map_err(|e| Error::Shutdown(e.to_string()))
+            .map_err(|e| Error::Shutdown(e.to_string()));
+        // openraft answers once the snapshot is installed, or at once if it
+        // refused it (an older snapshot, a stale leader): a file it did not
+        // install is ours to remove.
+        self.store.inner.shared.snapshots.discard(&file)?;
+        answer
     }
 }
 

@@ -1,7 +1,24 @@
 //! Watches: the stream of changes under a prefix, from a revision on.
+//!
+//! ```text
+//!            start ──► disk history, one bounded page at a time ──┐
+//!                       (blocking thread, no state lock held)     │ caught up
+//!                                ▲                                ▼
+//!                 lagged or reset│◄──────────── live notices (broadcast)
+//! ```
+//!
+//! A watch subscribes to live notices before it reads anything, so every
+//! change after its start is either in the history it reads or in a notice
+//! it will receive; events at or below what it already delivered are
+//! skipped. What a watch holds in memory is bounded: one page of history
+//! ([`HISTORY_PAGE_EVENTS`] events or about [`HISTORY_PAGE_BYTES`]), plus its
+//! share of the live channel ([`super::state_machine::NOTICES_MAX`] notices
+//! of one events record each). A watcher that stops polling is dropped from
+//! the channel's window (`Lagged`) and later reads what it missed from
+//! disk, as long as that history is kept.
 
 use std::collections::VecDeque;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -9,14 +26,23 @@ use crate::engine::state_machine::{Notice, Shared};
 use crate::error::Error;
 use crate::event::Event;
 
+/// Most events one page of disk history holds.
+pub const HISTORY_PAGE_EVENTS: usize = 1024;
+/// A page of disk history stops after the record that takes it past this
+/// many bytes of keys and values.
+pub const HISTORY_PAGE_BYTES: usize = 1 << 20;
+
 /// A stream of [`Event`]s for keys under a prefix, in revision order, with
 /// no gaps and no repeats. Created by [`crate::Store::watch`].
 #[derive(Debug)]
 pub struct Watch {
     shared: Weak<Shared>,
-    prefix: Vec<u8>,
+    prefix: Arc<[u8]>,
     /// Every event at or below this revision has been queued or skipped.
     loaded_upto: u64,
+    /// History up to this revision is still to be read from disk (none
+    /// when it is at or below `loaded_upto`).
+    disk_upto: u64,
     rx: broadcast::Receiver<Notice>,
     backlog: VecDeque<Event>,
 }
@@ -26,45 +52,42 @@ fn gone() -> Error {
 }
 
 impl Watch {
-    /// Subscribes, then loads history from `from` (0: only new changes).
-    pub(crate) fn start(
-        shared: &std::sync::Arc<Shared>,
-        prefix: Vec<u8>,
-        from: u64,
-    ) -> Result<Self, Error> {
+    /// Subscribes, then checks that history from `from` (0: only new
+    /// changes) is still kept. Reads nothing from disk.
+    pub(crate) fn start(shared: &Arc<Shared>, prefix: Vec<u8>, from: u64) -> Result<Self, Error> {
         let rx = shared.notices.subscribe();
-        let mut w = Watch {
-            shared: std::sync::Arc::downgrade(shared),
-            prefix,
-            loaded_upto: 0,
-            rx,
-            backlog: VecDeque::new(),
-        };
-        if from == 0 {
-            let st = shared.state.read().map_err(|_| gone())?;
-            w.loaded_upto = st.index.revision;
-        } else {
-            w.reload(shared, from)?;
-        }
-        Ok(w)
-    }
-
-    /// Queues history from `from` up to the current revision.
-    fn reload(&mut self, shared: &Shared, from: u64) -> Result<(), Error> {
         let st = shared.state.read().map_err(|_| gone())?;
-        if from <= st.compacted {
+        let now = st.index.revision;
+        let loaded_upto = if from == 0 {
+            now
+        } else if from <= st.compacted {
             return Err(Error::Compacted {
                 requested: from,
                 oldest: st.compacted + 1,
             });
-        }
-        let upto = st.index.revision;
-        for e in shared.history(from, &self.prefix)? {
-            if e.revision <= upto {
-                self.backlog.push_back(e);
-            }
-        }
-        self.loaded_upto = upto.max(from.saturating_sub(1));
+        } else {
+            from - 1
+        };
+        drop(st);
+        Ok(Watch {
+            shared: Arc::downgrade(shared),
+            prefix: prefix.into(),
+            loaded_upto,
+            disk_upto: now,
+            rx,
+            backlog: VecDeque::new(),
+        })
+    }
+
+    /// Reads the next page of disk history on a blocking thread.
+    async fn read_page(&mut self) -> Result<(), Error> {
+        let shared = self.shared.upgrade().ok_or_else(gone)?;
+        let (from, upto, prefix) = (self.loaded_upto + 1, self.disk_upto, self.prefix.clone());
+        let page = tokio::task::spawn_blocking(move || shared.history_page(from, upto, &prefix))
+            .await
+            .map_err(|e| Error::Shutdown(format!("history reader stopped: {e}")))??;
+        self.backlog.extend(page.events);
+        self.loaded_upto = page.covered_upto;
         Ok(())
     }
 
@@ -74,6 +97,10 @@ impl Watch {
         loop {
             if let Some(e) = self.backlog.pop_front() {
                 return Ok(e);
+            }
+            if self.disk_upto > self.loaded_upto {
+                self.read_page().await?;
+                continue;
             }
             match self.rx.recv().await {
                 Ok(Notice::Events(events)) => {
@@ -97,9 +124,9 @@ impl Watch {
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
+                    // Notices were dropped: read what they held from disk.
                     let shared = self.shared.upgrade().ok_or_else(gone)?;
-                    let from = self.loaded_upto + 1;
-                    self.reload(&shared, from)?;
+                    self.disk_upto = shared.state.read().map_err(|_| gone())?.index.revision;
                 }
                 Err(RecvError::Closed) => return Err(gone()),
             }

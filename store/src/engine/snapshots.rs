@@ -1,0 +1,260 @@
+//! The lifecycle of snapshot files in `snapshots/`.
+//!
+//! openraft 0.9 builds a snapshot on a task of its own while the state
+//! machine worker goes on applying and installing (`core/sm/worker.rs`), and
+//! a transport receives a snapshot while both happen. Several operations
+//! therefore hold files in one directory at once. One rule keeps them apart:
+//!
+//! ```text
+//!   writer() ──► <id>.snap.tmp ──finish──► <id>.snap ──publish / install──► current
+//!   (owned by the operation that asked for it)          (owned by Snapshots)
+//! ```
+//!
+//! - A file belongs to the operation that created it until it is published
+//!   or installed; nothing else deletes it. An operation that gives up
+//!   removes its own file ([`SnapshotWriter`] does so on drop; a finished
+//!   file that never became current goes through [`Snapshots::discard`]).
+//! - The current snapshot only ever moves forward: a file whose
+//!   `last_log_id` is not newer than the current one's is discarded, not
+//!   published. Only the file it replaces is deleted, by name.
+//! - Nothing scans the directory except [`Snapshots::open`], before any
+//!   operation can run: it removes what a crash left behind.
+//!
+//! An install writes a synced `installing` marker naming its file before it
+//! touches the state, and clears it in the same synced write that records
+//! the new state and the new current snapshot; [`Snapshots::open`] hands an
+//! interrupted install back to the caller to finish.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::{BasicNode, SnapshotMeta};
+use rocksdb::WriteBatch;
+
+use crate::crypto::Cipher;
+use crate::engine::db::{Db, CF_META};
+use crate::error::Error;
+use crate::snapshot::{SnapshotError, SnapshotFile, SnapshotWriter};
+use crate::types::NodeId;
+
+const META_SNAPSHOT: &[u8] = b"snapshot";
+const META_INSTALLING: &[u8] = b"installing";
+/// Longest snapshot file id accepted from the `meta` rows.
+const ID_BYTES_MAX: usize = 64;
+
+pub type Meta = SnapshotMeta<NodeId, BasicNode>;
+
+/// The published snapshot: what openraft sends to a follower that needs it.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub meta: Meta,
+    pub file: SnapshotFile,
+}
+
+/// The snapshot files of one member.
+#[derive(Debug)]
+pub struct Snapshots {
+    dir: PathBuf,
+    /// The member's record cipher (its files are sealed under it). The
+    /// database is passed to each call that writes rows, so that this
+    /// module holds no reference that would keep it open.
+    cipher: Arc<Cipher>,
+    current: Mutex<Option<Current>>,
+}
+
+/// A fresh random file id: 16 hex digits.
+fn random_id() -> String {
+    let k = crate::crypto::SecretKey::random();
+    k.expose()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn poisoned() -> Error {
+    Error::Engine("snapshot lock poisoned by a panic".into())
+}
+
+/// Whether `meta` is strictly newer than the current snapshot (if any).
+fn is_newer(meta: &Meta, current: Option<&Current>) -> bool {
+    current.is_none_or(|c| meta.last_log_id > c.meta.last_log_id)
+}
+
+impl Snapshots {
+    /// Loads the current snapshot and clears what a crash left behind.
+    /// Returns an interrupted install, which the caller must finish with
+    /// [`Snapshots::install`] before serving anything.
+    pub fn open(db: &Db, dir: PathBuf) -> Result<(Snapshots, Option<SnapshotFile>), Error> {
+        let snapshots = Snapshots {
+            dir,
+            cipher: db.cipher.clone(),
+            current: Mutex::new(None),
+        };
+        let current_id = id_row(db, META_SNAPSHOT)?;
+        let installing_id = id_row(db, META_INSTALLING)?;
+        let mut current = None;
+        if let Some(id) = &current_id {
+            let file = snapshots.file(id);
+            let header = file.header().map_err(Error::from)?;
+            current = Some(Current {
+                meta: header.meta,
+                file,
+            });
+        }
+        let installing = installing_id.as_deref().map(|id| snapshots.file(id));
+        let keep: Vec<String> = [current_id, installing_id]
+            .into_iter()
+            .flatten()
+            .map(|id| format!("{id}.snap"))
+            .collect();
+        snapshots.remove_all_but(&keep)?;
+        *snapshots.lock()? = current;
+        Ok((snapshots, installing))
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Option<Current>>, Error> {
+        self.current.lock().map_err(|_| poisoned())
+    }
+
+    fn file(&self, id: &str) -> SnapshotFile {
+        SnapshotFile::new(&self.dir, id, self.cipher.clone())
+    }
+
+    /// Removes every file in the directory not named in `keep`. Only for
+    /// [`Snapshots::open`], when no other operation can hold a file.
+    fn remove_all_but(&self, keep: &[String]) -> Result<(), Error> {
+        let io = |source| Error::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        for entry in fs::read_dir(&self.dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            if !keep.iter().any(|k| name.to_string_lossy() == k.as_str()) {
+                remove(&entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// A new file, owned by the caller until it is published or installed.
+    pub fn writer(&self) -> Result<SnapshotWriter, Error> {
+        SnapshotWriter::create(&self.dir, &random_id(), self.cipher.clone()).map_err(Error::from)
+    }
+
+    /// A handle on a file that is never created: what openraft's chunked
+    /// receive path (unused: snapshots arrive through
+    /// [`crate::Store::receive_snapshot`]) is given.
+    pub fn placeholder(&self) -> SnapshotFile {
+        self.file(&random_id())
+    }
+
+    /// The published snapshot.
+    pub fn current(&self) -> Result<Option<Current>, Error> {
+        Ok(self.lock()?.clone())
+    }
+
+    /// Whether `file` is this member's own (in this directory, under its
+    /// keys), so that it can be installed without a copy.
+    pub fn owns(&self, file: &SnapshotFile) -> bool {
+        Arc::ptr_eq(file.cipher(), &self.cipher) && file.path().parent() == Some(&self.dir)
+    }
+
+    /// Makes a built snapshot current if it is newer than the current one;
+    /// otherwise deletes it. Returns whether it became current.
+    pub fn publish(&self, db: &Db, meta: Meta, file: SnapshotFile) -> Result<bool, Error> {
+        let mut cur = self.lock()?;
+        if !is_newer(&meta, cur.as_ref()) {
+            drop(cur);
+            remove(file.path());
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::default();
+        db.put_sealed(&mut batch, CF_META, META_SNAPSHOT, file.id().as_bytes())?;
+        db.write(batch, true)?;
+        let old = cur.replace(Current { meta, file });
+        drop(cur);
+        if let Some(old) = old {
+            remove(old.file.path());
+        }
+        Ok(true)
+    }
+
+    /// Installs `file` (this member's own, complete and synced): records the
+    /// `installing` marker, lets `replace` rewrite the state from the file
+    /// and add its final rows to the batch it is given, then commits that
+    /// batch together with the new current snapshot and the cleared marker
+    /// in one synced write. Builds that finish meanwhile wait, and are
+    /// discarded if they are older.
+    pub fn install(
+        &self,
+        db: &Db,
+        meta: Meta,
+        file: SnapshotFile,
+        replace: impl FnOnce(&SnapshotFile, &mut WriteBatch) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut cur = self.lock()?;
+        // openraft installs only snapshots newer than what is committed,
+        // and every published snapshot was built from applied (so
+        // committed) entries: an older one would be a bug, not a race.
+        if !is_newer(&meta, cur.as_ref()) {
+            return Err(Error::from(SnapshotError::Sequence(
+                "snapshot to install is not newer than the current snapshot",
+            )));
+        }
+        let mut marker = WriteBatch::default();
+        db.put_sealed(&mut marker, CF_META, META_INSTALLING, file.id().as_bytes())?;
+        db.write(marker, true)?;
+        let mut batch = WriteBatch::default();
+        replace(&file, &mut batch)?;
+        db.put_sealed(&mut batch, CF_META, META_SNAPSHOT, file.id().as_bytes())?;
+        batch.delete_cf(db.cf(CF_META)?, META_INSTALLING);
+        db.write(batch, true)?;
+        let new_path = file.path().to_path_buf();
+        let old = cur.replace(Current { meta, file });
+        drop(cur);
+        if let Some(old) = old.filter(|old| old.file.path() != new_path) {
+            remove(old.file.path());
+        }
+        Ok(())
+    }
+
+    /// Deletes a finished file that did not become current (a received
+    /// snapshot openraft did not install). A current file is kept.
+    pub fn discard(&self, file: &SnapshotFile) -> Result<(), Error> {
+        let cur = self.lock()?;
+        if cur.as_ref().is_some_and(|c| c.file.path() == file.path()) {
+            return Ok(());
+        }
+        drop(cur);
+        remove(file.path());
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The snapshot file id a `meta` row names, checked to be a plain file name.
+fn id_row(db: &Db, row: &[u8]) -> Result<Option<String>, Error> {
+    let Some(raw) = db.get_sealed(CF_META, row)? else {
+        return Ok(None);
+    };
+    let valid = !raw.is_empty()
+        && raw.len() <= ID_BYTES_MAX
+        && raw.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+    if !valid {
+        return Err(db.corruption(CF_META, "snapshot file id is not a valid file name"));
+    }
+    Ok(Some(String::from_utf8_lossy(&raw).into_owned()))
+}
+
+/// Removes a file this module owns. A leftover is harmless (sealed, and
+/// [`Snapshots::open`] removes it next time), so failing is not an error.
+fn remove(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a snapshot file");
+        }
+    }
+}
