@@ -7,6 +7,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(events) = decode_events(data) {
-        assert_eq!(decode_events(&encode_events(&events)).ok(), Some(events));
+        assert_eq!(
+            decode_events(&encode_events(&events).expect("decoded events re-encode")).ok(),
+            Some(events)
+        );
     }
 });

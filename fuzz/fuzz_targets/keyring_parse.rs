@@ -12,7 +12,9 @@ fn try_keyring(bytes: &[u8]) {
     if let Ok(file) = KeyringFile::parse(bytes) {
         let kek = SecretKey::from_bytes([3; 32]);
         if let Ok(ring) = file.unseal(&kek) {
-            let again = ring.seal(&kek, file.source);
+            let again = ring
+                .seal(&kek, file.source)
+                .expect("an opened keyring re-seals");
             let reparsed = KeyringFile::parse(&again).expect("re-sealed keyring must parse");
             assert!(reparsed.unseal(&kek).is_ok());
         }

@@ -7,6 +7,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(frame) = Frame::decode(data) {
-        assert_eq!(Frame::decode(&frame.encode()).ok(), Some(frame));
+        assert_eq!(
+            Frame::decode(&frame.encode().expect("a decoded frame re-encodes")).ok(),
+            Some(frame)
+        );
     }
 });

@@ -42,16 +42,34 @@ pub enum DecodeError {
     TrailingBytes { what: &'static str, count: usize },
 }
 
+/// Why a value could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("cannot encode {what}: {len} is more than the format's limit of {max}")]
+pub struct EncodeError {
+    pub what: &'static str,
+    pub len: usize,
+    pub max: usize,
+}
+
 /// Appends fields to a growing buffer.
+///
+/// Lengths and counts are `u32` on the wire. One that does not fit is not
+/// written (a short or empty field would decode as something else): the
+/// writer remembers the first such field and [`finish`](Self::finish)
+/// returns it as an error. Callers bound their inputs far below `u32::MAX`
+/// (requests are at most [`crate::MAX_REQUEST_BYTES`]), so this is a
+/// guard against a bug, never a path a valid request takes.
 #[derive(Debug, Default)]
 pub struct Writer {
     buf: Vec<u8>,
+    overflow: Option<EncodeError>,
 }
 
 impl Writer {
     pub fn with_capacity(capacity: usize) -> Self {
         Writer {
             buf: Vec::with_capacity(capacity),
+            overflow: None,
         }
     }
 
@@ -85,20 +103,29 @@ impl Writer {
         self
     }
 
-    /// A length-prefixed byte string.
-    ///
-    /// Callers bound `v` long before it gets here (requests are at most
-    /// [`crate::MAX_REQUEST_BYTES`]); a string longer than `u32::MAX` cannot
-    /// be built by any caller, and is cut to an empty field rather than
-    /// written with a wrong length.
-    pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
-        match u32::try_from(v.len()) {
-            Ok(len) => {
-                self.u32(len);
-                self.raw(v)
+    /// A `u32` count of the items that follow.
+    pub fn count(&mut self, n: usize, what: &'static str) -> &mut Self {
+        match u32::try_from(n) {
+            Ok(n) if self.overflow.is_none() => self.u32(n),
+            Ok(_) => self,
+            Err(_) => {
+                self.overflow.get_or_insert(EncodeError {
+                    what,
+                    len: n,
+                    max: u32::MAX as usize,
+                });
+                self
             }
-            Err(_) => self.u32(0),
         }
+    }
+
+    /// A length-prefixed byte string.
+    pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.count(v.len(), "byte string length");
+        if self.overflow.is_none() {
+            self.raw(v);
+        }
+        self
     }
 
     /// A length-prefixed UTF-8 string.
@@ -106,16 +133,26 @@ impl Writer {
         self.bytes(v.as_bytes())
     }
 
+    /// Bytes written so far; `usize::MAX` once a field did not fit, so
+    /// that no size limit accepts what cannot be encoded.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        if self.overflow.is_some() {
+            usize::MAX
+        } else {
+            self.buf.len()
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.buf.is_empty() && self.overflow.is_none()
     }
 
-    pub fn finish(self) -> Vec<u8> {
-        self.buf
+    /// The encoded bytes, or the first field that did not fit.
+    pub fn finish(self) -> Result<Vec<u8>, EncodeError> {
+        match self.overflow {
+            None => Ok(self.buf),
+            Some(e) => Err(e),
+        }
     }
 }
 
@@ -258,7 +295,7 @@ mod tests {
             .u64(1)
             .bytes(b"abc")
             .bool(true);
-        let buf = w.finish();
+        let buf = w.finish().unwrap();
         assert_eq!(&buf[1..3], &[1, 2], "integers are big-endian");
         let mut r = Reader::new(&buf);
         assert_eq!(r.u8("a").ok(), Some(7));
@@ -274,7 +311,7 @@ mod tests {
     fn hostile_lengths_are_rejected_without_allocation() {
         let mut w = Writer::default();
         w.u32(u32::MAX);
-        let buf = w.finish();
+        let buf = w.finish().unwrap();
         assert!(matches!(
             Reader::new(&buf).bytes(1 << 20, "v"),
             Err(DecodeError::TooLong { .. })
@@ -295,5 +332,22 @@ mod tests {
             Reader::new(&[1, 2]).finish("t"),
             Err(DecodeError::TrailingBytes { count: 2, .. })
         ));
+    }
+
+    /// Regression (issue 5, fault 3): a count or length past `u32` used to
+    /// be written as `u32::MAX` or as an empty field, which decodes as
+    /// something else; now the writer refuses to finish.
+    #[test]
+    fn a_length_past_u32_is_an_error_not_a_wrong_field() {
+        let too_many = u32::MAX as usize + 1;
+        let mut w = Writer::default();
+        w.u8(1).count(too_many, "items").bytes(b"after");
+        assert_eq!(w.len(), usize::MAX, "no size limit accepts it");
+        let err = w.finish().unwrap_err();
+        assert_eq!(err.what, "items");
+        assert_eq!(err.len, too_many);
+        let mut ok = Writer::default();
+        ok.count(3, "items");
+        assert_eq!(ok.finish().unwrap(), vec![0, 0, 0, 3]);
     }
 }

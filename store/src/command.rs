@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::codec::{DecodeError, Reader, Writer};
+use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 
 /// Largest encoded request accepted: 1.5 MiB.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
@@ -213,7 +213,7 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, DecodeError> {
 }
 
 fn encode_ops(w: &mut Writer, ops: &[Op]) {
-    w.u32(u32::try_from(ops.len()).unwrap_or(u32::MAX));
+    w.count(ops.len(), "op count");
     for op in ops {
         encode_op(w, op);
     }
@@ -231,7 +231,7 @@ impl Request {
             Request::Delete { key } => w.u8(2).bytes(key),
             Request::Txn(t) => {
                 w.u8(3);
-                w.u32(u32::try_from(t.compares.len()).unwrap_or(u32::MAX));
+                w.count(t.compares.len(), "compare count");
                 for c in &t.compares {
                     w.bytes(&c.key);
                     match &c.check {
@@ -303,13 +303,13 @@ impl Request {
 impl Command {
     pub fn encode(&self, w: &mut Writer) {
         w.u8(COMMAND_VERSION).u64(self.quota_bytes);
-        w.u32(u32::try_from(self.requests.len()).unwrap_or(u32::MAX));
+        w.count(self.requests.len(), "request count");
         for request in &self.requests {
             request.encode(w);
         }
     }
 
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
         let mut w = Writer::with_capacity(64);
         self.encode(&mut w);
         w.finish()
@@ -378,13 +378,13 @@ mod tests {
                 quota_bytes: 77,
                 requests: vec![request],
             };
-            assert_eq!(Command::from_bytes(&c.to_bytes()).unwrap(), c);
+            assert_eq!(Command::from_bytes(&c.to_bytes().unwrap()).unwrap(), c);
         }
         let batch = Command {
             quota_bytes: 1,
             requests: cmds.to_vec(),
         };
-        assert_eq!(Command::from_bytes(&batch.to_bytes()).unwrap(), batch);
+        assert_eq!(Command::from_bytes(&batch.to_bytes().unwrap()).unwrap(), batch);
     }
 
     #[test]

@@ -101,6 +101,14 @@ pub enum OpenError {
     Encrypted,
 }
 
+/// Sealing failed: the plaintext is past what the AEAD can seal (256 GiB
+/// for XChaCha20-Poly1305). The message gives only its length.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("cannot seal a record of {len} bytes")]
+pub struct SealError {
+    pub len: usize,
+}
+
 /// Seals and opens records with the keyring's data keys.
 pub struct Cipher {
     mode: Mode,
@@ -176,13 +184,13 @@ impl Cipher {
     }
 
     /// Seals `plaintext` for storage at `location`.
-    pub fn seal(&self, location: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    pub fn seal(&self, location: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let (active, aead) = match &self.mode {
             Mode::Plaintext => {
                 let mut out = Vec::with_capacity(1 + plaintext.len());
                 out.push(PLAINTEXT_RECORD_VERSION);
                 out.extend_from_slice(plaintext);
-                return out;
+                return Ok(out);
             }
             Mode::Sealed {
                 active,
@@ -201,13 +209,21 @@ impl Cipher {
         out.extend_from_slice(nonce.as_slice());
         out.extend_from_slice(plaintext);
         let aad = associated_data(&out[..5], location);
+        // XChaCha20-Poly1305 fails only past 256 GiB of plaintext, which no
+        // record reaches (requests are capped at 1.5 MiB); should it ever,
+        // the plaintext copy is wiped and nothing is returned to store.
         match aead.encrypt_in_place_detached(&nonce, &aad, &mut out[RECORD_HEADER_BYTES..]) {
-            Ok(tag) => out.extend_from_slice(tag.as_slice()),
-            // XChaCha20-Poly1305 fails only past 256 GiB of plaintext, which
-            // no record reaches (requests are capped at 1.5 MiB).
-            Err(_) => out.truncate(0),
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_slice());
+                Ok(out)
+            }
+            Err(_) => {
+                out.zeroize();
+                Err(SealError {
+                    len: plaintext.len(),
+                })
+            }
         }
-        out
     }
 
     /// Opens a record sealed for `location`.
@@ -263,11 +279,22 @@ fn associated_data(header: &[u8], location: &[u8]) -> Vec<u8> {
 }
 
 /// Wraps a key under a key-encryption key (used by the keyring).
-pub(crate) fn wrap(kek: &SecretKey, location: &[u8], plaintext: &[u8]) -> Vec<u8> {
+pub(crate) fn wrap(kek: &SecretKey, location: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
     // A single-key cipher; the name key is unused for wrapping.
-    match Cipher::new(KeyId(0), [(KeyId(0), kek)], SecretKey([0; KEY_BYTES])) {
-        Ok(c) => c.seal(location, plaintext),
-        Err(_) => Vec::new(),
+    single_key(kek).seal(location, plaintext)
+}
+
+/// A cipher that seals and opens under `key` alone (id 0).
+fn single_key(key: &SecretKey) -> Cipher {
+    let aead = XChaCha20Poly1305::new(Key::from_slice(key.expose()));
+    let deks = BTreeMap::from([(KeyId(0), aead.clone())]);
+    Cipher {
+        mode: Mode::Sealed {
+            active: KeyId(0),
+            active_aead: aead,
+            deks,
+        },
+        name_key: SecretKey([0; KEY_BYTES]),
     }
 }
 
@@ -277,7 +304,7 @@ pub(crate) fn unwrap(
     location: &[u8],
     sealed: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
-    Cipher::new(KeyId(0), [(KeyId(0), kek)], SecretKey([0; KEY_BYTES]))?.open(location, sealed)
+    single_key(kek).open(location, sealed)
 }
 
 /// Parameters of the argon2id derivation of a KEK from an unlock key.
@@ -383,20 +410,20 @@ mod tests {
     #[test]
     fn seal_open_round_trip_and_layout() {
         let c = cipher();
-        let rec = c.seal(b"kv/abc", b"hello");
+        let rec = c.seal(b"kv/abc", b"hello").unwrap();
         assert_eq!(rec.len(), 5 + RECORD_OVERHEAD_BYTES);
         assert_eq!(rec[0], RECORD_VERSION);
         assert_eq!(&rec[1..5], &7u32.to_be_bytes());
         assert!(!rec.windows(5).any(|w| w == b"hello"));
         assert_eq!(c.open(b"kv/abc", &rec).unwrap().as_slice(), b"hello");
         // Two seals of the same plaintext differ (random nonces).
-        assert_ne!(c.seal(b"kv/abc", b"hello"), rec);
+        assert_ne!(c.seal(b"kv/abc", b"hello").unwrap(), rec);
     }
 
     #[test]
     fn moved_flipped_or_relabelled_records_fail() {
         let c = cipher();
-        let rec = c.seal(b"loc-1", b"value");
+        let rec = c.seal(b"loc-1", b"value").unwrap();
         assert_eq!(c.open(b"loc-2", &rec), Err(OpenError::Authentication));
         for i in 0..rec.len() {
             let mut bad = rec.clone();
@@ -416,10 +443,10 @@ mod tests {
     #[test]
     fn plaintext_and_sealed_modes_refuse_each_other() {
         let plain = Cipher::danger_plaintext(SecretKey::random());
-        let rec = plain.seal(b"l", b"v");
+        let rec = plain.seal(b"l", b"v").unwrap();
         assert_eq!(plain.open(b"l", &rec).unwrap().as_slice(), b"v");
         assert_eq!(cipher().open(b"l", &rec), Err(OpenError::NotEncrypted));
-        let sealed = cipher().seal(b"l", b"v");
+        let sealed = cipher().seal(b"l", b"v").unwrap();
         assert_eq!(plain.open(b"l", &sealed), Err(OpenError::Encrypted));
     }
 

@@ -146,6 +146,20 @@ impl Error {
     }
 }
 
+impl From<crate::codec::EncodeError> for Error {
+    /// Only an input past the format's `u32` limits gets here, and every
+    /// request is bounded far below them.
+    fn from(e: crate::codec::EncodeError) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<crate::crypto::SealError> for Error {
+    fn from(e: crate::crypto::SealError) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}
+
 impl From<crate::snapshot::SnapshotError> for Error {
     fn from(e: crate::snapshot::SnapshotError) -> Self {
         use crate::snapshot::SnapshotError;
@@ -157,6 +171,8 @@ impl From<crate::snapshot::SnapshotError> for Error {
             },
             // Out-of-order frames come from whoever sent them.
             SnapshotError::Sequence(s) => Error::InvalidArgument(format!("snapshot stream: {s}")),
+            SnapshotError::Encode(e) => Error::from(e),
+            SnapshotError::Seal(e) => Error::from(e),
         }
     }
 }

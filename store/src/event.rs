@@ -25,13 +25,13 @@ pub struct Event {
 }
 
 /// Encodes the events of one applied batch (one sealed `events` row).
-pub fn encode_events(events: &[Event]) -> Vec<u8> {
+pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, crate::codec::EncodeError> {
     let size: usize = events
         .iter()
         .map(|e| 48 + e.kv.key.len() + e.kv.value.len())
         .sum();
     let mut w = Writer::with_capacity(8 + size);
-    w.u8(2).u32(u32::try_from(events.len()).unwrap_or(u32::MAX));
+    w.u8(2).count(events.len(), "event count");
     for e in events {
         w.u64(e.revision).u8(match e.kind {
             EventKind::Put => 1,

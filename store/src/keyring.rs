@@ -67,6 +67,14 @@ pub enum KeyringError {
     Checksum,
     #[error("the keyring body: {0}")]
     Body(&'static str),
+    #[error("the keyring already holds {DEKS_MAX} data keys, the most it can; re-encrypt and drop old keys first")]
+    Full,
+    #[error("data key ids are exhausted")]
+    IdsExhausted,
+    #[error("cannot write the keyring: {0}")]
+    Encode(#[from] crate::codec::EncodeError),
+    #[error("cannot write the keyring: {0}")]
+    Seal(#[from] crypto::SealError),
 }
 
 /// The parsed but still sealed keyring file. Parsing needs no key.
@@ -104,16 +112,20 @@ impl Keyring {
 
     /// Adds a fresh data key and makes it the one new records use. Records
     /// sealed under older keys still open until they are rewritten.
-    pub fn rotate(&mut self) -> KeyId {
-        let next = KeyId(
-            self.deks
-                .keys()
-                .next_back()
-                .map_or(1, |k| k.0.wrapping_add(1)),
-        );
+    /// Fails, changing nothing, when the keyring already holds
+    /// [`DEKS_MAX`] keys or the next id would wrap (ids are never reused:
+    /// a reused id could open a record sealed under the key it replaced).
+    pub fn rotate(&mut self) -> Result<KeyId, KeyringError> {
+        if self.deks.len() >= DEKS_MAX {
+            return Err(KeyringError::Full);
+        }
+        let next = match self.deks.keys().next_back() {
+            None => KeyId(1),
+            Some(last) => KeyId(last.0.checked_add(1).ok_or(KeyringError::IdsExhausted)?),
+        };
         self.deks.insert(next, SecretKey::random());
         self.active = next;
-        next
+        Ok(next)
     }
 
     pub fn key_ids(&self) -> impl Iterator<Item = KeyId> + '_ {
@@ -135,7 +147,7 @@ impl Keyring {
     }
 
     /// The file bytes, sealed under `kek`.
-    pub fn seal(&self, kek: &SecretKey, source: KekSource) -> Vec<u8> {
+    pub fn seal(&self, kek: &SecretKey, source: KekSource) -> Result<Vec<u8>, KeyringError> {
         let mut header = Writer::with_capacity(96);
         header.raw(KEYRING_MAGIC).u8(KEYRING_VERSION);
         match source {
@@ -155,25 +167,25 @@ impl Keyring {
             }
         }
         header.raw(&check_value(kek));
-        let header = header.finish();
+        let header = header.finish()?;
 
         let mut body = Writer::with_capacity(8 + self.deks.len() * (4 + KEY_BYTES) + KEY_BYTES);
         body.u32(self.active.0);
         // `rotate` and `decode` keep the count within DEKS_MAX.
-        body.u16(u16::try_from(self.deks.len()).unwrap_or(u16::MAX));
+        body.u16(u16::try_from(self.deks.len()).map_err(|_| KeyringError::Full)?);
         for (id, key) in &self.deks {
             body.u32(id.0).raw(key.expose());
         }
         body.raw(self.name_key.expose());
-        let body = Zeroizing::new(body.finish());
-        let sealed = crypto::wrap(kek, &body_location(&header), &body);
+        let body = Zeroizing::new(body.finish()?);
+        let sealed = crypto::wrap(kek, &body_location(&header), &body)?;
 
         let mut out = Writer::with_capacity(header.len() + 4 + sealed.len() + 32);
         out.raw(&header).bytes(&sealed);
-        let mut out = out.finish();
+        let mut out = out.finish()?;
         let checksum = blake3::hash(&out);
         out.extend_from_slice(checksum.as_bytes());
-        out
+        Ok(out)
     }
 }
 
@@ -285,9 +297,11 @@ impl KeyringFile {
 
 /// Encodes the KEK file.
 pub fn encode_kek_file(kek: &SecretKey) -> Zeroizing<Vec<u8>> {
-    let mut w = Writer::with_capacity(KEK_FILE_BYTES);
-    w.raw(KEK_MAGIC).u8(KEK_VERSION).raw(kek.expose());
-    Zeroizing::new(w.finish())
+    let mut out = Zeroizing::new(Vec::with_capacity(KEK_FILE_BYTES));
+    out.extend_from_slice(KEK_MAGIC);
+    out.push(KEK_VERSION);
+    out.extend_from_slice(kek.expose());
+    out
 }
 
 /// Decodes the KEK file.
@@ -321,13 +335,13 @@ mod tests {
     fn file_kek_round_trip() {
         let kek = SecretKey::random();
         let ring = Keyring::generate();
-        let bytes = ring.seal(&kek, KekSource::File);
+        let bytes = ring.seal(&kek, KekSource::File).unwrap();
         let parsed = KeyringFile::parse(&bytes).unwrap();
         assert_eq!(parsed.source, KekSource::File);
         let back = parsed.unseal(&kek).unwrap();
         assert_eq!(back.active, ring.active);
         // Records sealed with one open with the other.
-        let rec = ring.cipher().unwrap().seal(b"l", b"v");
+        let rec = ring.cipher().unwrap().seal(b"l", b"v").unwrap();
         assert_eq!(
             back.cipher().unwrap().open(b"l", &rec).unwrap().as_slice(),
             b"v"
@@ -339,7 +353,7 @@ mod tests {
     #[test]
     fn wrong_kek_and_corruption_are_told_apart() {
         let kek = SecretKey::random();
-        let bytes = Keyring::generate().seal(&kek, KekSource::File);
+        let bytes = Keyring::generate().seal(&kek, KekSource::File).unwrap();
         let parsed = KeyringFile::parse(&bytes).unwrap();
         assert_eq!(
             parsed.unseal(&SecretKey::random()).unwrap_err(),
@@ -369,9 +383,9 @@ mod tests {
         let kek = crypto::derive_kek(b"CFKEY-1-abc", &params).unwrap();
         let mut ring = Keyring::generate();
         let old = ring.active;
-        let new = ring.rotate();
+        let new = ring.rotate().unwrap();
         assert_ne!(old, new);
-        let bytes = ring.seal(&kek, KekSource::UnlockKey(params));
+        let bytes = ring.seal(&kek, KekSource::UnlockKey(params)).unwrap();
         let parsed = KeyringFile::parse(&bytes).unwrap();
         let KekSource::UnlockKey(read) = parsed.source else {
             panic!("source lost");
@@ -391,5 +405,28 @@ mod tests {
         tampered[n..].copy_from_slice(&sum);
         let p = KeyringFile::parse(&tampered).unwrap();
         assert_eq!(p.unseal(&kek).unwrap_err(), KeyringError::Corrupted);
+    }
+
+    /// Regression (issue 5, fault 4): `rotate` had no `DEKS_MAX` check and
+    /// its id could wrap to 0 and collide; both are now refused, changing
+    /// nothing.
+    #[test]
+    fn rotation_stops_at_deks_max_and_never_wraps_an_id() {
+        let mut ring = Keyring::generate();
+        for _ in 1..DEKS_MAX {
+            ring.rotate().unwrap();
+        }
+        assert_eq!(ring.key_ids().count(), DEKS_MAX);
+        let active = ring.active;
+        assert_eq!(ring.rotate().unwrap_err(), KeyringError::Full);
+        assert_eq!((ring.active, ring.key_ids().count()), (active, DEKS_MAX));
+
+        let mut ring = Keyring::generate();
+        let top = KeyId(u32::MAX);
+        ring.deks.insert(top, SecretKey::random());
+        ring.active = top;
+        assert_eq!(ring.rotate().unwrap_err(), KeyringError::IdsExhausted);
+        assert_eq!(ring.active, top);
+        assert_eq!(ring.key_ids().count(), 2);
     }
 }

@@ -28,7 +28,7 @@ use openraft::{BasicNode, SnapshotMeta};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::codec::{DecodeError, Reader, Writer};
+use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 use crate::command::{KeyMeta, KeyValue, MAX_KEY_BYTES, MAX_REQUEST_BYTES};
 use crate::crypto::{Cipher, OpenError, RECORD_OVERHEAD_BYTES};
 use crate::types::{decode_snapshot_meta, encode_snapshot_meta, NodeId};
@@ -49,6 +49,10 @@ pub enum SnapshotError {
     Corrupt { path: PathBuf, detail: String },
     #[error("snapshot stream out of order: {0}")]
     Sequence(&'static str),
+    #[error("snapshot frame: {0}")]
+    Encode(#[from] crate::codec::EncodeError),
+    #[error("snapshot frame: {0}")]
+    Seal(#[from] crate::crypto::SealError),
 }
 
 /// Header of a snapshot: Raft's metadata and the state machine's revision.
@@ -67,7 +71,7 @@ pub enum Frame {
 }
 
 impl Frame {
-    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+    pub fn encode(&self) -> Result<Zeroizing<Vec<u8>>, EncodeError> {
         let mut w = Writer::with_capacity(256);
         w.u8(FRAME_VERSION);
         match self {
@@ -78,7 +82,7 @@ impl Frame {
             }
             Frame::Records(kvs) => {
                 w.u8(2);
-                w.u32(u32::try_from(kvs.len()).unwrap_or(u32::MAX));
+                w.count(kvs.len(), "kv count");
                 for kv in kvs {
                     encode_kv(&mut w, kv);
                 }
@@ -87,7 +91,7 @@ impl Frame {
                 w.u8(3).u64(*frames).u64(*records);
             }
         }
-        Zeroizing::new(w.finish())
+        w.finish().map(Zeroizing::new)
     }
 
     /// Decodes and validates a frame's plaintext.
@@ -386,7 +390,7 @@ impl SnapshotWriter {
     fn seal_and_write(&mut self, plain: &[u8]) -> Result<(), SnapshotError> {
         let sealed = self
             .cipher
-            .seal(&frame_location(&self.id, self.frames), plain);
+            .seal(&frame_location(&self.id, self.frames), plain)?;
         let len =
             u32::try_from(sealed.len()).map_err(|_| SnapshotError::Sequence("frame too large"))?;
         self.file
@@ -436,7 +440,7 @@ impl SnapshotWriter {
     pub fn header(&mut self, header: SnapshotHeader) -> Result<(), SnapshotError> {
         let frame = Frame::Header(header);
         self.check_order(&frame)?;
-        self.seal_and_write(&frame.encode())
+        self.seal_and_write(&frame.encode()?)
     }
 
     /// Adds a record, writing a frame whenever a chunk's worth is pending.
@@ -456,7 +460,7 @@ impl SnapshotWriter {
         let frame = Frame::Records(std::mem::take(&mut self.pending));
         self.pending_bytes = 0;
         self.check_order(&frame)?;
-        self.seal_and_write(&frame.encode())
+        self.seal_and_write(&frame.encode()?)
     }
 
     /// Ends the stream (if the frames so far did not), syncs the file and
@@ -469,7 +473,7 @@ impl SnapshotWriter {
                 records: self.records,
             };
             self.check_order(&end)?;
-            self.seal_and_write(&end.encode())?;
+            self.seal_and_write(&end.encode()?)?;
         }
         self.file.flush().map_err(|e| self.io(e))?;
         self.file.get_ref().sync_all().map_err(|e| self.io(e))?;
@@ -605,17 +609,18 @@ mod tests {
     fn receiver_refuses_out_of_order_streams() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = SnapshotWriter::create(dir.path(), "x", cipher()).unwrap();
-        let recs = Frame::Records(vec![kv(1, 1)]).encode();
+        let recs = Frame::Records(vec![kv(1, 1)]).encode().unwrap();
         assert!(matches!(
             w.write_frame(&recs),
             Err(SnapshotError::Sequence(_))
         ));
-        w.write_frame(&Frame::Header(header()).encode()).unwrap();
+        w.write_frame(&Frame::Header(header()).encode().unwrap()).unwrap();
         let bad_end = Frame::End {
             frames: 9,
             records: 0,
         }
-        .encode();
+        .encode()
+        .unwrap();
         assert!(matches!(
             w.write_frame(&bad_end),
             Err(SnapshotError::Sequence(_))

@@ -9,7 +9,7 @@ use openraft::{
     StoredMembership, Vote,
 };
 
-use crate::codec::{DecodeError, Reader, Writer};
+use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 use crate::command::{Command, Response, MAX_REQUEST_BYTES};
 use crate::snapshot::SnapshotFile;
 
@@ -83,15 +83,15 @@ pub fn decode_vote(r: &mut Reader<'_>) -> Result<Vote<NodeId>, DecodeError> {
 
 pub fn encode_membership(w: &mut Writer, m: &Membership<NodeId, BasicNode>) {
     let configs = m.get_joint_config();
-    w.u32(u32::try_from(configs.len()).unwrap_or(u32::MAX));
+    w.count(configs.len(), "membership config count");
     for set in configs {
-        w.u32(u32::try_from(set.len()).unwrap_or(u32::MAX));
+        w.count(set.len(), "voter set count");
         for id in set {
             w.u64(*id);
         }
     }
     let nodes: Vec<_> = m.nodes().collect();
-    w.u32(u32::try_from(nodes.len()).unwrap_or(u32::MAX));
+    w.count(nodes.len(), "node count");
     for (id, node) in nodes {
         w.u64(*id).str(&node.addr);
     }
@@ -162,7 +162,7 @@ pub fn decode_snapshot_meta(
 }
 
 /// Encodes a log entry (the plaintext of a sealed log record).
-pub fn encode_entry(entry: &Entry<TypeConfig>) -> Vec<u8> {
+pub fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, EncodeError> {
     let mut w = Writer::with_capacity(64);
     w.u8(ENTRY_VERSION);
     encode_log_id(&mut w, &entry.log_id);
@@ -253,7 +253,7 @@ mod tests {
             },
         ];
         for e in entries {
-            let back = decode_entry(&encode_entry(&e)).unwrap();
+            let back = decode_entry(&encode_entry(&e).unwrap()).unwrap();
             assert_eq!(back, e);
         }
     }
@@ -264,7 +264,7 @@ mod tests {
         v.commit();
         let mut w = Writer::default();
         encode_vote(&mut w, &v);
-        let bytes = w.finish();
+        let bytes = w.finish().unwrap();
         assert_eq!(decode_vote(&mut Reader::new(&bytes)).unwrap(), v);
     }
 }

@@ -139,7 +139,7 @@ impl Db {
         key: &[u8],
         plain: &[u8],
     ) -> Result<(), Error> {
-        let sealed = self.cipher.seal(&location(cf, key), plain);
+        let sealed = self.cipher.seal(&location(cf, key), plain)?;
         batch.put_cf(self.cf(cf)?, key, sealed);
         Ok(())
     }

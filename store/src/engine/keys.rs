@@ -78,7 +78,10 @@ pub fn open_keyring(dir: &Path, create: bool) -> Result<Keyring, OpenError> {
         let kek = crate::crypto::SecretKey::random();
         write_private(&kek_path, &keyring::encode_kek_file(&kek))?;
         let ring = Keyring::generate();
-        write_private(&ring_path, &ring.seal(&kek, KekSource::File))?;
+        let sealed = ring
+            .seal(&kek, KekSource::File)
+            .map_err(|e| keyring_err(ring_path.clone(), e))?;
+        write_private(&ring_path, &sealed)?;
         return Ok(ring);
     }
     let file = KeyringFile::parse(&read_limited(&ring_path, keyring::KEYRING_BYTES_MAX)?)

@@ -136,10 +136,10 @@ fn read_log_id(db: &Db, key: &[u8]) -> Result<Option<LogId<NodeId>>, Error> {
     }
 }
 
-fn encode_opt_log_id(id: &Option<LogId<NodeId>>) -> Vec<u8> {
+fn encode_opt_log_id(id: &Option<LogId<NodeId>>) -> Result<Vec<u8>, Error> {
     let mut w = Writer::with_capacity(32);
     types::encode_opt_log_id(&mut w, id);
-    w.finish()
+    Ok(w.finish()?)
 }
 
 impl LogStore {
@@ -186,8 +186,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut w = Writer::with_capacity(24);
         types::encode_vote(&mut w, vote);
         let mut batch = WriteBatch::default();
-        self.db
-            .put_sealed(&mut batch, CF_META, META_VOTE, &w.finish())
+        w.finish()
+            .map_err(Error::from)
+            .and_then(|vote| self.db.put_sealed(&mut batch, CF_META, META_VOTE, &vote))
             .and_then(|()| self.db.write(batch, true))
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
@@ -211,13 +212,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
         let mut batch = WriteBatch::default();
-        self.db
-            .put_sealed(
-                &mut batch,
-                CF_META,
-                META_COMMITTED,
-                &encode_opt_log_id(&committed),
-            )
+        encode_opt_log_id(&committed)
+            .and_then(|row| self.db.put_sealed(&mut batch, CF_META, META_COMMITTED, &row))
             .and_then(|()| self.db.write(batch, false))
             .map_err(write_err)
     }
@@ -236,7 +232,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             let key = index_key(entry.log_id.index);
             self.db
-                .put_sealed(&mut batch, CF_LOG, &key, &types::encode_entry(&entry))
+                .put_sealed(
+                    &mut batch,
+                    CF_LOG,
+                    &key,
+                    &types::encode_entry(&entry).map_err(write_err)?,
+                )
                 .map_err(write_err)?;
             last = Some(entry.log_id);
         }
@@ -282,13 +283,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         let cf = self.db.cf(CF_LOG).map_err(write_err)?;
         let mut batch = WriteBatch::default();
-        self.db
-            .put_sealed(
-                &mut batch,
-                CF_META,
-                META_PURGED,
-                &encode_opt_log_id(&Some(log_id)),
-            )
+        encode_opt_log_id(&Some(log_id))
+            .and_then(|row| self.db.put_sealed(&mut batch, CF_META, META_PURGED, &row))
             .map_err(write_err)?;
         batch.delete_range_cf(cf, index_key(0), index_key(log_id.index.saturating_add(1)));
         self.db.write(batch, true).map_err(write_err)?;

@@ -96,7 +96,7 @@ struct SmPointer {
     compacted: u64,
 }
 
-fn encode_pointer(p: &SmPointer) -> Vec<u8> {
+fn encode_pointer(p: &SmPointer) -> Result<Vec<u8>, crate::codec::EncodeError> {
     let mut w = Writer::with_capacity(128);
     w.u8(1);
     types::encode_opt_log_id(&mut w, &p.last_applied);
@@ -128,7 +128,7 @@ fn decode_pointer(bytes: &[u8]) -> Result<SmPointer, crate::codec::DecodeError> 
 fn put_kv_row(db: &Db, batch: &mut WriteBatch, kv: &KeyValue) -> Result<(), Error> {
     let mut w = Writer::with_capacity(kv.key.len() + kv.value.len() + 40);
     crate::snapshot::encode_kv(&mut w, kv);
-    db.put_sealed(batch, CF_KV, &db.cipher.name_hash(&kv.key), &w.finish())
+    db.put_sealed(batch, CF_KV, &db.cipher.name_hash(&kv.key), &w.finish()?)
 }
 
 /// Decodes a `kv` row and checks that it sits under its own name's hash.
@@ -291,7 +291,7 @@ impl Shared {
             compacted: header.revision,
         };
         self.db
-            .put_sealed(last, CF_META, META_SM, &encode_pointer(&pointer))?;
+            .put_sealed(last, CF_META, META_SM, &encode_pointer(&pointer)?)?;
         *st = SmState {
             index,
             last_applied: pointer.last_applied,
@@ -637,7 +637,7 @@ impl StateMachine {
             revision: st.index.revision,
             compacted: st.compacted,
         };
-        db.put_sealed(&mut batch, CF_META, META_SM, &encode_pointer(&pointer))?;
+        db.put_sealed(&mut batch, CF_META, META_SM, &encode_pointer(&pointer)?)?;
         db.write(batch, false)?;
         drop(st);
         for events in notices {
@@ -656,7 +656,7 @@ fn seal_events(db: &Db, batch: &mut WriteBatch, events: &[Event]) -> Result<(), 
             batch,
             CF_EVENTS,
             &event_key(last.revision),
-            &encode_events(events),
+            &encode_events(events)?,
         ),
     }
 }
