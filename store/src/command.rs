@@ -384,7 +384,10 @@ mod tests {
             quota_bytes: 1,
             requests: cmds.to_vec(),
         };
-        assert_eq!(Command::from_bytes(&batch.to_bytes().unwrap()).unwrap(), batch);
+        assert_eq!(
+            Command::from_bytes(&batch.to_bytes().unwrap()).unwrap(),
+            batch
+        );
     }
 
     #[test]

@@ -279,7 +279,11 @@ fn associated_data(header: &[u8], location: &[u8]) -> Vec<u8> {
 }
 
 /// Wraps a key under a key-encryption key (used by the keyring).
-pub(crate) fn wrap(kek: &SecretKey, location: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+pub(crate) fn wrap(
+    kek: &SecretKey,
+    location: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SealError> {
     // A single-key cipher; the name key is unused for wrapping.
     single_key(kek).seal(location, plaintext)
 }

@@ -25,6 +25,10 @@ pub enum OpenError {
     /// A file under the data directory is damaged.
     #[error("corruption in {path}: {detail}")]
     Corruption { path: PathBuf, detail: String },
+    /// A key file or the keys directory can be read or changed by other
+    /// users. Nothing was read from it.
+    #[error("{path} has mode {mode:04o}, which lets other users reach key material; fix it with `chmod {want:o} {path}`", path = .path.display())]
+    Permissions { path: PathBuf, mode: u32, want: u32 },
     /// The data directory holds data but no keys, or keys but no data.
     #[error("{path}: {detail}")]
     Inconsistent { path: PathBuf, detail: String },

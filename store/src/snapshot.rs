@@ -614,7 +614,8 @@ mod tests {
             w.write_frame(&recs),
             Err(SnapshotError::Sequence(_))
         ));
-        w.write_frame(&Frame::Header(header()).encode().unwrap()).unwrap();
+        w.write_frame(&Frame::Header(header()).encode().unwrap())
+            .unwrap();
         let bad_end = Frame::End {
             frames: 9,
             records: 0,

@@ -739,3 +739,64 @@ fn store_with_one_key(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, PathB
     });
     (tmp, dir)
 }
+
+/// Regression (issue 5, fault 4): the keys directory and key files were
+/// made private when created but never checked afterwards, and `open`
+/// chmodded the directory its caller gave it. Now a key file or `keys/`
+/// that others can reach is refused before anything is read from it, with
+/// an error that names the path and the `chmod` that fixes it; the
+/// caller's own directory keeps its mode.
+#[test]
+fn key_files_open_to_others_are_refused_and_the_callers_directory_is_left_alone() {
+    let rt = runtime("key_files_open_to_others_are_refused");
+    let (_tmp, dir) = store_with_one_key(&rt);
+    let keys_dir = dir.join(keys::KEYS_DIR);
+    for (path, wide, want) in [
+        (keys_dir.clone(), 0o755, "chmod 700"),
+        (keys_dir.join(keys::KEK_FILE), 0o644, "chmod 600"),
+        (keys_dir.join(keys::KEYRING_FILE), 0o640, "chmod 600"),
+        (keys_dir.join(keys::KEK_FILE), 0o602, "chmod 600"),
+    ] {
+        let good = mode(&path);
+        fs::set_permissions(&path, fs::Permissions::from_mode(wide)).unwrap();
+        let err = rt
+            .block_on(Store::open(Config::new(&dir)))
+            .map(|_| ())
+            .expect_err("opened with key material open to others");
+        assert!(
+            matches!(&err, OpenError::Permissions { path: p, mode, .. } if *p == path && *mode == wide),
+            "{}: {err:?}",
+            path.display()
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("{want} {}", path.display())),
+            "the error does not say how to fix it: {msg}"
+        );
+        assert_eq!(mode(&path), wide, "open changed the mode it refused");
+        fs::set_permissions(&path, fs::Permissions::from_mode(good)).unwrap();
+    }
+    rt.block_on(async {
+        let store = Store::open(Config::new(&dir)).await.unwrap();
+        assert_eq!(store.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        store.shutdown().await.unwrap();
+    });
+
+    // A directory the caller made keeps its mode; one Coffer makes is 0700.
+    let tmp = tempfile::tempdir().unwrap();
+    let theirs = tmp.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    fs::set_permissions(&theirs, fs::Permissions::from_mode(0o750)).unwrap();
+    let ours = tmp.path().join("ours");
+    rt.block_on(async {
+        for d in [&theirs, &ours] {
+            let store = Store::open(Config::new(d)).await.unwrap();
+            store.put(b"k", b"v").await.unwrap();
+            store.shutdown().await.unwrap();
+        }
+    });
+    assert_eq!(mode(&theirs), 0o750, "open chmodded the caller's directory");
+    assert_eq!(mode(&ours), 0o700);
+    assert_eq!(mode(&theirs.join(keys::KEYS_DIR)), 0o700);
+    assert_no_panics("key_files_open_to_others_are_refused");
+}

@@ -2,13 +2,14 @@
 //! unwrapping the keyring afterwards.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::OpenError;
 use crate::keyring::{self, KekSource, Keyring, KeyringError, KeyringFile};
 use crate::snapshot::sync_dir;
+use zeroize::Zeroizing;
 
 pub const KEYS_DIR: &str = "keys";
 pub const KEK_FILE: &str = "kek";
@@ -28,7 +29,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), OpenError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(KEY_FILE_MODE)
         .open(&tmp)
         .map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
@@ -40,15 +41,59 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), OpenError> {
     Ok(())
 }
 
-fn read_limited(path: &Path, max: usize) -> Result<Vec<u8>, OpenError> {
-    let len = fs::metadata(path).map_err(io(path))?.len();
+/// Mode of the keys directory: its owner alone may list or change it.
+const KEYS_DIR_MODE: u32 = 0o700;
+/// Mode of the key files.
+const KEY_FILE_MODE: u32 = 0o600;
+
+/// Refuses `path` if group or others have any access to it (as ssh does
+/// for private keys), before anything is read from it.
+fn check_private(path: &Path, want: u32) -> Result<(), OpenError> {
+    let mode = fs::metadata(path).map_err(io(path))?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(OpenError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+            want,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a key file whole into a buffer that is wiped when dropped.
+fn read_limited(path: &Path, max: usize) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    check_private(path, KEY_FILE_MODE)?;
+    let mut file = File::open(path).map_err(io(path))?;
+    let len = file.metadata().map_err(io(path))?.len();
     if len > max as u64 {
         return Err(OpenError::Corruption {
             path: path.to_path_buf(),
             detail: format!("{len} bytes, more than the {max} a key file can hold"),
         });
     }
-    fs::read(path).map_err(io(path))
+    // Read into a buffer allocated once at its final size, so that no
+    // reallocation leaves a copy of the key behind.
+    let mut buf = Zeroizing::new(vec![0; max]);
+    let mut filled = 0;
+    loop {
+        match file.read(&mut buf[filled..]).map_err(io(path))? {
+            0 => break,
+            n => filled += n,
+        }
+        if filled == max {
+            // One byte more than a key file can hold is corruption too.
+            let mut probe = [0u8; 1];
+            if file.read(&mut probe).map_err(io(path))? != 0 {
+                return Err(OpenError::Corruption {
+                    path: path.to_path_buf(),
+                    detail: format!("more than the {max} bytes a key file can hold"),
+                });
+            }
+            break;
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
 }
 
 fn keyring_err(path: PathBuf, e: KeyringError) -> OpenError {
@@ -73,8 +118,12 @@ pub fn open_keyring(dir: &Path, create: bool) -> Result<Keyring, OpenError> {
                 detail: "the data directory holds data but no keyring".into(),
             });
         }
-        fs::create_dir_all(&keys).map_err(io(&keys))?;
-        fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).map_err(io(&keys))?;
+        // Created with its final mode: there is no moment at which it is
+        // open to others.
+        fs::DirBuilder::new()
+            .mode(KEYS_DIR_MODE)
+            .create(&keys)
+            .map_err(io(&keys))?;
         let kek = crate::crypto::SecretKey::random();
         write_private(&kek_path, &keyring::encode_kek_file(&kek))?;
         let ring = Keyring::generate();
@@ -84,6 +133,7 @@ pub fn open_keyring(dir: &Path, create: bool) -> Result<Keyring, OpenError> {
         write_private(&ring_path, &sealed)?;
         return Ok(ring);
     }
+    check_private(&keys, KEYS_DIR_MODE)?;
     let file = KeyringFile::parse(&read_limited(&ring_path, keyring::KEYRING_BYTES_MAX)?)
         .map_err(|e| keyring_err(ring_path.clone(), e))?;
     match file.source {

@@ -213,7 +213,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
         let mut batch = WriteBatch::default();
         encode_opt_log_id(&committed)
-            .and_then(|row| self.db.put_sealed(&mut batch, CF_META, META_COMMITTED, &row))
+            .and_then(|row| {
+                self.db
+                    .put_sealed(&mut batch, CF_META, META_COMMITTED, &row)
+            })
             .and_then(|()| self.db.write(batch, false))
             .map_err(write_err)
     }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,8 +113,14 @@ impl Store {
             return Err(OpenError::Config("node id 0 is reserved".into()));
         }
         let dir = config.dir.clone();
-        fs::create_dir_all(&dir).map_err(io_open(&dir))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io_open(&dir))?;
+        // A directory created here is private to its owner; one the caller
+        // made keeps the mode the caller gave it (the keys in it are
+        // checked on their own, and every other file is sealed).
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_open(&dir))?;
         let fresh = !keys::has_data(&dir);
         let keyring = keys::open_keyring(&dir, fresh)?;
         let cipher = Arc::new(match config.encryption {
