@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use zeroize::Zeroize;
+
 use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 
 /// Largest encoded request accepted: 1.5 MiB.
@@ -18,13 +20,90 @@ pub const MAX_BATCH_REQUESTS: usize = 1024;
 
 const COMMAND_VERSION: u8 = 1;
 
-/// A value, with redacted `Debug`.
+/// A value. Values are secrets: `Debug` prints only the length, and the
+/// bytes are wiped when the value is dropped, so a decrypted value leaves
+/// no copy behind on the read path. It reads as a byte slice (`Deref`);
+/// [`Value::into_vec`] hands the bytes over to a caller that takes on
+/// wiping them.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Value(pub Vec<u8>);
+
+impl Value {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The bytes, as a plain `Vec` the caller now owns (and wipes, if it
+    /// cares to).
+    pub fn into_vec(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for Value {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl fmt::Debug for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Value([redacted; {} bytes])", self.0.len())
+    }
+}
+
+impl std::ops::Deref for Value {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Value {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Self {
+        Value(v)
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(v: &[u8]) -> Self {
+        Value(v.to_vec())
+    }
+}
+
+impl PartialEq<[u8]> for Value {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&[u8]> for Value {
+    fn eq(&self, other: &&[u8]) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<Vec<u8>> for Value {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        self.0 == *other
+    }
+}
+
+impl<const N: usize> PartialEq<[u8; N]> for Value {
+    fn eq(&self, other: &[u8; N]) -> bool {
+        self.0 == other
+    }
+}
+
+impl<const N: usize> PartialEq<&[u8; N]> for Value {
+    fn eq(&self, other: &&[u8; N]) -> bool {
+        self.0 == *other
     }
 }
 
@@ -43,7 +122,7 @@ pub struct KeyMeta {
 #[derive(Clone, PartialEq, Eq)]
 pub struct KeyValue {
     pub key: Vec<u8>,
-    pub value: Vec<u8>,
+    pub value: Value,
     pub meta: KeyMeta,
 }
 
@@ -399,7 +478,7 @@ mod tests {
         assert!(!format!("{c:?}").contains("hunter2"));
         let kv = KeyValue {
             key: b"k".to_vec(),
-            value: b"hunter2".to_vec(),
+            value: Value(b"hunter2".to_vec()),
             meta: KeyMeta::default(),
         };
         assert!(!format!("{kv:?}").contains("hunter2"));

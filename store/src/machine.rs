@@ -56,7 +56,7 @@ impl Mutation {
 /// same batch not yet written).
 pub trait Values {
     type Error;
-    fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
+    fn value(&self, key: &[u8]) -> Result<Option<crate::command::Value>, Self::Error>;
 }
 
 fn entry_bytes(key: &[u8], value_len: u64) -> u64 {
@@ -233,7 +233,7 @@ pub fn apply<V: Values>(
                             None => None,
                             Some(e) => {
                                 let value = match written.get(key.as_slice()) {
-                                    Some(Some(v)) => Some(v.to_vec()),
+                                    Some(Some(v)) => Some(crate::command::Value(v.to_vec())),
                                     Some(None) => None,
                                     None => values.value(key)?,
                                 };
@@ -313,13 +313,13 @@ mod tests {
     #[derive(Default)]
     struct Model {
         index: Index,
-        values: BTreeMap<Vec<u8>, Vec<u8>>,
+        values: BTreeMap<Vec<u8>, Value>,
     }
 
-    struct View<'a>(&'a BTreeMap<Vec<u8>, Vec<u8>>);
+    struct View<'a>(&'a BTreeMap<Vec<u8>, Value>);
     impl Values for View<'_> {
         type Error = Infallible;
-        fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Infallible> {
+        fn value(&self, key: &[u8]) -> Result<Option<Value>, Infallible> {
             Ok(self.0.get(key).cloned())
         }
     }
@@ -331,7 +331,7 @@ mod tests {
             for m in muts {
                 match m {
                     Mutation::Put { key, value, .. } => {
-                        self.values.insert(key, value.0);
+                        self.values.insert(key, value);
                     }
                     Mutation::Delete { key } => {
                         self.values.remove(&key);

@@ -29,7 +29,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::codec::{DecodeError, EncodeError, Reader, Writer};
-use crate::command::{KeyMeta, KeyValue, MAX_KEY_BYTES, MAX_REQUEST_BYTES};
+use crate::command::{KeyMeta, KeyValue, Value, MAX_KEY_BYTES, MAX_REQUEST_BYTES};
 use crate::crypto::{Cipher, OpenError, RECORD_OVERHEAD_BYTES};
 use crate::types::{decode_snapshot_meta, encode_snapshot_meta, NodeId};
 
@@ -155,7 +155,7 @@ pub fn decode_kv(r: &mut Reader<'_>) -> Result<KeyValue, DecodeError> {
     }
     Ok(KeyValue {
         key,
-        value: r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec(),
+        value: Value(r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec()),
         meta: KeyMeta {
             create_revision: r.u64("create revision")?,
             mod_revision: r.u64("mod revision")?,
@@ -527,7 +527,7 @@ mod tests {
     fn kv(i: usize, len: usize) -> KeyValue {
         KeyValue {
             key: format!("key-{i:06}").into_bytes(),
-            value: vec![b'v'; len],
+            value: Value(vec![b'v'; len]),
             meta: KeyMeta {
                 create_revision: i as u64 + 1,
                 mod_revision: i as u64 + 1,

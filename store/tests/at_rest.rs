@@ -222,7 +222,10 @@ fn mode(path: &Path) -> u32 {
 
 async fn assert_contents(store: &Store, expected: &BTreeMap<Vec<u8>, Vec<u8>>) {
     let all = store.list(b"", Consistency::Linearizable).await.unwrap();
-    let got: BTreeMap<Vec<u8>, Vec<u8>> = all.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    let got: BTreeMap<Vec<u8>, Vec<u8>> = all
+        .into_iter()
+        .map(|kv| (kv.key, kv.value.into_vec()))
+        .collect();
     assert_eq!(got.len(), expected.len(), "number of keys differs");
     for (k, v) in expected {
         assert!(
@@ -230,7 +233,7 @@ async fn assert_contents(store: &Store, expected: &BTreeMap<Vec<u8>, Vec<u8>>) {
             "key {} has the wrong value",
             String::from_utf8_lossy(k)
         );
-        assert_eq!(store.get(k).await.unwrap().as_ref(), Some(v));
+        assert_eq!(store.get(k).await.unwrap().as_deref(), Some(v.as_slice()));
     }
 }
 
@@ -486,8 +489,8 @@ fn open_and_read_all(
             Ok(all) => {
                 for kv in &all {
                     assert_eq!(
-                        expected.get(&kv.key),
-                        Some(&kv.value),
+                        expected.get(&kv.key).map(Vec::as_slice),
+                        Some(kv.value.as_slice()),
                         "wrong data for {} after corruption",
                         String::from_utf8_lossy(&kv.key)
                     );

@@ -249,7 +249,7 @@ fn acknowledged_writes_survive_sigkill() {
                 .into_iter()
                 .map(|kv| {
                     let n = std::str::from_utf8(&kv.key[1..]).unwrap().parse().unwrap();
-                    (n, kv.value)
+                    (n, kv.value.into_vec())
                 })
                 .collect();
             for (&n, v) in &listed {
@@ -264,7 +264,7 @@ fn acknowledged_writes_survive_sigkill() {
             // The latest round's writes, also one by one through `get`.
             for (&n, _) in acked.range(round * ROUND_STRIDE..) {
                 assert_eq!(
-                    store.get(&key(n)).await.unwrap(),
+                    store.get(&key(n)).await.unwrap().map(|v| v.into_vec()),
                     Some(value(n)),
                     "seed {seed}, round {round}: get of acknowledged write {n}"
                 );

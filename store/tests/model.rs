@@ -122,7 +122,7 @@ impl Model {
     fn kv(&self, k: &[u8]) -> Option<KeyValue> {
         self.keys.get(k).map(|(v, meta)| KeyValue {
             key: k.to_vec(),
-            value: v.clone(),
+            value: coffer_store::Value(v.clone()),
             meta: *meta,
         })
     }
@@ -149,7 +149,7 @@ impl Model {
             .filter(|(k, _)| k.starts_with(prefix))
             .map(|(k, (v, meta))| KeyValue {
                 key: k.clone(),
-                value: v.clone(),
+                value: coffer_store::Value(v.clone()),
                 meta: *meta,
             })
             .collect()
@@ -236,7 +236,7 @@ async fn check_all(store: &Store, model: &Model) -> anyhow::Result<()> {
     );
     for kv in &all {
         ensure!(
-            model.keys.get(&kv.key).map(|(v, _)| v) == Some(&kv.value),
+            model.keys.get(&kv.key).map(|(v, _)| v.as_slice()) == Some(kv.value.as_slice()),
             "value of {:?} differs",
             String::from_utf8_lossy(&kv.key)
         );

@@ -92,7 +92,10 @@ async fn three_nodes_replicate() -> anyhow::Result<()> {
         );
         if id == leader {
             for (k, v) in &want {
-                ensure!(store.get(k).await?.as_ref() == Some(v), "leader read");
+                ensure!(
+                    store.get(k).await?.as_deref() == Some(v.as_slice()),
+                    "leader read"
+                );
             }
         } else {
             // A follower does not serve linearizable reads: it names the leader.
@@ -169,7 +172,7 @@ async fn leader_killed_new_leader_keeps_acknowledged_writes() -> anyhow::Result<
     );
     for (k, v) in &acked {
         ensure!(
-            new_store.get(k).await?.as_ref() == Some(v),
+            new_store.get(k).await?.as_deref() == Some(v.as_slice()),
             "acknowledged write {} lost on the new leader",
             String::from_utf8_lossy(k)
         );
@@ -185,7 +188,7 @@ async fn leader_killed_new_leader_keeps_acknowledged_writes() -> anyhow::Result<
     for (k, v) in &acked {
         let got = back.get_kv(k, Consistency::Stale).await?;
         ensure!(
-            got.map(|kv| kv.value).as_ref() == Some(v),
+            got.map(|kv| kv.value).as_deref() == Some(v.as_slice()),
             "restarted node {old} lacks {}",
             String::from_utf8_lossy(k)
         );

@@ -24,7 +24,7 @@ use rocksdb::WriteBatch;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::codec::{Reader, Writer};
-use crate::command::{KeyMeta, KeyValue, Response};
+use crate::command::{KeyMeta, KeyValue, Response, Value};
 use crate::engine::db::{location, Db, CF_EVENTS, CF_KV, CF_META};
 use crate::engine::snapshots::{Meta, Snapshots};
 use crate::engine::watch::{HISTORY_PAGE_BYTES, HISTORY_PAGE_EVENTS};
@@ -494,12 +494,12 @@ pub struct HistoryPage {
 /// Values of a batch being applied: its own earlier writes, then disk.
 struct BatchValues<'a> {
     shared: &'a Shared,
-    pending: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
+    pending: &'a HashMap<Vec<u8>, Option<Value>>,
 }
 
 impl Values for BatchValues<'_> {
     type Error = Error;
-    fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    fn value(&self, key: &[u8]) -> Result<Option<Value>, Error> {
         if let Some(v) = self.pending.get(key) {
             return Ok(v.clone());
         }
@@ -545,7 +545,7 @@ impl StateMachine {
         let db = &shared.db;
         let mut st = shared.state.write().map_err(|_| lock_poisoned())?;
         let mut batch = WriteBatch::default();
-        let mut pending: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        let mut pending: HashMap<Vec<u8>, Option<Value>> = HashMap::new();
         // The events of the record being filled, and the sealed records'.
         let mut events = Vec::new();
         let mut events_bytes = 0usize;
@@ -572,11 +572,7 @@ impl StateMachine {
                         for m in mutations {
                             let event = match m {
                                 Mutation::Put { key, value, meta } => {
-                                    let kv = KeyValue {
-                                        key,
-                                        value: value.0,
-                                        meta,
-                                    };
+                                    let kv = KeyValue { key, value, meta };
                                     put_kv_row(db, &mut batch, &kv)?;
                                     pending.insert(kv.key.clone(), Some(kv.value.clone()));
                                     Event {
@@ -593,7 +589,7 @@ impl StateMachine {
                                         kind: EventKind::Delete,
                                         kv: KeyValue {
                                             key,
-                                            value: Vec::new(),
+                                            value: Value::default(),
                                             meta: KeyMeta::default(),
                                         },
                                     }
@@ -777,7 +773,7 @@ mod tests {
     fn kv(key: &str, revision: u64) -> KeyValue {
         KeyValue {
             key: key.as_bytes().to_vec(),
-            value: b"value".to_vec(),
+            value: Value(b"value".to_vec()),
             meta: KeyMeta {
                 create_revision: revision,
                 mod_revision: revision,

@@ -339,7 +339,7 @@ impl Store {
     }
 
     /// The value under `key` (linearizable).
-    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Value>, Error> {
         Ok(self
             .get_kv(key, Consistency::Linearizable)
             .await?
