@@ -269,6 +269,14 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
+    /// Reads a format version byte and fails unless it is `known`.
+    pub fn version(&mut self, known: u8, what: &'static str) -> Result<(), DecodeError> {
+        match self.u8(what)? {
+            v if v == known => Ok(()),
+            version => Err(DecodeError::UnknownVersion { what, version }),
+        }
+    }
+
     /// Fails unless every byte has been read.
     pub fn finish(self, what: &'static str) -> Result<(), DecodeError> {
         if self.buf.is_empty() {

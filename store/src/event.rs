@@ -24,6 +24,9 @@ pub struct Event {
     pub kv: KeyValue,
 }
 
+/// Format of an `events` row (version 1 held one event per row).
+const EVENTS_VERSION: u8 = 2;
+
 /// Encodes the events of one applied batch (one sealed `events` row).
 pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, crate::codec::EncodeError> {
     let size: usize = events
@@ -31,7 +34,7 @@ pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, crate::codec::EncodeEr
         .map(|e| 48 + e.kv.key.len() + e.kv.value.len())
         .sum();
     let mut w = Writer::with_capacity(8 + size);
-    w.u8(2).count(events.len(), "event count");
+    w.u8(EVENTS_VERSION).count(events.len(), "event count");
     for e in events {
         w.u64(e.revision).u8(match e.kind {
             EventKind::Put => 1,
@@ -45,13 +48,7 @@ pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, crate::codec::EncodeEr
 /// Decodes what [`encode_events`] wrote.
 pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
     let mut r = Reader::new(bytes);
-    let version = r.u8("events version")?;
-    if version != 2 {
-        return Err(DecodeError::UnknownVersion {
-            what: "events",
-            version,
-        });
-    }
+    r.version(EVENTS_VERSION, "events version")?;
     let n = r.count(42, "event count")?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {

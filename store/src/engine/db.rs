@@ -5,12 +5,11 @@
 //! which is what lets state-machine writes skip their own fsync (see
 //! ARCHITECTURE.md, "Durability").
 //!
-//! | column family | key                         | value (sealed)          |
-//! |---------------|-----------------------------|-------------------------|
-//! | `meta`        | fixed ASCII names           | vote, log/state pointers|
-//! | `log`         | index, u64 BE               | log entry               |
-//! | `kv`          | keyed BLAKE3 hash of name   | name, value, metadata   |
-//! | `events`      | revision u64 BE ‖ seq u32 BE | watch event             |
+//! Every row's layout, with its version byte, is in ARCHITECTURE.md ("On
+//! disk"). The `meta` row `format` holds the version of the data
+//! directory as a whole: [`Db::check_format`] refuses a directory written
+//! by a newer build, or by a build from before versions, instead of
+//! misreading it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +27,12 @@ pub const CF_LOG: &str = "log";
 pub const CF_KV: &str = "kv";
 pub const CF_EVENTS: &str = "events";
 const ALL_CFS: [&str; 4] = [CF_META, CF_LOG, CF_KV, CF_EVENTS];
+
+/// Version of the data directory's layout as a whole: which rows exist
+/// and what each holds. A build reads exactly the formats it knows (and
+/// migrates older ones, once there are any).
+pub const FORMAT_VERSION: u32 = 1;
+const META_FORMAT: &[u8] = b"format";
 
 /// A row key with its opened value.
 pub type OpenedRow = (Box<[u8]>, Zeroizing<Vec<u8>>);
@@ -90,6 +95,52 @@ impl Db {
             cipher,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Checks the data directory's format version; writes it (synced) into
+    /// a database that holds nothing yet.
+    pub fn check_format(&self) -> Result<(), Error> {
+        let Some(plain) = self.get_sealed(CF_META, META_FORMAT)? else {
+            let meta = self.cf(CF_META)?;
+            let empty = self
+                .db
+                .iterator_cf(meta, IteratorMode::Start)
+                .next()
+                .is_none();
+            if !empty {
+                return Err(self.corruption(
+                    CF_META,
+                    format!(
+                        "the data directory has no format version: it was written by a \
+                         development build older than format {FORMAT_VERSION}, which this \
+                         build cannot read"
+                    ),
+                ));
+            }
+            let mut batch = WriteBatch::default();
+            self.put_sealed(
+                &mut batch,
+                CF_META,
+                META_FORMAT,
+                &FORMAT_VERSION.to_be_bytes(),
+            )?;
+            return self.write(batch, true);
+        };
+        let version = <[u8; 4]>::try_from(plain.as_slice())
+            .map(u32::from_be_bytes)
+            .map_err(|_| self.corruption(CF_META, "the format row is not 4 bytes"))?;
+        if version != FORMAT_VERSION {
+            return Err(Error::Engine(format!(
+                "{}: data directory format {version}; this build reads format {FORMAT_VERSION}{}",
+                self.path.display(),
+                if version > FORMAT_VERSION {
+                    " (it was written by a newer Coffer)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(())
     }
 
     pub fn cf(&self, name: &'static str) -> Result<&ColumnFamily, Error> {

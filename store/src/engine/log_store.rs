@@ -22,6 +22,11 @@ use crate::types::{self, NodeId, TypeConfig};
 pub const META_VOTE: &[u8] = b"vote";
 pub const META_COMMITTED: &[u8] = b"committed";
 pub const META_PURGED: &[u8] = b"purged";
+/// Format of the `vote` row: version, then the vote.
+const VOTE_ROW_VERSION: u8 = 1;
+/// Format of the `committed` and `purged` rows: version, then an optional
+/// log id.
+const LOG_ID_ROW_VERSION: u8 = 1;
 
 type SErr = StorageError<NodeId>;
 
@@ -129,6 +134,8 @@ fn read_log_id(db: &Db, key: &[u8]) -> Result<Option<LogId<NodeId>>, Error> {
         None => Ok(None),
         Some(plain) => {
             let mut r = Reader::new(&plain);
+            r.version(LOG_ID_ROW_VERSION, "log id row version")
+                .map_err(|e| db.corruption(CF_META, e))?;
             let id = types::decode_opt_log_id(&mut r).map_err(|e| db.corruption(CF_META, e))?;
             r.finish("log id").map_err(|e| db.corruption(CF_META, e))?;
             Ok(id)
@@ -138,6 +145,7 @@ fn read_log_id(db: &Db, key: &[u8]) -> Result<Option<LogId<NodeId>>, Error> {
 
 fn encode_opt_log_id(id: &Option<LogId<NodeId>>) -> Result<Vec<u8>, Error> {
     let mut w = Writer::with_capacity(32);
+    w.u8(LOG_ID_ROW_VERSION);
     types::encode_opt_log_id(&mut w, id);
     Ok(w.finish()?)
 }
@@ -184,6 +192,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
         let mut w = Writer::with_capacity(24);
+        w.u8(VOTE_ROW_VERSION);
         types::encode_vote(&mut w, vote);
         let mut batch = WriteBatch::default();
         w.finish()
@@ -199,6 +208,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 None => Ok(None),
                 Some(plain) => {
                     let mut r = Reader::new(&plain);
+                    r.version(VOTE_ROW_VERSION, "vote row version")
+                        .map_err(|e| self.db.corruption(CF_META, e))?;
                     let v =
                         types::decode_vote(&mut r).map_err(|e| self.db.corruption(CF_META, e))?;
                     r.finish("vote")

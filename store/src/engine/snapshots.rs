@@ -40,6 +40,9 @@ use crate::types::NodeId;
 
 const META_SNAPSHOT: &[u8] = b"snapshot";
 const META_INSTALLING: &[u8] = b"installing";
+/// Format of the `snapshot` and `installing` rows: version, then the file
+/// id (ASCII).
+const ID_ROW_VERSION: u8 = 1;
 /// Longest snapshot file id accepted from the `meta` rows.
 const ID_BYTES_MAX: usize = 64;
 
@@ -168,7 +171,7 @@ impl Snapshots {
             return Ok(false);
         }
         let mut batch = WriteBatch::default();
-        db.put_sealed(&mut batch, CF_META, META_SNAPSHOT, file.id().as_bytes())?;
+        db.put_sealed(&mut batch, CF_META, META_SNAPSHOT, &id_row_bytes(file.id()))?;
         db.write(batch, true)?;
         let old = cur.replace(Current { meta, file });
         drop(cur);
@@ -201,11 +204,16 @@ impl Snapshots {
             )));
         }
         let mut marker = WriteBatch::default();
-        db.put_sealed(&mut marker, CF_META, META_INSTALLING, file.id().as_bytes())?;
+        db.put_sealed(
+            &mut marker,
+            CF_META,
+            META_INSTALLING,
+            &id_row_bytes(file.id()),
+        )?;
         db.write(marker, true)?;
         let mut batch = WriteBatch::default();
         replace(&file, &mut batch)?;
-        db.put_sealed(&mut batch, CF_META, META_SNAPSHOT, file.id().as_bytes())?;
+        db.put_sealed(&mut batch, CF_META, META_SNAPSHOT, &id_row_bytes(file.id()))?;
         batch.delete_cf(db.cf(CF_META)?, META_INSTALLING);
         db.write(batch, true)?;
         let new_path = file.path().to_path_buf();
@@ -235,10 +243,31 @@ impl Snapshots {
     }
 }
 
+/// The plaintext of a `snapshot` or `installing` row naming `id`.
+pub(crate) fn id_row_bytes(id: &str) -> Vec<u8> {
+    let mut row = Vec::with_capacity(1 + id.len());
+    row.push(ID_ROW_VERSION);
+    row.extend_from_slice(id.as_bytes());
+    row
+}
+
 /// The snapshot file id a `meta` row names, checked to be a plain file name.
 fn id_row(db: &Db, row: &[u8]) -> Result<Option<String>, Error> {
-    let Some(raw) = db.get_sealed(CF_META, row)? else {
+    let Some(plain) = db.get_sealed(CF_META, row)? else {
         return Ok(None);
+    };
+    let raw = match plain.split_first() {
+        Some((&ID_ROW_VERSION, id)) => id,
+        Some((&version, _)) => {
+            return Err(db.corruption(
+                CF_META,
+                crate::codec::DecodeError::UnknownVersion {
+                    what: "snapshot id row",
+                    version,
+                },
+            ))
+        }
+        None => return Err(db.corruption(CF_META, "empty snapshot id row")),
     };
     let valid = !raw.is_empty()
         && raw.len() <= ID_BYTES_MAX
@@ -246,7 +275,7 @@ fn id_row(db: &Db, row: &[u8]) -> Result<Option<String>, Error> {
     if !valid {
         return Err(db.corruption(CF_META, "snapshot file id is not a valid file name"));
     }
-    Ok(Some(String::from_utf8_lossy(&raw).into_owned()))
+    Ok(Some(String::from_utf8_lossy(raw).into_owned()))
 }
 
 /// Removes a file this module owns. A leftover is harmless (sealed, and

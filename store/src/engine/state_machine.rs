@@ -35,6 +35,10 @@ use crate::snapshot::{Frame, SnapshotError, SnapshotFile, SnapshotHeader, Snapsh
 use crate::types::{self, NodeId, TypeConfig};
 
 const META_SM: &[u8] = b"sm";
+/// Format of a `kv` row: version, then name, value and metadata.
+const KV_ROW_VERSION: u8 = 1;
+/// Format of the `sm` pointer row.
+const SM_POINTER_VERSION: u8 = 1;
 /// Event history is trimmed in steps of this many revisions, so that range
 /// deletions stay rare.
 const EVENT_TRIM_STEP: u64 = 1024;
@@ -98,7 +102,7 @@ struct SmPointer {
 
 fn encode_pointer(p: &SmPointer) -> Result<Vec<u8>, crate::codec::EncodeError> {
     let mut w = Writer::with_capacity(128);
-    w.u8(1);
+    w.u8(SM_POINTER_VERSION);
     types::encode_opt_log_id(&mut w, &p.last_applied);
     types::encode_stored_membership(&mut w, &p.membership);
     w.u64(p.revision).u64(p.compacted);
@@ -107,13 +111,7 @@ fn encode_pointer(p: &SmPointer) -> Result<Vec<u8>, crate::codec::EncodeError> {
 
 fn decode_pointer(bytes: &[u8]) -> Result<SmPointer, crate::codec::DecodeError> {
     let mut r = Reader::new(bytes);
-    let version = r.u8("sm pointer version")?;
-    if version != 1 {
-        return Err(crate::codec::DecodeError::UnknownVersion {
-            what: "sm pointer",
-            version,
-        });
-    }
+    r.version(SM_POINTER_VERSION, "sm pointer version")?;
     let p = SmPointer {
         last_applied: types::decode_opt_log_id(&mut r)?,
         membership: types::decode_stored_membership(&mut r)?,
@@ -126,7 +124,8 @@ fn decode_pointer(bytes: &[u8]) -> Result<SmPointer, crate::codec::DecodeError> 
 
 /// Adds the sealed `kv` row of `kv`, under its name's hash, to `batch`.
 fn put_kv_row(db: &Db, batch: &mut WriteBatch, kv: &KeyValue) -> Result<(), Error> {
-    let mut w = Writer::with_capacity(kv.key.len() + kv.value.len() + 40);
+    let mut w = Writer::with_capacity(kv.key.len() + kv.value.len() + 41);
+    w.u8(KV_ROW_VERSION);
     crate::snapshot::encode_kv(&mut w, kv);
     db.put_sealed(batch, CF_KV, &db.cipher.name_hash(&kv.key), &w.finish()?)
 }
@@ -134,6 +133,8 @@ fn put_kv_row(db: &Db, batch: &mut WriteBatch, kv: &KeyValue) -> Result<(), Erro
 /// Decodes a `kv` row and checks that it sits under its own name's hash.
 fn decode_kv_row(db: &Db, row_key: &[u8], plain: &[u8]) -> Result<KeyValue, Error> {
     let mut r = Reader::new(plain);
+    r.version(KV_ROW_VERSION, "kv row version")
+        .map_err(|e| db.corruption(CF_KV, e))?;
     let kv = crate::snapshot::decode_kv(&mut r).map_err(|e| db.corruption(CF_KV, e))?;
     r.finish("kv row").map_err(|e| db.corruption(CF_KV, e))?;
     if db.cipher.name_hash(&kv.key) != row_key {
@@ -896,7 +897,12 @@ mod tests {
         let mut marker = WriteBatch::default();
         shared
             .db
-            .put_sealed(&mut marker, CF_META, b"installing", file.id().as_bytes())
+            .put_sealed(
+                &mut marker,
+                CF_META,
+                b"installing",
+                &crate::engine::snapshots::id_row_bytes(file.id()),
+            )
             .unwrap();
         shared.db.write(marker, true).unwrap();
         let leftover = snapshot_at(&shared, 3, &["x"]);

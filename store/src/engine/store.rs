@@ -135,6 +135,7 @@ impl Store {
         fs::create_dir_all(&snapshot_dir).map_err(io_open(&snapshot_dir))?;
         let db_path = dir.join("db");
         let db = Arc::new(Db::open(&db_path, cipher).map_err(open_err)?);
+        db.check_format().map_err(open_err)?;
         let shared = Shared::open(db.clone(), snapshot_dir, config.watch_history_revisions)
             .map_err(open_err)?;
         let log_store = LogStore::open(db).map_err(open_err)?;
