@@ -88,8 +88,11 @@ fn big_value() -> Vec<u8> {
     (0..20_000u32).map(|i| (i % 251) as u8).collect()
 }
 
-/// (key, value, create revision, mod revision, version), in key order.
-fn expected_keys() -> Vec<(&'static [u8], Vec<u8>, u64, u64, u64)> {
+/// (key, value, create revision, mod revision, version).
+type Row<'a> = (&'a [u8], Vec<u8>, u64, u64, u64);
+
+/// Every live key, in key order.
+fn expected_keys() -> Vec<Row<'static>> {
     vec![
         (b"after/snapshot", b"s".to_vec(), 8, 8, 1),
         (b"app/one", b"1b".to_vec(), 1, 9, 2),
