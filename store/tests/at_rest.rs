@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use coffer_store::crypto::SecretKey;
 use coffer_store::engine::db::{Db, CF_EVENTS, CF_KV, CF_LOG, CF_META};
 use coffer_store::engine::keys;
-use coffer_store::{Check, Compare, Config, Consistency, Op, OpenError, Store, Txn, Value};
+use coffer_store::{
+    Check, Compare, Config, Consistency, Encryption, Op, OpenError, Store, Txn, Value,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -143,28 +145,62 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     None
 }
 
-/// Reads every byte of every file under `dir` and fails on any canary.
-fn assert_no_canaries(dir: &Path, stage: &str, full: &[Vec<u8>]) -> usize {
-    let files = files_under(dir);
+/// A few whole canaries checked verbatim (the fragments cover the rest).
+fn full_canaries() -> Vec<Vec<u8>> {
+    vec![
+        canary_key(0),
+        canary_key(7),
+        canary_value("", 1, 24),
+        // Written by the transaction on key 3 (24 bytes: SIZES[(3 + 2) % 5]).
+        canary_value("TXN-", 3, 24),
+    ]
+}
+
+/// One canary (or fragment) found in plaintext.
+#[derive(Debug)]
+struct Hit {
+    needle: String,
+    file: PathBuf,
+    offset: usize,
+}
+
+/// Reads every byte of every file under `dir`; returns every canary and
+/// fragment found (the first place in each file), and the bytes read.
+fn scan_for_canaries(dir: &Path, full: &[Vec<u8>]) -> (Vec<Hit>, usize) {
+    let mut hits = Vec::new();
     let mut total = 0;
-    for f in &files {
-        let bytes = fs::read(f).unwrap();
+    for f in files_under(dir) {
+        let bytes = fs::read(&f).unwrap();
         total += bytes.len();
         for needle in FRAGMENTS
             .iter()
             .map(|s| s.as_bytes())
             .chain(full.iter().map(Vec::as_slice))
         {
-            if let Some(at) = find(&bytes, needle) {
-                panic!(
-                    "{stage}: {:?} found in plaintext in {} at offset {at}",
-                    String::from_utf8_lossy(needle),
-                    f.display()
-                );
+            if let Some(offset) = find(&bytes, needle) {
+                hits.push(Hit {
+                    needle: String::from_utf8_lossy(needle).into_owned(),
+                    file: f.clone(),
+                    offset,
+                });
             }
         }
     }
-    eprintln!("{stage}: {} files, {total} bytes, no canary", files.len());
+    (hits, total)
+}
+
+/// Fails on any canary under `dir`; returns the bytes read.
+fn assert_no_canaries(dir: &Path, stage: &str, full: &[Vec<u8>]) -> usize {
+    let (hits, total) = scan_for_canaries(dir, full);
+    if let Some(h) = hits.first() {
+        panic!(
+            "{stage}: {:?} found in plaintext in {} at offset {}",
+            h.needle,
+            h.file.display(),
+            h.offset
+        );
+    }
+    eprintln!("{stage}: {total} bytes, no canary");
     total
 }
 
@@ -237,78 +273,80 @@ async fn assert_contents(store: &Store, expected: &BTreeMap<Vec<u8>, Vec<u8>>) {
     }
 }
 
+/// Writes canaries through puts, deletes and transactions; returns what
+/// the store holds afterwards.
+async fn write_canaries(store: &Store) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for n in 0..40 {
+        let v = canary_value("", n, SIZES[n % SIZES.len()]);
+        store.put(&canary_key(n), &v).await.unwrap();
+        expected.insert(canary_key(n), v);
+    }
+    for n in (0..40).step_by(5) {
+        assert!(store.delete(&canary_key(n)).await.unwrap());
+        expected.remove(&canary_key(n));
+    }
+    for n in 1..10 {
+        // Compare on a canary value and write another one if it holds.
+        let old = expected.get(&canary_key(n)).cloned();
+        let new = canary_value("TXN-", n, SIZES[(n + 2) % SIZES.len()]);
+        let r = store
+            .txn(Txn {
+                compares: vec![Compare {
+                    key: canary_key(n),
+                    check: Check::ValueEquals(Value(
+                        old.clone().unwrap_or_else(|| canary_value("", n, 24)),
+                    )),
+                }],
+                success: vec![
+                    Op::Put {
+                        key: canary_key(n),
+                        value: Value(new.clone()),
+                    },
+                    Op::Put {
+                        key: canary_key(100 + n),
+                        value: Value(new.clone()),
+                    },
+                ],
+                failure: vec![Op::Get { key: canary_key(n) }],
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.succeeded, old.is_some(), "txn {n}");
+        if r.succeeded {
+            expected.insert(canary_key(n), new.clone());
+            expected.insert(canary_key(100 + n), new);
+        }
+        let r = store
+            .txn(Txn {
+                compares: vec![Compare {
+                    key: canary_key(200 + n),
+                    check: Check::Absent,
+                }],
+                success: vec![Op::Put {
+                    key: canary_key(200 + n),
+                    value: Value(canary_value("TXN-", 200 + n, 64)),
+                }],
+                failure: vec![],
+            })
+            .await
+            .unwrap();
+        assert!(r.succeeded);
+        expected.insert(canary_key(200 + n), canary_value("TXN-", 200 + n, 64));
+    }
+    expected
+}
+
 #[test]
 fn canaries_never_reach_the_disk() {
     let rt = runtime("canaries_never_reach_the_disk");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    // A few whole canaries checked verbatim (the fragments cover the rest).
-    let full: Vec<Vec<u8>> = vec![
-        canary_key(0),
-        canary_key(7),
-        canary_value("", 1, 24),
-        canary_value("TXN-", 3, 40),
-    ];
+    let full = full_canaries();
     rt.block_on(async {
         let store = Store::open(Config::new(&dir)).await.unwrap();
-        for n in 0..40 {
-            let v = canary_value("", n, SIZES[n % SIZES.len()]);
-            store.put(&canary_key(n), &v).await.unwrap();
-            expected.insert(canary_key(n), v);
-        }
-        for n in (0..40).step_by(5) {
-            assert!(store.delete(&canary_key(n)).await.unwrap());
-            expected.remove(&canary_key(n));
-        }
-        for n in 1..10 {
-            // Compare on a canary value and write another one if it holds.
-            let old = expected.get(&canary_key(n)).cloned();
-            let new = canary_value("TXN-", n, SIZES[(n + 2) % SIZES.len()]);
-            let r = store
-                .txn(Txn {
-                    compares: vec![Compare {
-                        key: canary_key(n),
-                        check: Check::ValueEquals(Value(
-                            old.clone().unwrap_or_else(|| canary_value("", n, 24)),
-                        )),
-                    }],
-                    success: vec![
-                        Op::Put {
-                            key: canary_key(n),
-                            value: Value(new.clone()),
-                        },
-                        Op::Put {
-                            key: canary_key(100 + n),
-                            value: Value(new.clone()),
-                        },
-                    ],
-                    failure: vec![Op::Get { key: canary_key(n) }],
-                })
-                .await
-                .unwrap();
-            assert_eq!(r.succeeded, old.is_some(), "txn {n}");
-            if r.succeeded {
-                expected.insert(canary_key(n), new.clone());
-                expected.insert(canary_key(100 + n), new);
-            }
-            let r = store
-                .txn(Txn {
-                    compares: vec![Compare {
-                        key: canary_key(200 + n),
-                        check: Check::Absent,
-                    }],
-                    success: vec![Op::Put {
-                        key: canary_key(200 + n),
-                        value: Value(canary_value("TXN-", 200 + n, 64)),
-                    }],
-                    failure: vec![],
-                })
-                .await
-                .unwrap();
-            assert!(r.succeeded);
-            expected.insert(canary_key(200 + n), canary_value("TXN-", 200 + n, 64));
-        }
+        expected = write_canaries(&store).await;
         snapshot_now(&store, &dir).await;
         assert_contents(&store, &expected).await;
         store.shutdown().await.unwrap();
@@ -362,6 +400,55 @@ fn canaries_never_reach_the_disk() {
     assert_eq!(mode(&keys_dir), 0o700, "keys/");
     assert_eq!(mode(&dir), 0o700, "data directory");
     assert_no_panics("canaries_never_reach_the_disk");
+}
+
+/// Positive control for `canaries_never_reach_the_disk` (issue 5, fault 6):
+/// the same writes with encryption switched off, and the same scan finds
+/// every whole canary, in each kind of file it claims to cover (the WAL,
+/// the snapshot file, SST files). A scan that could not see plaintext
+/// would fail here.
+#[test]
+fn the_canary_scan_finds_the_canaries_when_encryption_is_off() {
+    let rt = runtime("the_canary_scan_finds_the_canaries");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut config = Config::new(&dir);
+    config.encryption = Encryption::DangerOffForBenchmarks;
+    let full = full_canaries();
+    rt.block_on(async {
+        let store = Store::open(config.clone()).await.unwrap();
+        let expected = write_canaries(&store).await;
+        snapshot_now(&store, &dir).await;
+        assert_contents(&store, &expected).await;
+        store.shutdown().await.unwrap();
+    });
+    let in_kind = |hits: &[Hit], ext: &str| {
+        hits.iter()
+            .any(|h| h.file.extension().is_some_and(|e| e == ext))
+    };
+    let (hits, _) = scan_for_canaries(&dir, &full);
+    assert!(
+        in_kind(&hits, "log"),
+        "no canary found in the WAL: {hits:?}"
+    );
+    assert!(
+        in_kind(&hits, "snap"),
+        "no canary found in the snapshot: {hits:?}"
+    );
+    flush_and_compact(&dir);
+    let (hits, _) = scan_for_canaries(&dir, &full);
+    assert!(
+        in_kind(&hits, "sst"),
+        "no canary found in SST files: {hits:?}"
+    );
+    for canary in &full {
+        let shown = String::from_utf8_lossy(canary);
+        assert!(
+            hits.iter().any(|h| h.needle == shown),
+            "{shown:?} not found anywhere"
+        );
+    }
+    assert_no_panics("the_canary_scan_finds_the_canaries");
 }
 
 // ---------------------------------------------------------------------------

@@ -28,6 +28,12 @@
 //! Synchronisation is always a poll with a deadline ([`WAIT_TIMEOUT`]) on
 //! observable state (Raft metrics, the router), never a fixed sleep.
 //!
+//! Each member runs on a tokio runtime of its own, so that
+//! [`Cluster::kill`] can stop it the way a crash does: the runtime is shut
+//! down and every one of the member's tasks is dropped wherever it is
+//! (mid-append, mid-apply, mid-snapshot), with no shutdown code run and
+//! nothing flushed. [`Cluster::stop`] is the graceful stop.
+//!
 //! A test that holds a [`Store`] from [`Cluster::store`] should drop it
 //! before [`Cluster::restart`]ing that member: a live handle keeps the
 //! RocksDB directory open (restart waits for it, up to [`WAIT_TIMEOUT`]).
@@ -270,12 +276,28 @@ impl Transport for NodeTransport {
     }
 }
 
+/// The runtime a member's tasks run on. Dropping it drops those tasks
+/// without waiting for them (a blocking wait is not allowed where a test's
+/// cluster is dropped: inside its own runtime).
+#[derive(Debug)]
+struct MemberRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for MemberRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// An in-process cluster. Methods take `&self`, so a test may share it
 /// (`Arc<Cluster>`) between a writer task and the code that kills or
 /// isolates members.
 #[derive(Debug)]
 pub struct Cluster {
     router: Arc<Router>,
+    /// The runtime of every running member.
+    runtimes: Mutex<BTreeMap<NodeId, MemberRuntime>>,
     /// Every member's configuration, for restarts.
     configs: BTreeMap<NodeId, Config>,
     /// Removed last: every store is dropped (or shut down) before it.
@@ -325,6 +347,7 @@ impl Cluster {
             .collect();
         let cluster = Cluster {
             router: Arc::new(Router::default()),
+            runtimes: Mutex::new(BTreeMap::new()),
             configs,
             root,
         };
@@ -341,13 +364,24 @@ impl Cluster {
             .configs
             .get(&id)
             .ok_or_else(|| anyhow!("node {id} is not a member of this cluster"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(format!("coffer-node-{id}"))
+            .enable_all()
+            .build()
+            .with_context(|| format!("starting node {id}'s runtime"))?;
         let deadline = Instant::now() + WAIT_TIMEOUT;
         let store = loop {
             let transport = Arc::new(NodeTransport {
                 from: id,
                 router: self.router.clone(),
             });
-            match Store::open_with_transport(config.clone(), transport).await {
+            // Opened on the member's runtime, so that Raft's tasks run there.
+            let opening = runtime.spawn(Store::open_with_transport(config.clone(), transport));
+            match opening
+                .await
+                .with_context(|| format!("opening node {id}: the task failed"))?
+            {
                 Ok(store) => break store,
                 // A handle from before a kill (an RPC or a test still
                 // holding it) keeps RocksDB's lock until it is dropped.
@@ -360,7 +394,13 @@ impl Cluster {
             }
         };
         self.router.lock().live.insert(id, store);
+        self.runtimes_lock()
+            .insert(id, MemberRuntime(Some(runtime)));
         Ok(())
+    }
+
+    fn runtimes_lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, MemberRuntime>> {
+        self.runtimes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Member 1 adds every other member as a learner (waiting for each to
@@ -438,19 +478,38 @@ impl Cluster {
             .collect()
     }
 
-    /// Stops member `id` (its directory stays) and makes every RPC to it
-    /// fail as unreachable.
-    pub async fn kill(&self, id: NodeId) -> anyhow::Result<()> {
+    /// Crashes member `id`: every one of its tasks is dropped wherever it
+    /// is, no shutdown code runs and nothing is flushed; its directory
+    /// stays as the crash left it. RPCs to it fail as unreachable.
+    pub fn kill(&self, id: NodeId) -> anyhow::Result<()> {
         let store = self
             .router
             .lock()
             .live
             .remove(&id)
             .ok_or_else(|| anyhow!("node {id} is not running"))?;
-        store
+        drop(store);
+        let runtime = self.runtimes_lock().remove(&id);
+        drop(runtime);
+        Ok(())
+    }
+
+    /// Stops member `id` gracefully (Raft shut down, the directory
+    /// released); RPCs to it then fail as unreachable.
+    pub async fn stop(&self, id: NodeId) -> anyhow::Result<()> {
+        let store = self
+            .router
+            .lock()
+            .live
+            .remove(&id)
+            .ok_or_else(|| anyhow!("node {id} is not running"))?;
+        let stopped = store
             .shutdown()
             .await
-            .with_context(|| format!("shutting node {id} down"))
+            .with_context(|| format!("shutting node {id} down"));
+        let runtime = self.runtimes_lock().remove(&id);
+        drop(runtime);
+        stopped
     }
 
     /// Reopens killed member `id` from its directory.
@@ -621,6 +680,8 @@ impl Cluster {
                 .await
                 .with_context(|| format!("shutting node {id} down"))?;
         }
+        let runtimes = std::mem::take(&mut *self.runtimes_lock());
+        drop(runtimes);
         drop(self.root);
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Three-member clusters on the in-process network of `coffer_tests`:
-//! replication, leader failover with restart, catch-up by snapshot, and a
-//! leader cut off in a minority.
+//! replication, leader failover (an abrupt kill) with restart, catch-up by
+//! snapshot, a leader cut off in a minority, and stale versus linearizable
+//! reads on every member.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,7 +154,7 @@ async fn leader_killed_new_leader_keeps_acknowledged_writes() -> anyhow::Result<
         Ok(())
     };
     recv_acked(10).await?;
-    cluster.kill(old).await?;
+    cluster.kill(old)?;
     // Writes acknowledged after the kill went to the new leader.
     recv_acked(20).await?;
     stop.store(true, Ordering::Relaxed);
@@ -234,7 +235,7 @@ async fn follower_far_behind_installs_a_multi_frame_snapshot() -> anyhow::Result
         .find(|&id| id != leader)
         .context("no follower")?;
     let victim_last = cluster.metrics(victim)?.last_log_index.unwrap_or(0);
-    cluster.kill(victim).await?;
+    cluster.kill(victim)?;
 
     for i in 0..BIG_KEYS {
         cluster.put(&key("s", i), &value(i, VALUE_BYTES)).await?;
@@ -383,5 +384,100 @@ async fn leader_in_minority_cannot_commit() -> anyhow::Result<()> {
     ensure!(cluster.store(leader)?.get(&key("lost", 0)).await?.is_none());
     cluster.shutdown().await?;
     eprintln!("leader_in_minority: {:?}", started.elapsed());
+    Ok(())
+}
+
+/// Stale versus linearizable reads on three members (issue 5, fault 6: this
+/// was claimed from a single node only). A follower cut off from the others
+/// answers a stale read from its own, older state, but a linearizable read
+/// there fails rather than return that old value. A linearizable read is
+/// served by the leader (read index): on a connected follower it is refused
+/// with `NotLeader` naming the leader, so a caller can redirect, and never
+/// answered from the follower's state. Once healed, the cut-off follower's
+/// stale read catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_reads_are_local_and_linearizable_reads_are_never_stale_on_three_members(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start(3).await?;
+    cluster.put(b"cfg", b"v1").await?;
+    cluster.wait_converged().await?;
+    let leader = cluster.leader().await?;
+    let followers: Vec<NodeId> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    let (cut, connected) = (followers[0], followers[1]);
+
+    cluster.isolate(cut);
+    let (by, _) = cluster
+        .on_leader(|store| async move { store.put(b"cfg", b"v2").await })
+        .await?;
+    ensure!(by != cut, "the isolated follower acknowledged a write");
+    let leader = cluster.leader_among(&[by, connected]).await?;
+
+    let cut_store = cluster.store(cut)?;
+    let stale = cut_store.get_kv(b"cfg", Consistency::Stale).await?;
+    ensure!(
+        stale.as_ref().map(|kv| kv.value.as_slice()) == Some(&b"v1"[..]),
+        "a stale read on the cut-off follower should see its own state (v1)"
+    );
+    match cut_store.get_kv(b"cfg", Consistency::Linearizable).await {
+        Err(Error::Timeout(_) | Error::NotLeader { .. } | Error::Unavailable(_)) => {}
+        Ok(kv) => bail!(
+            "a linearizable read on a follower cut off from the leader answered {:?}",
+            kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        ),
+        Err(e) => bail!("a linearizable read on the cut-off follower failed with {e:?}"),
+    }
+
+    let on_leader = cluster
+        .store(leader)?
+        .get_kv(b"cfg", Consistency::Linearizable)
+        .await?;
+    ensure!(
+        on_leader.as_ref().map(|kv| kv.value.as_slice()) == Some(&b"v2"[..]),
+        "a linearizable read on the leader missed the latest write"
+    );
+    if connected != leader {
+        match cluster
+            .store(connected)?
+            .get_kv(b"cfg", Consistency::Linearizable)
+            .await
+        {
+            Err(Error::NotLeader {
+                leader_id: Some(id),
+                ..
+            }) => ensure!(
+                id == leader,
+                "the follower named node {id}, not leader {leader}"
+            ),
+            Ok(kv) => ensure!(
+                kv.as_ref().map(|kv| kv.value.as_slice()) == Some(&b"v2"[..]),
+                "a linearizable read on a connected follower returned an old value"
+            ),
+            Err(e) => bail!("a linearizable read on a connected follower gave {e:?}"),
+        }
+    }
+
+    cluster.heal(cut);
+    let deadline = Instant::now() + WAIT_TIMEOUT;
+    loop {
+        let kv = cut_store.get_kv(b"cfg", Consistency::Stale).await?;
+        if kv.as_ref().map(|kv| kv.value.as_slice()) == Some(&b"v2"[..]) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the healed follower did not catch up within {WAIT_TIMEOUT:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    match cut_store.get_kv(b"cfg", Consistency::Linearizable).await {
+        Ok(kv) => ensure!(kv.as_ref().map(|kv| kv.value.as_slice()) == Some(&b"v2"[..])),
+        Err(e) => ensure!(e.is_retryable(), "after healing: {e:?}"),
+    }
+    drop(cut_store);
+    cluster.shutdown().await?;
     Ok(())
 }
