@@ -102,7 +102,7 @@ async fn kv(store: &Store, cmd: KvCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         KvCommand::Del { key } => {
-            if store.delete(key.as_bytes()).await? {
+            if store.delete(key.as_bytes()).await?.deleted {
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!("coffer: key {key:?} not found");

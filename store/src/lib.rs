@@ -32,6 +32,8 @@ pub use config::{Bootstrap, Config, Encryption, DEFAULT_QUOTA_BYTES};
 #[cfg(feature = "engine")]
 pub use engine::network::{NoPeers, Transport, TransportError};
 #[cfg(feature = "engine")]
-pub use engine::store::{snapshot_frames, Consistency, SnapshotReceiver, Store, TxnResult};
+pub use engine::store::{
+    snapshot_frames, Consistency, DeleteResult, SnapshotReceiver, Store, TxnResult,
+};
 #[cfg(feature = "engine")]
 pub use engine::watch::Watch;

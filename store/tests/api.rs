@@ -179,7 +179,7 @@ async fn limits_fail_cleanly_and_change_nothing() {
         "a rejected write takes no revision"
     );
     // Deletes always pass; then the write fits.
-    assert!(store.delete(b"a").await.unwrap());
+    assert!(store.delete(b"a").await.unwrap().deleted);
     store.put(b"b", &chunk).await.unwrap();
 
     for bad in [&b""[..], &vec![b'k'; 9 * 1024][..]] {

@@ -283,7 +283,7 @@ async fn write_canaries(store: &Store) -> BTreeMap<Vec<u8>, Vec<u8>> {
         expected.insert(canary_key(n), v);
     }
     for n in (0..40).step_by(5) {
-        assert!(store.delete(&canary_key(n)).await.unwrap());
+        assert!(store.delete(&canary_key(n)).await.unwrap().deleted);
         expected.remove(&canary_key(n));
     }
     for n in 1..10 {
@@ -365,7 +365,7 @@ fn canaries_never_reach_the_disk() {
             expected.insert(canary_key(n), v);
         }
         for n in 300..305 {
-            assert!(store.delete(&canary_key(n)).await.unwrap());
+            assert!(store.delete(&canary_key(n)).await.unwrap().deleted);
             expected.remove(&canary_key(n));
         }
         snapshot_now(&store, &dir).await;

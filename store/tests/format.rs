@@ -63,7 +63,7 @@ async fn write_contents(store: &Store, dir: &Path) {
     store.put(b"app/two", b"2").await.unwrap();
     store.put(b"app/two", b"2b").await.unwrap();
     store.put(b"app/gone", b"x").await.unwrap();
-    assert!(store.delete(b"app/gone").await.unwrap());
+    assert!(store.delete(b"app/gone").await.unwrap().deleted);
     let txn = Txn {
         success: vec![
             Op::Put {

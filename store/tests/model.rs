@@ -1,6 +1,11 @@
-//! Model test: random operations against a single-node `Store` and against a
-//! `BTreeMap`; after every operation the two must agree on values, metadata,
-//! listing order and the revision, across close-and-reopen of the store.
+//! Model tests.
+//!
+//! - Sequential: random operations against a single-node `Store` and against
+//!   a `BTreeMap`; after every operation the two must agree on values,
+//!   metadata, listing order and the revision, across close-and-reopen.
+//! - Concurrent: several clients at once (so the proposer packs their
+//!   requests into shared log entries), and the history of calls and replies
+//!   checked for linearizability against the same model.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -265,7 +270,7 @@ async fn run(dir: &Path, actions: &[Action]) -> anyhow::Result<()> {
                 );
             }
             Action::Delete(k) => {
-                let deleted = store.delete(&key(*k)).await.with_context(ctx)?;
+                let deleted = store.delete(&key(*k)).await.with_context(ctx)?.deleted;
                 let expected = model.keys.remove(&key(*k)).is_some();
                 if expected {
                     model.revision += 1;
@@ -377,4 +382,414 @@ proptest! {
         rt.block_on(run(dir.path(), &actions))
             .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
     }
+}
+
+// ---------------------------------------------------------------------------
+// Concurrent clients, checked for linearizability
+// ---------------------------------------------------------------------------
+
+/// What a client asked for.
+#[derive(Debug, Clone)]
+enum Call {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    Txn(Txn),
+    Get(Vec<u8>),
+}
+
+/// What it got back.
+#[derive(Debug, Clone, PartialEq)]
+enum Reply {
+    Put {
+        revision: u64,
+    },
+    Delete {
+        deleted: bool,
+        revision: u64,
+    },
+    Txn {
+        succeeded: bool,
+        revision: u64,
+        results: Vec<OpResult>,
+    },
+    Get(Option<KeyValue>),
+}
+
+/// One completed call, with logical times from one shared clock: a call
+/// that returned before another was invoked has a smaller `returned` than
+/// the other's `invoked`.
+#[derive(Debug, Clone)]
+struct Record {
+    client: usize,
+    invoked: u64,
+    returned: u64,
+    call: Call,
+    reply: Reply,
+}
+
+/// A random call over the shared keys. Compares name literal revisions and
+/// versions, so that concurrent clients make them hold sometimes.
+fn random_call(rng: &mut rand::rngs::StdRng) -> Call {
+    use rand::Rng;
+    let k = |rng: &mut rand::rngs::StdRng| key(rng.gen_range(0..KEYS.len()));
+    let v = |rng: &mut rand::rngs::StdRng| value_bytes(rng.gen_range(0..4));
+    match rng.gen_range(0..10) {
+        0..=3 => Call::Put(k(rng), v(rng)),
+        4 => Call::Delete(k(rng)),
+        5..=7 => {
+            let mut compares = Vec::new();
+            for _ in 0..rng.gen_range(0..3) {
+                let check = match rng.gen_range(0..5) {
+                    0 => Check::ValueEquals(Value(v(rng))),
+                    1 => Check::ModRevisionEquals(rng.gen_range(0..40)),
+                    2 => Check::Absent,
+                    3 => Check::Exists,
+                    _ => Check::VersionEquals(rng.gen_range(0..4)),
+                };
+                compares.push(Compare { key: k(rng), check });
+            }
+            let ops = |rng: &mut rand::rngs::StdRng| -> Vec<Op> {
+                (0..rng.gen_range(0..4))
+                    .map(|_| match rng.gen_range(0..3) {
+                        0 => Op::Put {
+                            key: k(rng),
+                            value: Value(v(rng)),
+                        },
+                        1 => Op::Delete { key: k(rng) },
+                        _ => Op::Get { key: k(rng) },
+                    })
+                    .collect()
+            };
+            let success = ops(rng);
+            let failure = ops(rng);
+            Call::Txn(Txn {
+                compares,
+                success,
+                failure,
+            })
+        }
+        _ => Call::Get(k(rng)),
+    }
+}
+
+async fn perform(store: &Store, call: &Call) -> anyhow::Result<Reply> {
+    Ok(match call {
+        Call::Put(k, v) => Reply::Put {
+            revision: store.put(k, v).await?,
+        },
+        Call::Delete(k) => {
+            let d = store.delete(k).await?;
+            Reply::Delete {
+                deleted: d.deleted,
+                revision: d.revision,
+            }
+        }
+        Call::Txn(t) => {
+            let r = store.txn(t.clone()).await?;
+            Reply::Txn {
+                succeeded: r.succeeded,
+                revision: r.revision,
+                results: r.results,
+            }
+        }
+        Call::Get(k) => Reply::Get(store.get_kv(k, Consistency::Linearizable).await?),
+    })
+}
+
+/// Runs `call` on a copy of `model`: the reply it would give and the model
+/// after it.
+fn model_step(model: &Model, call: &Call) -> (Reply, Model) {
+    let mut m = model.clone();
+    let reply = match call {
+        Call::Put(k, v) => {
+            m.revision += 1;
+            let rev = m.revision;
+            m.put_at(k.clone(), v.clone(), rev);
+            Reply::Put { revision: rev }
+        }
+        Call::Delete(k) => {
+            let deleted = m.keys.remove(k).is_some();
+            if deleted {
+                m.revision += 1;
+            }
+            Reply::Delete {
+                deleted,
+                revision: m.revision,
+            }
+        }
+        Call::Txn(t) => {
+            let (succeeded, revision, results) = m.txn(t);
+            Reply::Txn {
+                succeeded,
+                revision,
+                results,
+            }
+        }
+        Call::Get(k) => Reply::Get(m.kv(k)),
+    };
+    (reply, m)
+}
+
+/// Checks a concurrent history for linearizability, using the revisions
+/// the store reports as the order of the calls (as etcd's robustness tests
+/// do). Each revision from `start + 1` to `end` must have exactly one call
+/// that made it; replaying those calls in revision order through the model
+/// must give exactly the replies the clients got; a call that changed
+/// nothing must match the model at the revision it reports; and every
+/// call's revision must lie within its real-time window. Reads (which
+/// report no revision) must match the model at some revision within their
+/// window. `start` and `end` are the store's revisions before and after.
+fn check_linearizable(start: u64, end: u64, history: &[Record]) -> Result<(), String> {
+    let reported = |r: &Record| match &r.reply {
+        Reply::Put { revision } | Reply::Delete { revision, .. } | Reply::Txn { revision, .. } => {
+            Some(*revision)
+        }
+        Reply::Get(_) => None,
+    };
+    let mut by_revision: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, r) in history.iter().enumerate() {
+        if let Some(rev) = reported(r) {
+            if rev < start || rev > end {
+                return Err(format!(
+                    "{:?} reports revision {rev}, outside {start}..={end}",
+                    r.call
+                ));
+            }
+            by_revision.entry(rev).or_default().push(i);
+        }
+    }
+    let mut model = Model {
+        revision: start,
+        ..Model::default()
+    };
+    let mut states: BTreeMap<u64, Model> = BTreeMap::new();
+    states.insert(start, model.clone());
+    // The call that made each revision.
+    let mut owner: BTreeMap<u64, usize> = BTreeMap::new();
+    let matches_unchanged = |m: &Model, i: usize| {
+        let (reply, next) = model_step(m, &history[i].call);
+        reply == history[i].reply && next.revision == m.revision
+    };
+    for i in by_revision.get(&start).into_iter().flatten() {
+        if !matches_unchanged(&model, *i) {
+            return Err(format!(
+                "{:?} -> {:?} does not match the starting state",
+                history[*i].call, history[*i].reply
+            ));
+        }
+    }
+    for rev in start + 1..=end {
+        let group = by_revision.get(&rev).cloned().unwrap_or_default();
+        // Puts and deletes that deleted always change the state; otherwise
+        // one of the transactions reporting this revision did.
+        let forced: Vec<usize> = group
+            .iter()
+            .copied()
+            .filter(|&i| {
+                matches!(
+                    history[i].reply,
+                    Reply::Put { .. } | Reply::Delete { deleted: true, .. }
+                )
+            })
+            .collect();
+        if forced.len() > 1 {
+            return Err(format!(
+                "{} calls claim to have made revision {rev}",
+                forced.len()
+            ));
+        }
+        let candidates = if forced.is_empty() {
+            group.clone()
+        } else {
+            forced
+        };
+        let found = candidates.iter().copied().find_map(|c| {
+            let (reply, next) = model_step(&model, &history[c].call);
+            let fits = reply == history[c].reply
+                && next.revision == rev
+                && group.iter().all(|&g| g == c || matches_unchanged(&next, g));
+            fits.then_some((c, next))
+        });
+        let Some((c, next)) = found else {
+            return Err(format!(
+                "no order of the calls reporting revision {rev} fits the model: {:?}",
+                group
+                    .iter()
+                    .map(|&i| (&history[i].call, &history[i].reply))
+                    .collect::<Vec<_>>()
+            ));
+        };
+        model = next;
+        states.insert(rev, model.clone());
+        owner.insert(rev, c);
+    }
+    // Real time: the revisions made by calls that returned before a call
+    // was invoked bound it below; those made by calls invoked before it
+    // returned bound it above.
+    let window = |r: &Record| -> (u64, u64) {
+        let lo = owner
+            .iter()
+            .filter(|(_, &o)| history[o].returned < r.invoked)
+            .map(|(rev, _)| *rev)
+            .max()
+            .unwrap_or(start);
+        let hi = owner
+            .iter()
+            .filter(|(_, &o)| history[o].invoked < r.returned)
+            .map(|(rev, _)| *rev)
+            .max()
+            .unwrap_or(start);
+        (lo, hi)
+    };
+    for (i, r) in history.iter().enumerate() {
+        let (lo, hi) = window(r);
+        let ok = match reported(r) {
+            Some(rev) if owner.get(&rev) == Some(&i) => rev > lo && rev <= hi,
+            Some(rev) => rev >= lo && rev <= hi,
+            None => (lo..=hi).any(|rev| matches_unchanged(&states[&rev], i)),
+        };
+        if !ok {
+            return Err(format!(
+                "client {}'s {:?} -> {:?} fits no revision of its real-time window [{lo}, {hi}]",
+                r.client, r.call, r.reply
+            ));
+        }
+    }
+    Ok(())
+}
+
+const CLIENTS: usize = 4;
+const CALLS_PER_CLIENT: usize = 40;
+const ROUNDS: u64 = 8;
+
+/// Concurrent clients against one store, several seeded rounds: every
+/// history must be linearizable, and together the rounds must have packed
+/// several requests into one log entry (so that multi-request batches are
+/// model-checked, which the sequential test above cannot do).
+#[test]
+fn concurrent_clients_are_linearizable() {
+    let seed: u64 = std::env::var("COFFER_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("seed: {seed} (rerun with COFFER_TEST_SEED={seed})");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut proposals, mut entries) = (0u64, 0u64);
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let (history, start, end, log_entries) = rt.block_on(async {
+            let store = Store::open(Config::new(dir.path())).await.unwrap();
+            let start = store.revision().unwrap();
+            let first_index = store.metrics().last_log_index.unwrap_or(0);
+            let clock = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for client in 0..CLIENTS {
+                let store = store.clone();
+                let clock = clock.clone();
+                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
+                    seed ^ (round << 8) ^ client as u64,
+                );
+                tasks.push(tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for _ in 0..CALLS_PER_CLIENT {
+                        let call = random_call(&mut rng);
+                        let invoked = clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let reply = perform(&store, &call).await.unwrap();
+                        let returned = clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        out.push(Record {
+                            client,
+                            invoked,
+                            returned,
+                            call,
+                            reply,
+                        });
+                    }
+                    out
+                }));
+            }
+            let mut history = Vec::new();
+            for t in tasks {
+                history.extend(t.await.unwrap());
+            }
+            let log_entries = store.metrics().last_log_index.unwrap_or(0) - first_index;
+            let end = store.revision().unwrap();
+            store.shutdown().await.unwrap();
+            (history, start, end, log_entries)
+        });
+        proposals += history
+            .iter()
+            .filter(|r| !matches!(r.call, Call::Get(_)))
+            .count() as u64;
+        entries += log_entries;
+        if let Err(e) = check_linearizable(start, end, &history) {
+            panic!("seed {seed}, round {round}: not linearizable: {e}");
+        }
+    }
+    eprintln!("{proposals} writes in {entries} log entries over {ROUNDS} rounds");
+    assert!(
+        entries < proposals,
+        "seed {seed}: no two concurrent requests ever shared a log entry ({proposals} writes, {entries} entries)"
+    );
+}
+
+/// The checker rejects histories that are not linearizable: a read that
+/// missed a write which had returned before it began, and a write whose
+/// reply does not follow from the writes before it.
+#[test]
+fn the_linearizability_check_rejects_stale_and_impossible_histories() {
+    let put = |client, invoked, returned, v: &str, revision| Record {
+        client,
+        invoked,
+        returned,
+        call: Call::Put(b"a".to_vec(), v.as_bytes().to_vec()),
+        reply: Reply::Put { revision },
+    };
+    let get = |invoked, returned, v: Option<(&str, u64, u64)>| Record {
+        client: 9,
+        invoked,
+        returned,
+        call: Call::Get(b"a".to_vec()),
+        reply: Reply::Get(v.map(|(v, create, modr)| KeyValue {
+            key: b"a".to_vec(),
+            value: Value(v.as_bytes().to_vec()),
+            meta: KeyMeta {
+                create_revision: create,
+                mod_revision: modr,
+                version: modr - create + 1,
+            },
+        })),
+    };
+    // Fine: the read overlaps the second write and sees the first.
+    let ok = vec![
+        put(0, 0, 1, "x", 1),
+        put(1, 2, 5, "y", 2),
+        get(3, 4, Some(("x", 1, 1))),
+    ];
+    assert_eq!(check_linearizable(0, 2, &ok), Ok(()));
+    // Stale: the read began after the second write returned.
+    let stale = vec![
+        put(0, 0, 1, "x", 1),
+        put(1, 2, 3, "y", 2),
+        get(4, 5, Some(("x", 1, 1))),
+    ];
+    assert!(check_linearizable(0, 2, &stale).is_err());
+    // Real time broken: the write that returned first has the later revision.
+    let reordered = vec![put(0, 0, 1, "x", 2), put(1, 2, 3, "y", 1)];
+    assert!(check_linearizable(0, 2, &reordered).is_err());
+    // A delete that reports success on a key nobody wrote.
+    let phantom = vec![Record {
+        client: 0,
+        invoked: 0,
+        returned: 1,
+        call: Call::Delete(b"a".to_vec()),
+        reply: Reply::Delete {
+            deleted: true,
+            revision: 1,
+        },
+    }];
+    assert!(check_linearizable(0, 1, &phantom).is_err());
 }

@@ -37,6 +37,13 @@ pub enum Consistency {
     Stale,
 }
 
+/// The outcome of a [`Store::delete`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteResult {
+    pub deleted: bool,
+    pub revision: u64,
+}
+
 /// The outcome of a [`Store::txn`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnResult {
@@ -315,10 +322,12 @@ impl Store {
         }
     }
 
-    /// Deletes `key`; returns whether it existed.
-    pub async fn delete(&self, key: &[u8]) -> Result<bool, Error> {
+    /// Deletes `key`; returns whether it existed, and the revision: the
+    /// delete's own if it existed, else the store's revision when the
+    /// delete was applied.
+    pub async fn delete(&self, key: &[u8]) -> Result<DeleteResult, Error> {
         match self.propose(Request::Delete { key: key.to_vec() }).await? {
-            Response::Delete { deleted, .. } => Ok(deleted),
+            Response::Delete { deleted, revision } => Ok(DeleteResult { deleted, revision }),
             other => Err(unexpected(&other)),
         }
     }
