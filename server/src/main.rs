@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use coffer_store::{Config, Consistency, Store};
+use coffer_store::{Config, Consistency, Range, Store};
 
 /// Coffer: a replicated, encrypted-at-rest state store and secrets vault.
 #[derive(Debug, Parser)]
@@ -45,8 +45,17 @@ enum KvCommand {
     Put { key: String, value: Option<String> },
     /// Deletes KEY; exit code 1 if it did not exist.
     Del { key: String },
-    /// Lists keys starting with PREFIX, one per line.
+    /// Lists keys starting with PREFIX in key order, a line per key: the
+    /// key, a tab and the value (bytes outside printable ASCII escaped, as
+    /// `\n` or `\xNN`, so each entry stays on one line).
     Ls {
+        /// Print at most N keys (0: all); standard error then says how
+        /// many were left out.
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Print the keys alone, without reading any value.
+        #[arg(long)]
+        keys_only: bool,
         #[arg(default_value = "")]
         prefix: String,
     },
@@ -109,13 +118,24 @@ async fn kv(store: &Store, cmd: KvCommand) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-        KvCommand::Ls { prefix } => {
-            for kv in store
-                .list(prefix.as_bytes(), Consistency::Linearizable)
-                .await?
-            {
-                out.write_all(&kv.key)?;
-                out.write_all(b"\n")?;
+        KvCommand::Ls {
+            limit,
+            keys_only,
+            prefix,
+        } => {
+            let mut range = Range::prefix(prefix.as_bytes()).limit(limit);
+            range.keys_only = keys_only;
+            let listed = store.range(range, Consistency::Linearizable).await?;
+            for kv in &listed.kvs {
+                write!(out, "{}", kv.key.escape_ascii())?;
+                if !keys_only {
+                    write!(out, "\t{}", kv.value.escape_ascii())?;
+                }
+                writeln!(out)?;
+            }
+            if listed.more {
+                let left = listed.count - listed.kvs.len() as u64;
+                eprintln!("coffer: {left} more keys not shown (--limit {limit})");
             }
             Ok(ExitCode::SUCCESS)
         }

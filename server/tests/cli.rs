@@ -37,7 +37,20 @@ fn kv_round_trip_across_processes() {
     let get = coffer(dir.path(), &["kv", "get", "app/b"], None);
     assert_eq!(get.stdout, b"two\n");
     let ls = coffer(dir.path(), &["kv", "ls", "app/"], None);
-    assert_eq!(String::from_utf8_lossy(&ls.stdout), "app/a\napp/b\n");
+    assert_eq!(
+        String::from_utf8_lossy(&ls.stdout),
+        "app/a\tone\napp/b\ttwo\\n\n"
+    );
+    let keys = coffer(dir.path(), &["kv", "ls", "--keys-only", "app/"], None);
+    assert_eq!(String::from_utf8_lossy(&keys.stdout), "app/a\napp/b\n");
+    let first = coffer(
+        dir.path(),
+        &["kv", "ls", "--keys-only", "--limit", "1", "app/"],
+        None,
+    );
+    assert!(first.status.success());
+    assert_eq!(String::from_utf8_lossy(&first.stdout), "app/a\n");
+    assert!(String::from_utf8_lossy(&first.stderr).contains("1 more key"));
     let del = coffer(dir.path(), &["kv", "del", "app/a"], None);
     assert!(del.status.success());
     let missing = coffer(dir.path(), &["kv", "get", "app/a"], None);

@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod event;
 pub mod keyring;
 pub mod machine;
+pub mod range;
 pub mod snapshot;
 pub mod types;
 
@@ -17,6 +18,7 @@ pub use command::{
     Value, MAX_KEY_BYTES, MAX_REQUEST_BYTES,
 };
 pub use event::{Event, EventKind};
+pub use range::{prefix_end, Range, RangeResult};
 pub use types::{NodeId, TypeConfig};
 
 mod error;

@@ -342,3 +342,89 @@ async fn settled_log_index(store: &Store) -> u64 {
         .unwrap();
     m.last_log_index.unwrap()
 }
+
+fn keys_of(kvs: &[coffer_store::KeyValue]) -> Vec<&[u8]> {
+    kvs.iter().map(|kv| kv.key.as_slice()).collect()
+}
+
+/// Ranges as etcd serves them: bounds or a prefix, a limit with a
+/// continuation that pages through every key exactly once, keys-only and
+/// count-only modes, and the revision the read was served at.
+#[tokio::test]
+async fn ranges_page_with_limits_and_report_their_revision() {
+    use coffer_store::Range;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let all: [&[u8]; 7] = [b"a", b"ab", b"abc", b"a\xff", b"b", b"ba", b"c"];
+    for (i, k) in all.iter().enumerate() {
+        store.put(k, format!("v{i}").as_bytes()).await.unwrap();
+    }
+    let lin = Consistency::Linearizable;
+    let whole = store.range(Range::all(), lin).await.unwrap();
+    assert_eq!(keys_of(&whole.kvs), all.to_vec());
+    assert_eq!(
+        (whole.count, whole.more, whole.next.clone()),
+        (7, false, None)
+    );
+    assert_eq!(whole.revision, store.revision().unwrap());
+
+    let a = store.range(Range::prefix(b"a"), lin).await.unwrap();
+    assert_eq!(keys_of(&a.kvs), vec![&b"a"[..], b"ab", b"abc", b"a\xff"]);
+    let between = store.range(Range::between(b"ab", b"b"), lin).await.unwrap();
+    assert_eq!(keys_of(&between.kvs), vec![&b"ab"[..], b"abc", b"a\xff"]);
+
+    // Pages of 3 through everything: each key once, in order.
+    let mut paged = Vec::new();
+    let mut range = Range::all().limit(3);
+    loop {
+        let page = store.range(range.clone(), lin).await.unwrap();
+        assert!(page.kvs.len() <= 3);
+        assert_eq!(page.more, page.next.is_some());
+        paged.extend(page.kvs.iter().map(|kv| kv.key.clone()));
+        match page.next {
+            Some(next) => range = range.from_key(&next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all.iter().map(|k| k.to_vec()).collect::<Vec<_>>());
+    let first = store.range(Range::all().limit(3), lin).await.unwrap();
+    assert_eq!((first.count, first.more), (7, true));
+    assert_eq!(first.next.as_deref(), Some(&b"a\xff"[..]));
+
+    let keys = store
+        .range(Range::prefix(b"b").keys_only(), lin)
+        .await
+        .unwrap();
+    assert_eq!(keys_of(&keys.kvs), vec![&b"b"[..], b"ba"]);
+    assert!(keys.kvs.iter().all(|kv| kv.value.is_empty()));
+    let full = store.range(Range::prefix(b"b"), lin).await.unwrap();
+    let metas: Vec<_> = full.kvs.iter().map(|kv| kv.meta).collect();
+    assert_eq!(keys.kvs.iter().map(|kv| kv.meta).collect::<Vec<_>>(), metas);
+    assert_eq!(full.kvs[1].value, b"v5");
+
+    let count = store
+        .range(Range::prefix(b"a").count_only(), lin)
+        .await
+        .unwrap();
+    assert!(count.kvs.is_empty());
+    assert_eq!((count.count, count.more), (4, false));
+
+    // List, then watch from the next revision: the informer pattern.
+    let listed = store.range(Range::prefix(b"a"), lin).await.unwrap();
+    store.put(b"zz", b"elsewhere").await.unwrap();
+    store.put(b"ab", b"changed").await.unwrap();
+    let mut watch = store.watch(b"a", listed.revision + 1).unwrap();
+    let e = next_event(&mut watch).await;
+    assert_eq!(
+        (e.kv.key.as_slice(), e.revision),
+        (&b"ab"[..], listed.revision + 2)
+    );
+
+    for bad in [Range::between(b"b", b"a"), Range::between(b"a", b"a")] {
+        assert!(matches!(
+            store.range(bad, lin).await,
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    store.shutdown().await.unwrap();
+}

@@ -62,6 +62,8 @@ enum Action {
     },
     Get(usize),
     List(usize, bool),
+    /// A prefix range with a limit (0: none), keys-only or not.
+    Range(usize, usize, bool),
     Reopen,
 }
 
@@ -108,6 +110,8 @@ fn action() -> impl Strategy<Value = Action> {
             }),
         3 => key_idx().prop_map(Action::Get),
         2 => (0..PREFIXES.len(), any::<bool>()).prop_map(|(p, s)| Action::List(p, s)),
+        2 => (0..PREFIXES.len(), 0usize..4, any::<bool>())
+            .prop_map(|(p, l, k)| Action::Range(p, l, k)),
         1 => Just(Action::Reopen),
     ]
 }
@@ -345,6 +349,50 @@ async fn run(dir: &Path, actions: &[Action]) -> anyhow::Result<()> {
                     got == want,
                     "{}: list\n store {got:?}\n model {want:?}",
                     ctx()
+                );
+            }
+            Action::Range(p, limit, keys_only) => {
+                let mut range = coffer_store::Range::prefix(PREFIXES[*p].as_bytes()).limit(*limit);
+                range.keys_only = *keys_only;
+                let got = store
+                    .range(range, Consistency::Linearizable)
+                    .await
+                    .with_context(ctx)?;
+                let all = model.list(PREFIXES[*p].as_bytes());
+                let shown = if *limit == 0 {
+                    all.len()
+                } else {
+                    all.len().min(*limit)
+                };
+                let mut want: Vec<KeyValue> = all[..shown].to_vec();
+                if *keys_only {
+                    for kv in &mut want {
+                        kv.value = Value::default();
+                    }
+                }
+                ensure!(
+                    got.kvs == want,
+                    "{}: range\n store {:?}\n model {want:?}",
+                    ctx(),
+                    got.kvs
+                );
+                ensure!(
+                    got.count == all.len() as u64,
+                    "{}: count {}",
+                    ctx(),
+                    got.count
+                );
+                ensure!(
+                    got.next == all.get(shown).map(|kv| kv.key.clone()),
+                    "{}: next {:?}",
+                    ctx(),
+                    got.next
+                );
+                ensure!(
+                    got.revision == model.revision,
+                    "{}: revision {}",
+                    ctx(),
+                    got.revision
                 );
             }
             Action::Reopen => {

@@ -30,7 +30,8 @@ use crate::engine::snapshots::{Meta, Snapshots};
 use crate::engine::watch::{HISTORY_PAGE_BYTES, HISTORY_PAGE_EVENTS};
 use crate::error::Error;
 use crate::event::{decode_events, encode_events, Event, EventKind};
-use crate::machine::{self, Index, Mutation, Values};
+use crate::machine::{self, Index, IndexEntry, Mutation, Values};
+use crate::range::{Range, RangeResult};
 use crate::snapshot::{Frame, SnapshotError, SnapshotFile, SnapshotHeader, SnapshotWriter};
 use crate::types::{self, NodeId, TypeConfig};
 
@@ -200,26 +201,65 @@ impl Shared {
             .ok_or_else(|| self.db.corruption(CF_KV, "a live key's row is missing"))
     }
 
-    /// Every live key starting with `prefix`, in key order, as of one
-    /// point in time. The state lock is held only to clone the index (a
-    /// persistent map: constant time) and take a RocksDB view that matches
-    /// it; the rows are then read from the view in pages of
-    /// [`LIST_PAGE_KEYS`], with no lock held. Call on a blocking thread.
-    pub fn list(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, Error> {
-        let (keys, view) = {
+    /// The live keys in `range`, in key order, as of one point in time.
+    /// The state lock is held only to clone the index (a persistent map:
+    /// constant time), note its revision and take a RocksDB view that
+    /// matches it; the range is then walked in the frozen index (count,
+    /// keys and metadata need nothing else) and values are read from the
+    /// view in pages of [`LIST_PAGE_KEYS`], with no lock held. Call on a
+    /// blocking thread.
+    pub fn range(&self, range: &Range) -> Result<RangeResult, Error> {
+        let (keys, revision, view) = {
             let st = self.state.read().map_err(|_| lock_poisoned())?;
-            (st.index.keys.clone(), self.db.db.snapshot())
+            (
+                st.index.keys.clone(),
+                st.index.revision,
+                self.db.db.snapshot(),
+            )
         };
+        let mut result = RangeResult {
+            revision,
+            ..RangeResult::default()
+        };
+        let limit = if range.limit == 0 {
+            usize::MAX
+        } else {
+            range.limit
+        };
+        let mut chosen: Vec<(&Vec<u8>, &IndexEntry)> = Vec::new();
+        for (key, entry) in keys.range(range.start.clone()..) {
+            if !range.contains(key) {
+                break;
+            }
+            result.count += 1;
+            if range.count_only {
+                continue;
+            }
+            if chosen.len() < limit {
+                chosen.push((key, entry));
+            } else if result.next.is_none() {
+                result.more = true;
+                result.next = Some(key.clone());
+            }
+        }
+        if range.keys_only {
+            result.kvs = chosen
+                .into_iter()
+                .map(|(key, entry)| KeyValue {
+                    key: key.clone(),
+                    value: Value::default(),
+                    meta: entry.meta,
+                })
+                .collect();
+            return Ok(result);
+        }
         let cf = self.db.cf(CF_KV)?;
-        let mut out = Vec::new();
-        let mut names = keys
-            .range(prefix.to_vec()..)
-            .map(|(k, _)| k)
-            .take_while(|k| k.starts_with(prefix))
-            .peekable();
-        while names.peek().is_some() {
-            let page: Vec<&Vec<u8>> = names.by_ref().take(LIST_PAGE_KEYS).collect();
-            let hashes: Vec<[u8; 32]> = page.iter().map(|k| self.db.cipher.name_hash(k)).collect();
+        let mut out = Vec::with_capacity(chosen.len());
+        for page in chosen.chunks(LIST_PAGE_KEYS) {
+            let hashes: Vec<[u8; 32]> = page
+                .iter()
+                .map(|(k, _)| self.db.cipher.name_hash(k))
+                .collect();
             let rows = view.multi_get_cf(hashes.iter().map(|h| (cf, h.as_slice())));
             for (hash, row) in hashes.iter().zip(rows) {
                 let raw = row
@@ -233,7 +273,8 @@ impl Shared {
                 out.push(decode_kv_row(&self.db, hash, &plain)?);
             }
         }
-        Ok(out)
+        result.kvs = out;
+        Ok(result)
     }
 
     /// Reads a live key's row.

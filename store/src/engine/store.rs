@@ -25,6 +25,7 @@ use crate::engine::retry::{self, Refused};
 use crate::engine::state_machine::{Shared, StateMachine};
 use crate::engine::watch::Watch;
 use crate::error::{Error, OpenError};
+use crate::range::{Range, RangeResult};
 use crate::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::types::{NodeId, TypeConfig};
 
@@ -366,18 +367,32 @@ impl Store {
         self.inner.shared.get(key)
     }
 
-    /// Every key starting with `prefix`, in key order.
+    /// Every key starting with `prefix`, in key order: the keys of
+    /// [`Store::range`] over [`Range::prefix`].
     pub async fn list(
         &self,
         prefix: &[u8],
         consistency: Consistency,
     ) -> Result<Vec<KeyValue>, Error> {
+        Ok(self.range(Range::prefix(prefix), consistency).await?.kvs)
+    }
+
+    /// The keys in `range` (see [`Range`]: bounds, a limit with a
+    /// continuation, keys-only and count-only), with the revision the read
+    /// was served at. Linearizable unless `consistency` says otherwise.
+    pub async fn range(
+        &self,
+        range: Range,
+        consistency: Consistency,
+    ) -> Result<RangeResult, Error> {
+        range
+            .validate()
+            .map_err(|e| Error::InvalidArgument(e.into()))?;
         self.read_barrier(consistency).await?;
         let shared = self.inner.shared.clone();
-        let prefix = prefix.to_vec();
-        tokio::task::spawn_blocking(move || shared.list(&prefix))
+        tokio::task::spawn_blocking(move || shared.range(&range))
             .await
-            .map_err(|e| Error::Shutdown(format!("list reader stopped: {e}")))?
+            .map_err(|e| Error::Shutdown(format!("range reader stopped: {e}")))?
     }
 
     /// Watches keys under `prefix` from revision `from` (inclusive; 0 means
