@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use coffer_store::{Config, Consistency, Range, Store};
+use coffer_store::{Config, Consistency, DeleteOptions, Range, Store};
 
 /// Coffer: a replicated, encrypted-at-rest state store and secrets vault.
 #[derive(Debug, Parser)]
@@ -43,8 +43,14 @@ enum KvCommand {
     Get { key: String },
     /// Stores VALUE (or standard input with `-` or nothing) under KEY; prints the revision.
     Put { key: String, value: Option<String> },
-    /// Deletes KEY; exit code 1 if it did not exist.
-    Del { key: String },
+    /// Deletes KEY; exit code 1 if it did not exist. With --prefix,
+    /// deletes every key starting with KEY at one revision and prints how
+    /// many (at most 1,024 at once; a larger range is refused whole).
+    Del {
+        #[arg(long)]
+        prefix: bool,
+        key: String,
+    },
     /// Lists keys starting with PREFIX in key order, a line per key: the
     /// key, a tab and the value (bytes outside printable ASCII escaped, as
     /// `\n` or `\xNN`, so each entry stays on one line).
@@ -110,7 +116,14 @@ async fn kv(store: &Store, cmd: KvCommand) -> Result<ExitCode> {
             writeln!(out, "{revision}")?;
             Ok(ExitCode::SUCCESS)
         }
-        KvCommand::Del { key } => {
+        KvCommand::Del { prefix: true, key } => {
+            let deleted = store
+                .delete_range(Range::prefix(key.as_bytes()), DeleteOptions::default())
+                .await?;
+            writeln!(out, "{}", deleted.deleted)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        KvCommand::Del { prefix: false, key } => {
             if store.delete(key.as_bytes()).await?.deleted {
                 Ok(ExitCode::SUCCESS)
             } else {

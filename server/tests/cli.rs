@@ -53,6 +53,13 @@ fn kv_round_trip_across_processes() {
     assert!(String::from_utf8_lossy(&first.stderr).contains("1 more key"));
     let del = coffer(dir.path(), &["kv", "del", "app/a"], None);
     assert!(del.status.success());
+    let put = coffer(dir.path(), &["kv", "put", "app/c", "three"], None);
+    assert!(put.status.success());
+    let del = coffer(dir.path(), &["kv", "del", "--prefix", "app/"], None);
+    assert!(del.status.success());
+    assert_eq!(String::from_utf8_lossy(&del.stdout).trim(), "2");
+    let ls = coffer(dir.path(), &["kv", "ls", "app/"], None);
+    assert!(ls.stdout.is_empty());
     let missing = coffer(dir.path(), &["kv", "get", "app/a"], None);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));

@@ -19,6 +19,21 @@ pub const MAX_TXN_OPS: usize = 1024;
 pub const MAX_BATCH_REQUESTS: usize = 1024;
 
 const COMMAND_VERSION: u8 = 1;
+/// Request option flags (tags 4 to 6).
+const FLAG_PREV_KV: u8 = 1;
+
+/// An options byte: unknown bits are refused, so a later option is never
+/// silently dropped by an older build.
+fn flags(r: &mut Reader<'_>) -> Result<u8, DecodeError> {
+    let f = r.u8("request flags")?;
+    if f & !FLAG_PREV_KV != 0 {
+        return Err(DecodeError::Invalid {
+            what: "request flags",
+            reason: "unknown option bits",
+        });
+    }
+    Ok(f)
+}
 
 /// A value. Values are secrets: `Debug` prints only the length, and the
 /// bytes are wiped when the value is dropped, so a decrypted value leaves
@@ -139,19 +154,71 @@ impl fmt::Debug for KeyValue {
     }
 }
 
-/// What a transaction checks before it runs.
+/// How a compare relates the key's current field to the given one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Equal,
+    NotEqual,
+    /// The current field is less than the given one.
+    Less,
+    /// The current field is greater than the given one.
+    Greater,
+}
+
+impl CmpOp {
+    /// Whether `current` relates to `given` as this operator says.
+    pub fn holds<T: Ord + ?Sized>(self, current: &T, given: &T) -> bool {
+        let ord = current.cmp(given);
+        match self {
+            CmpOp::Equal => ord.is_eq(),
+            CmpOp::NotEqual => ord.is_ne(),
+            CmpOp::Less => ord.is_lt(),
+            CmpOp::Greater => ord.is_gt(),
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            CmpOp::Equal => 1,
+            CmpOp::NotEqual => 2,
+            CmpOp::Less => 3,
+            CmpOp::Greater => 4,
+        }
+    }
+
+    fn from_tag(tag: u8) -> Result<Self, DecodeError> {
+        Ok(match tag {
+            1 => CmpOp::Equal,
+            2 => CmpOp::NotEqual,
+            3 => CmpOp::Less,
+            4 => CmpOp::Greater,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "compare operator",
+                    tag,
+                })
+            }
+        })
+    }
+}
+
+/// What a transaction checks before it runs, as etcd's `Compare` does. On
+/// an absent key, version and both revisions read as 0, and a value
+/// compare fails whatever its operator (there is no value to compare).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
     /// The key does not exist.
     Absent,
     /// The key exists.
     Exists,
-    /// The key exists and holds exactly this value.
-    ValueEquals(Value),
-    /// The key's last modification happened at this revision (0: absent).
-    ModRevisionEquals(u64),
-    /// The key has been put this many times since creation (0: absent).
-    VersionEquals(u64),
+    /// The key exists and its value compares so (bytewise) with this one.
+    Value(CmpOp, Value),
+    /// Puts since the key's creation (0: absent) compare so.
+    Version(CmpOp, u64),
+    /// The revision that created the key (0: absent) compares so.
+    CreateRevision(CmpOp, u64),
+    /// The revision of the key's last change (0: absent) compares so.
+    ModRevision(CmpOp, u64),
 }
 
 /// One condition of a transaction.
@@ -178,13 +245,32 @@ pub struct Txn {
     pub failure: Vec<Op>,
 }
 
-/// A state-changing request.
+/// A state-changing request. `prev_kv` asks for the key's previous value
+/// and metadata in the response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Put { key: Vec<u8>, value: Value },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Value,
+        prev_kv: bool,
+    },
+    Delete {
+        key: Vec<u8>,
+        prev_kv: bool,
+    },
+    /// Deletes every key in `[start, end)` (`end: None`: every key from
+    /// `start` on), at one revision; at most [`MAX_DELETE_RANGE_KEYS`].
+    DeleteRange {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        prev_kv: bool,
+    },
     Txn(Txn),
 }
+
+/// Most keys one range delete removes; a range holding more is refused
+/// (nothing is deleted) and must be deleted in smaller ranges.
+pub const MAX_DELETE_RANGE_KEYS: usize = 1024;
 
 /// What a Raft log entry carries: a batch of requests from concurrent
 /// callers (applied in order, each at its own revision) and the quota the
@@ -211,6 +297,8 @@ pub enum Rejection {
         requested_bytes: u64,
         quota_bytes: u64,
     },
+    /// A range delete over more than [`MAX_DELETE_RANGE_KEYS`] keys.
+    TooManyKeys { keys: u64, limit: u64 },
 }
 
 /// The result of applying one [`Request`].
@@ -218,10 +306,18 @@ pub enum Rejection {
 pub enum Response {
     Put {
         revision: u64,
+        prev_kv: Option<KeyValue>,
     },
     Delete {
         revision: u64,
         deleted: bool,
+        prev_kv: Option<KeyValue>,
+    },
+    DeleteRange {
+        revision: u64,
+        deleted: u64,
+        /// The deleted keys as they were, when asked for.
+        prev_kvs: Vec<KeyValue>,
     },
     Txn {
         revision: u64,
@@ -246,7 +342,13 @@ impl Request {
     /// transactions.
     pub fn validate(&self) -> Result<(), &'static str> {
         match self {
-            Request::Put { key, .. } | Request::Delete { key } => Self::check_key(key),
+            Request::Put { key, .. } | Request::Delete { key, .. } => Self::check_key(key),
+            Request::DeleteRange { start, end, .. } => crate::range::Range {
+                start: start.clone(),
+                end: end.clone(),
+                ..crate::range::Range::default()
+            }
+            .validate(),
             Request::Txn(t) => {
                 if t.compares.len() + t.success.len() + t.failure.len() > MAX_TXN_OPS {
                     return Err("transaction has more than 1024 compares and operations");
@@ -306,8 +408,35 @@ fn decode_ops(r: &mut Reader<'_>) -> Result<Vec<Op>, DecodeError> {
 impl Request {
     pub fn encode(&self, w: &mut Writer) {
         match self {
-            Request::Put { key, value } => w.u8(1).bytes(key).bytes(&value.0),
-            Request::Delete { key } => w.u8(2).bytes(key),
+            // Requests without options keep their first encodings (tags 1
+            // and 2); options take the later tags.
+            Request::Put {
+                key,
+                value,
+                prev_kv: false,
+            } => w.u8(1).bytes(key).bytes(&value.0),
+            Request::Put {
+                key,
+                value,
+                prev_kv: true,
+            } => w.u8(4).bytes(key).bytes(&value.0).u8(FLAG_PREV_KV),
+            Request::Delete {
+                key,
+                prev_kv: false,
+            } => w.u8(2).bytes(key),
+            Request::Delete { key, prev_kv: true } => w.u8(5).bytes(key).u8(FLAG_PREV_KV),
+            Request::DeleteRange {
+                start,
+                end,
+                prev_kv,
+            } => {
+                w.u8(6).bytes(start);
+                match end {
+                    None => w.bool(false),
+                    Some(end) => w.bool(true).bytes(end),
+                };
+                w.u8(if *prev_kv { FLAG_PREV_KV } else { 0 })
+            }
             Request::Txn(t) => {
                 w.u8(3);
                 w.count(t.compares.len(), "compare count");
@@ -316,9 +445,10 @@ impl Request {
                     match &c.check {
                         Check::Absent => w.u8(1),
                         Check::Exists => w.u8(2),
-                        Check::ValueEquals(v) => w.u8(3).bytes(&v.0),
-                        Check::ModRevisionEquals(rev) => w.u8(4).u64(*rev),
-                        Check::VersionEquals(v) => w.u8(5).u64(*v),
+                        Check::Value(op, v) => w.u8(6).u8(op.tag()).bytes(&v.0),
+                        Check::Version(op, n) => w.u8(7).u8(op.tag()).u64(*n),
+                        Check::CreateRevision(op, rev) => w.u8(8).u8(op.tag()).u64(*rev),
+                        Check::ModRevision(op, rev) => w.u8(9).u8(op.tag()).u64(*rev),
                     };
                 }
                 encode_ops(w, &t.success);
@@ -337,12 +467,23 @@ impl Request {
 
     pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(match r.u8("request tag")? {
-            1 => Request::Put {
+            tag @ (1 | 4) => Request::Put {
                 key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
                 value: Value(r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec()),
+                prev_kv: tag == 4 && flags(r)? & FLAG_PREV_KV != 0,
             },
-            2 => Request::Delete {
+            tag @ (2 | 5) => Request::Delete {
                 key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
+                prev_kv: tag == 5 && flags(r)? & FLAG_PREV_KV != 0,
+            },
+            6 => Request::DeleteRange {
+                start: r.bytes(MAX_KEY_BYTES + 1, "range start")?.to_vec(),
+                end: if r.bool("range end present")? {
+                    Some(r.bytes(MAX_KEY_BYTES + 1, "range end")?.to_vec())
+                } else {
+                    None
+                },
+                prev_kv: flags(r)? & FLAG_PREV_KV != 0,
             },
             3 => {
                 let n = r.count_at_most(5, MAX_TXN_OPS, "compare count")?;
@@ -352,11 +493,30 @@ impl Request {
                     let check = match r.u8("check tag")? {
                         1 => Check::Absent,
                         2 => Check::Exists,
-                        3 => {
-                            Check::ValueEquals(Value(r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec()))
+                        // Tags 3 to 5 are the equality-only compares of the
+                        // first format; entries holding them still decode.
+                        3 => Check::Value(
+                            CmpOp::Equal,
+                            Value(r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec()),
+                        ),
+                        4 => Check::ModRevision(CmpOp::Equal, r.u64("revision")?),
+                        5 => Check::Version(CmpOp::Equal, r.u64("version")?),
+                        6 => {
+                            let op = CmpOp::from_tag(r.u8("compare operator")?)?;
+                            Check::Value(op, Value(r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec()))
                         }
-                        4 => Check::ModRevisionEquals(r.u64("revision")?),
-                        5 => Check::VersionEquals(r.u64("version")?),
+                        7 => Check::Version(
+                            CmpOp::from_tag(r.u8("compare operator")?)?,
+                            r.u64("version")?,
+                        ),
+                        8 => Check::CreateRevision(
+                            CmpOp::from_tag(r.u8("compare operator")?)?,
+                            r.u64("revision")?,
+                        ),
+                        9 => Check::ModRevision(
+                            CmpOp::from_tag(r.u8("compare operator")?)?,
+                            r.u64("revision")?,
+                        ),
                         tag => return Err(DecodeError::UnknownTag { what: "check", tag }),
                     };
                     compares.push(Compare { key, check });
@@ -431,17 +591,48 @@ mod tests {
             Request::Put {
                 key: b"a".to_vec(),
                 value: Value(b"1".to_vec()),
+                prev_kv: false,
             },
-            Request::Delete { key: b"b".to_vec() },
+            Request::Put {
+                key: b"a".to_vec(),
+                value: Value(b"1".to_vec()),
+                prev_kv: true,
+            },
+            Request::Delete {
+                key: b"b".to_vec(),
+                prev_kv: false,
+            },
+            Request::Delete {
+                key: b"b".to_vec(),
+                prev_kv: true,
+            },
+            Request::DeleteRange {
+                start: b"p/".to_vec(),
+                end: Some(b"p0".to_vec()),
+                prev_kv: true,
+            },
+            Request::DeleteRange {
+                start: b"q".to_vec(),
+                end: None,
+                prev_kv: false,
+            },
             Request::Txn(Txn {
                 compares: vec![
                     Compare {
                         key: b"a".to_vec(),
-                        check: Check::ValueEquals(Value(b"1".to_vec())),
+                        check: Check::Value(CmpOp::Less, Value(b"1".to_vec())),
                     },
                     Compare {
                         key: b"c".to_vec(),
-                        check: Check::ModRevisionEquals(9),
+                        check: Check::ModRevision(CmpOp::Greater, 9),
+                    },
+                    Compare {
+                        key: b"c".to_vec(),
+                        check: Check::CreateRevision(CmpOp::NotEqual, 3),
+                    },
+                    Compare {
+                        key: b"c".to_vec(),
+                        check: Check::Version(CmpOp::Equal, 2),
                     },
                     Compare {
                         key: b"d".to_vec(),
@@ -474,6 +665,7 @@ mod tests {
         let c = Request::Put {
             key: b"k".to_vec(),
             value: Value(b"hunter2".to_vec()),
+            prev_kv: true,
         };
         assert!(!format!("{c:?}").contains("hunter2"));
         let kv = KeyValue {
@@ -482,5 +674,53 @@ mod tests {
             meta: KeyMeta::default(),
         };
         assert!(!format!("{kv:?}").contains("hunter2"));
+    }
+
+    /// Entries written by the first format (plain put and delete, the
+    /// equality-only compares with tags 3 to 5) still decode, as what they
+    /// meant; unknown option bits are refused.
+    #[test]
+    fn first_format_requests_still_decode() {
+        let mut w = Writer::default();
+        w.u8(1).bytes(b"k").bytes(b"v");
+        w.u8(2).bytes(b"k");
+        w.u8(3).count(3, "compares");
+        w.bytes(b"k").u8(3).bytes(b"v");
+        w.bytes(b"k").u8(4).u64(7);
+        w.bytes(b"k").u8(5).u64(2);
+        w.count(0, "ops").count(0, "ops");
+        let bytes = w.finish().unwrap();
+        let mut r = Reader::new(&bytes);
+        assert_eq!(
+            Request::decode(&mut r).unwrap(),
+            Request::Put {
+                key: b"k".to_vec(),
+                value: Value(b"v".to_vec()),
+                prev_kv: false
+            }
+        );
+        assert_eq!(
+            Request::decode(&mut r).unwrap(),
+            Request::Delete {
+                key: b"k".to_vec(),
+                prev_kv: false
+            }
+        );
+        let Request::Txn(t) = Request::decode(&mut r).unwrap() else {
+            panic!("not a txn");
+        };
+        let checks: Vec<Check> = t.compares.into_iter().map(|c| c.check).collect();
+        assert_eq!(
+            checks,
+            vec![
+                Check::Value(CmpOp::Equal, Value(b"v".to_vec())),
+                Check::ModRevision(CmpOp::Equal, 7),
+                Check::Version(CmpOp::Equal, 2),
+            ]
+        );
+        let mut bad = Writer::default();
+        bad.u8(4).bytes(b"k").bytes(b"v").u8(0x80);
+        let bad = bad.finish().unwrap();
+        assert!(Request::decode(&mut Reader::new(&bad)).is_err());
     }
 }

@@ -14,8 +14,8 @@ pub mod snapshot;
 pub mod types;
 
 pub use command::{
-    Check, Command, Compare, KeyMeta, KeyValue, Op, OpResult, Rejection, Request, Response, Txn,
-    Value, MAX_KEY_BYTES, MAX_REQUEST_BYTES,
+    Check, CmpOp, Command, Compare, KeyMeta, KeyValue, Op, OpResult, Rejection, Request, Response,
+    Txn, Value, MAX_DELETE_RANGE_KEYS, MAX_KEY_BYTES, MAX_REQUEST_BYTES,
 };
 pub use event::{Event, EventKind};
 pub use range::{prefix_end, Range, RangeResult};
@@ -35,7 +35,8 @@ pub use config::{Bootstrap, Config, Encryption, DEFAULT_QUOTA_BYTES};
 pub use engine::network::{NoPeers, Transport, TransportError};
 #[cfg(feature = "engine")]
 pub use engine::store::{
-    snapshot_frames, Consistency, DeleteResult, SnapshotReceiver, Store, TxnResult,
+    snapshot_frames, Consistency, DeleteOptions, DeleteRangeResult, DeleteResult, PutOptions,
+    PutResult, SnapshotReceiver, Store, TxnResult,
 };
 #[cfg(feature = "engine")]
 pub use engine::watch::Watch;

@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::command::{Check, KeyMeta, KeyValue, Op, OpResult, Rejection, Request, Response};
+use crate::command::{
+    Check, KeyMeta, KeyValue, Op, OpResult, Rejection, Request, Response, MAX_DELETE_RANGE_KEYS,
+};
 
 /// What the index keeps for a live key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +148,11 @@ pub fn apply<V: Values>(
 ) -> Result<(Response, Vec<Mutation>), V::Error> {
     let next = index.revision.saturating_add(1);
     match request {
-        Request::Put { key, value } => {
+        Request::Put {
+            key,
+            value,
+            prev_kv,
+        } => {
             let len = value.0.len() as u64;
             let old = index.get(key).map_or(0, |e| entry_bytes(key, e.value_len));
             let new = entry_bytes(key, len);
@@ -156,10 +162,14 @@ pub fn apply<V: Values>(
                     vec![],
                 ));
             }
+            let prev_kv = previous(index, values, key, *prev_kv)?;
             let meta = index.put(key, len, next);
             index.revision = next;
             Ok((
-                Response::Put { revision: next },
+                Response::Put {
+                    revision: next,
+                    prev_kv,
+                },
                 vec![Mutation::Put {
                     key: key.clone(),
                     value: value.clone(),
@@ -167,13 +177,15 @@ pub fn apply<V: Values>(
                 }],
             ))
         }
-        Request::Delete { key } => {
+        Request::Delete { key, prev_kv } => {
+            let prev_kv = previous(index, values, key, *prev_kv)?;
             if index.delete(key) {
                 index.revision = next;
                 Ok((
                     Response::Delete {
                         revision: next,
                         deleted: true,
+                        prev_kv,
                     },
                     vec![Mutation::Delete { key: key.clone() }],
                 ))
@@ -182,10 +194,64 @@ pub fn apply<V: Values>(
                     Response::Delete {
                         revision: index.revision,
                         deleted: false,
+                        prev_kv: None,
                     },
                     vec![],
                 ))
             }
+        }
+        Request::DeleteRange {
+            start,
+            end,
+            prev_kv,
+        } => {
+            let keys: Vec<Vec<u8>> = index
+                .keys
+                .range(start.clone()..)
+                .map(|(k, _)| k)
+                .take_while(|k| end.as_ref().is_none_or(|end| k.as_slice() < end.as_slice()))
+                .take(MAX_DELETE_RANGE_KEYS + 1)
+                .cloned()
+                .collect();
+            if keys.len() > MAX_DELETE_RANGE_KEYS {
+                let total = index
+                    .keys
+                    .range(start.clone()..)
+                    .take_while(|(k, _)| {
+                        end.as_ref().is_none_or(|end| k.as_slice() < end.as_slice())
+                    })
+                    .count();
+                return Ok((
+                    Response::Rejected(Rejection::TooManyKeys {
+                        keys: total as u64,
+                        limit: MAX_DELETE_RANGE_KEYS as u64,
+                    }),
+                    vec![],
+                ));
+            }
+            let mut prev_kvs = Vec::new();
+            let mut mutations = Vec::with_capacity(keys.len());
+            for key in keys {
+                if let Some(kv) = previous(index, values, &key, *prev_kv)? {
+                    prev_kvs.push(kv);
+                }
+                index.delete(&key);
+                mutations.push(Mutation::Delete { key });
+            }
+            let revision = if mutations.is_empty() {
+                index.revision
+            } else {
+                index.revision = next;
+                next
+            };
+            Ok((
+                Response::DeleteRange {
+                    revision,
+                    deleted: mutations.len() as u64,
+                    prev_kvs,
+                },
+                mutations,
+            ))
         }
         Request::Txn(txn) => {
             let mut succeeded = true;
@@ -284,6 +350,23 @@ fn over_quota(index: &Index, requested_bytes: u64, quota_bytes: u64) -> Rejectio
     }
 }
 
+/// The key as it is now, when `wanted` (for `prev_kv`).
+fn previous<V: Values>(
+    index: &Index,
+    values: &V,
+    key: &[u8],
+    wanted: bool,
+) -> Result<Option<KeyValue>, V::Error> {
+    let Some(entry) = index.get(key).filter(|_| wanted) else {
+        return Ok(None);
+    };
+    Ok(values.value(key)?.map(|value| KeyValue {
+        key: key.to_vec(),
+        value,
+        meta: entry.meta,
+    }))
+}
+
 fn holds<V: Values>(
     index: &Index,
     values: &V,
@@ -294,11 +377,18 @@ fn holds<V: Values>(
     Ok(match check {
         Check::Absent => entry.is_none(),
         Check::Exists => entry.is_some(),
-        Check::ModRevisionEquals(rev) => entry.map_or(0, |e| e.meta.mod_revision) == *rev,
-        Check::VersionEquals(v) => entry.map_or(0, |e| e.meta.version) == *v,
-        Check::ValueEquals(want) => match entry {
+        Check::Version(op, n) => op.holds(&entry.map_or(0, |e| e.meta.version), n),
+        Check::CreateRevision(op, rev) => {
+            op.holds(&entry.map_or(0, |e| e.meta.create_revision), rev)
+        }
+        Check::ModRevision(op, rev) => op.holds(&entry.map_or(0, |e| e.meta.mod_revision), rev),
+        // etcd's rule: a value compare on an absent key fails.
+        Check::Value(op, want) => match entry {
             None => false,
-            Some(_) => values.value(key)?.as_deref() == Some(want.0.as_slice()),
+            Some(_) => match values.value(key)? {
+                None => false,
+                Some(current) => op.holds(current.as_slice(), want.as_slice()),
+            },
         },
     })
 }
@@ -306,7 +396,7 @@ fn holds<V: Values>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Compare, Txn, Value};
+    use crate::command::{CmpOp, Compare, Txn, Value};
     use std::convert::Infallible;
 
     /// Values kept beside the index, as the engine keeps them on disk.
@@ -346,6 +436,7 @@ mod tests {
         Request::Put {
             key: k.into(),
             value: Value(v.into()),
+            prev_kv: false,
         }
     }
 
@@ -354,11 +445,17 @@ mod tests {
         let mut m = Model::default();
         assert_eq!(
             m.run(put("a", "1"), u64::MAX),
-            Response::Put { revision: 1 }
+            Response::Put {
+                revision: 1,
+                prev_kv: None
+            }
         );
         assert_eq!(
             m.run(put("a", "2"), u64::MAX),
-            Response::Put { revision: 2 }
+            Response::Put {
+                revision: 2,
+                prev_kv: None
+            }
         );
         let e = m.index.get(b"a").copied().unwrap();
         assert_eq!(
@@ -372,20 +469,29 @@ mod tests {
         assert_eq!(
             m.run(
                 Request::Delete {
-                    key: b"zz".to_vec()
+                    key: b"zz".to_vec(),
+                    prev_kv: false,
                 },
                 u64::MAX
             ),
             Response::Delete {
                 revision: 2,
-                deleted: false
+                deleted: false,
+                prev_kv: None,
             }
         );
         assert_eq!(
-            m.run(Request::Delete { key: b"a".to_vec() }, u64::MAX),
+            m.run(
+                Request::Delete {
+                    key: b"a".to_vec(),
+                    prev_kv: false
+                },
+                u64::MAX
+            ),
             Response::Delete {
                 revision: 3,
-                deleted: true
+                deleted: true,
+                prev_kv: None,
             }
         );
         assert_eq!(m.index.used_bytes, 0);
@@ -399,7 +505,7 @@ mod tests {
             Request::Txn(Txn {
                 compares: vec![Compare {
                     key: b"lock".to_vec(),
-                    check: Check::ValueEquals(Value(expect.into())),
+                    check: Check::Value(CmpOp::Equal, Value(expect.into())),
                 }],
                 success: vec![
                     Op::Put {
@@ -434,7 +540,7 @@ mod tests {
         let absent = Request::Txn(Txn {
             compares: vec![Compare {
                 key: b"new".to_vec(),
-                check: Check::ModRevisionEquals(0),
+                check: Check::ModRevision(CmpOp::Equal, 0),
             }],
             success: vec![Op::Put {
                 key: b"new".to_vec(),
@@ -463,7 +569,13 @@ mod tests {
     #[test]
     fn quota_rejects_growth_and_changes_nothing() {
         let mut m = Model::default();
-        assert_eq!(m.run(put("a", "12345"), 10), Response::Put { revision: 1 });
+        assert_eq!(
+            m.run(put("a", "12345"), 10),
+            Response::Put {
+                revision: 1,
+                prev_kv: None
+            }
+        );
         assert!(matches!(
             m.run(put("b", "123456789"), 10),
             Response::Rejected(_)
@@ -471,7 +583,13 @@ mod tests {
         assert_eq!(m.index.revision, 1);
         assert_eq!(m.index.used_bytes, 6);
         // Shrinking and deleting are always allowed, even over quota.
-        assert_eq!(m.run(put("a", "1"), 1), Response::Put { revision: 2 });
+        assert_eq!(
+            m.run(put("a", "1"), 1),
+            Response::Put {
+                revision: 2,
+                prev_kv: None
+            }
+        );
         let txn = Request::Txn(Txn {
             compares: vec![],
             success: vec![

@@ -241,6 +241,7 @@ mod tests {
                     requests: vec![Request::Put {
                         key: b"k".to_vec(),
                         value: Value(b"v".to_vec()),
+                        prev_kv: false,
                     }],
                 }),
             },

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use coffer_store::{
-    Check, Compare, Config, Consistency, Error, EventKind, Op, OpResult, Store, Txn, Value,
+    Check, CmpOp, Compare, Config, Consistency, Error, EventKind, Op, OpResult, Store, Txn, Value,
     MAX_REQUEST_BYTES,
 };
 
@@ -242,13 +242,13 @@ async fn txn_compares_on_revision_version_and_value() {
         }],
     };
     let stale = store
-        .txn(swap(Check::ModRevisionEquals(rev + 100)))
+        .txn(swap(Check::ModRevision(CmpOp::Equal, rev + 100)))
         .await
         .unwrap();
     assert!(!stale.succeeded);
     assert_eq!(stale.revision, rev);
     let won = store
-        .txn(swap(Check::ModRevisionEquals(rev)))
+        .txn(swap(Check::ModRevision(CmpOp::Equal, rev)))
         .await
         .unwrap();
     assert!(won.succeeded);
@@ -262,14 +262,14 @@ async fn txn_compares_on_revision_version_and_value() {
     }
     assert!(
         store
-            .txn(swap(Check::VersionEquals(2)))
+            .txn(swap(Check::Version(CmpOp::Equal, 2)))
             .await
             .unwrap()
             .succeeded
     );
     assert!(
         store
-            .txn(swap(Check::ValueEquals(Value(b"v2".to_vec()))))
+            .txn(swap(Check::Value(CmpOp::Equal, Value(b"v2".to_vec()))))
             .await
             .unwrap()
             .succeeded
@@ -426,5 +426,153 @@ async fn ranges_page_with_limits_and_report_their_revision() {
             Err(Error::InvalidArgument(_))
         ));
     }
+    store.shutdown().await.unwrap();
+}
+
+/// Writes as etcd has them: `prev_kv` on put and delete, a range delete at
+/// one revision (with its watch events and its limit), and compares with
+/// `!=`, `<`, `>` on version, create and mod revision and value.
+#[tokio::test]
+async fn prev_kv_range_deletes_and_ordered_compares() {
+    use coffer_store::{DeleteOptions, PutOptions, Range, MAX_DELETE_RANGE_KEYS};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let prev = PutOptions { prev_kv: true };
+    let first = store.put_with(b"cfg", b"v1", prev).await.unwrap();
+    assert_eq!(first.prev_kv, None);
+    let second = store.put_with(b"cfg", b"v2", prev).await.unwrap();
+    let was = second.prev_kv.unwrap();
+    assert_eq!((was.value.as_slice(), was.meta.version), (&b"v1"[..], 1));
+    let gone = store
+        .delete_with(b"cfg", DeleteOptions { prev_kv: true })
+        .await
+        .unwrap();
+    assert!(gone.deleted);
+    assert_eq!(gone.prev_kv.unwrap().value, b"v2");
+
+    for i in 0..5 {
+        store
+            .put(format!("job/{i}").as_bytes(), b"x")
+            .await
+            .unwrap();
+    }
+    store.put(b"jobz", b"outside the prefix").await.unwrap();
+    let mut watch = store.watch(b"job/", 0).unwrap();
+    let deleted = store
+        .delete_range(Range::prefix(b"job/"), DeleteOptions { prev_kv: true })
+        .await
+        .unwrap();
+    assert_eq!((deleted.deleted, deleted.prev_kvs.len()), (5, 5));
+    assert_eq!(deleted.revision, store.revision().unwrap());
+    for i in 0..5 {
+        let e = next_event(&mut watch).await;
+        assert_eq!(e.kind, EventKind::Delete);
+        assert_eq!(
+            e.revision, deleted.revision,
+            "one revision for the whole range"
+        );
+        assert_eq!(e.kv.key, format!("job/{i}").as_bytes());
+    }
+    assert!(store.get(b"jobz").await.unwrap().is_some());
+    let empty = store
+        .delete_range(Range::prefix(b"job/"), DeleteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((empty.deleted, empty.revision), (0, deleted.revision));
+    assert!(matches!(
+        store
+            .delete_range(Range::prefix(b"j").limit(1), DeleteOptions::default())
+            .await,
+        Err(Error::InvalidArgument(_))
+    ));
+
+    // More keys than one delete removes: refused, nothing deleted.
+    for chunk in 0..(MAX_DELETE_RANGE_KEYS / 256 + 1) {
+        let txn = Txn {
+            success: (chunk * 256..(chunk + 1) * 256)
+                .map(|i| Op::Put {
+                    key: format!("many/{i:05}").into_bytes(),
+                    value: Value(b"m".to_vec()),
+                })
+                .collect(),
+            ..Txn::default()
+        };
+        store.txn(txn).await.unwrap();
+    }
+    let before = store.revision().unwrap();
+    let refused = store
+        .delete_range(Range::prefix(b"many/"), DeleteOptions::default())
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains("smaller ranges")),
+        "{refused:?}"
+    );
+    assert_eq!(store.revision().unwrap(), before);
+    let left = store
+        .range(
+            Range::prefix(b"many/").count_only(),
+            Consistency::Linearizable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.count, (MAX_DELETE_RANGE_KEYS / 256 + 1) as u64 * 256);
+
+    // Ordered compares.
+    let rev = store.put(b"n", b"5").await.unwrap();
+    store.put(b"n", b"6").await.unwrap();
+    let check = |check: Check| Txn {
+        compares: vec![Compare {
+            key: b"n".to_vec(),
+            check,
+        }],
+        ..Txn::default()
+    };
+    let holds = [
+        Check::Version(CmpOp::Greater, 1),
+        Check::Version(CmpOp::NotEqual, 1),
+        Check::CreateRevision(CmpOp::Equal, rev),
+        Check::ModRevision(CmpOp::Greater, rev),
+        Check::Value(CmpOp::Less, Value(b"7".to_vec())),
+        Check::Value(CmpOp::Greater, Value(b"5".to_vec())),
+    ];
+    for c in holds {
+        assert!(
+            store.txn(check(c.clone())).await.unwrap().succeeded,
+            "{c:?}"
+        );
+    }
+    let fails = [
+        Check::Version(CmpOp::Less, 2),
+        Check::CreateRevision(CmpOp::Less, rev),
+        Check::Value(CmpOp::NotEqual, Value(b"6".to_vec())),
+    ];
+    for c in fails {
+        assert!(
+            !store.txn(check(c.clone())).await.unwrap().succeeded,
+            "{c:?}"
+        );
+    }
+    // On an absent key the numbers read 0 and a value compare fails.
+    let absent = |check: Check| Txn {
+        compares: vec![Compare {
+            key: b"absent".to_vec(),
+            check,
+        }],
+        ..Txn::default()
+    };
+    assert!(
+        store
+            .txn(absent(Check::Version(CmpOp::Equal, 0)))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    assert!(
+        !store
+            .txn(absent(Check::Value(CmpOp::NotEqual, Value(b"x".to_vec()))))
+            .await
+            .unwrap()
+            .succeeded
+    );
     store.shutdown().await.unwrap();
 }

@@ -19,7 +19,7 @@ use coffer_store::crypto::SecretKey;
 use coffer_store::engine::db::{Db, CF_EVENTS, CF_KV, CF_LOG, CF_META};
 use coffer_store::engine::keys;
 use coffer_store::{
-    Check, Compare, Config, Consistency, Encryption, Op, OpenError, Store, Txn, Value,
+    Check, CmpOp, Compare, Config, Consistency, Encryption, Op, OpenError, Store, Txn, Value,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -294,9 +294,10 @@ async fn write_canaries(store: &Store) -> BTreeMap<Vec<u8>, Vec<u8>> {
             .txn(Txn {
                 compares: vec![Compare {
                     key: canary_key(n),
-                    check: Check::ValueEquals(Value(
-                        old.clone().unwrap_or_else(|| canary_value("", n, 24)),
-                    )),
+                    check: Check::Value(
+                        CmpOp::Equal,
+                        Value(old.clone().unwrap_or_else(|| canary_value("", n, 24))),
+                    ),
                 }],
                 success: vec![
                     Op::Put {

@@ -13,7 +13,8 @@ use std::path::Path;
 
 use anyhow::{ensure, Context};
 use coffer_store::{
-    Check, Compare, Config, Consistency, KeyMeta, KeyValue, Op, OpResult, Store, Txn, Value,
+    Check, CmpOp, Compare, Config, Consistency, DeleteOptions, KeyMeta, KeyValue, Op, OpResult,
+    PutOptions, Range, Store, Txn, Value,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -35,13 +36,28 @@ fn value_bytes(i: usize) -> Vec<u8> {
 /// when the transaction runs, so that they hold often enough to matter.
 #[derive(Debug, Clone)]
 enum Cmp {
-    Value(usize, usize),
+    Value(usize, usize, usize),
     /// The key's current mod revision plus `off` (0: holds, 1: does not).
     ModRevCurrent(usize, u64),
-    ModRevLiteral(usize, u64),
+    ModRevLiteral(usize, usize, u64),
+    CreateRevLiteral(usize, usize, u64),
     Absent(usize),
     Exists(usize),
-    Version(usize, u64),
+    Version(usize, usize, u64),
+}
+
+const OPS: [CmpOp; 4] = [CmpOp::Equal, CmpOp::NotEqual, CmpOp::Less, CmpOp::Greater];
+
+/// The model's own reading of an operator (not the store's `CmpOp::holds`).
+fn relates<T: Ord + ?Sized>(op: CmpOp, current: &T, given: &T) -> bool {
+    use std::cmp::Ordering::*;
+    matches!(
+        (op, current.cmp(given)),
+        (CmpOp::Equal, Equal)
+            | (CmpOp::NotEqual, Less | Greater)
+            | (CmpOp::Less, Less)
+            | (CmpOp::Greater, Greater)
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -77,12 +93,13 @@ fn val_idx() -> impl Strategy<Value = usize> {
 
 fn cmp() -> impl Strategy<Value = Cmp> {
     prop_oneof![
-        (key_idx(), val_idx()).prop_map(|(k, v)| Cmp::Value(k, v)),
+        (key_idx(), 0..OPS.len(), val_idx()).prop_map(|(k, o, v)| Cmp::Value(k, o, v)),
         (key_idx(), 0u64..2).prop_map(|(k, o)| Cmp::ModRevCurrent(k, o)),
-        (key_idx(), 0u64..6).prop_map(|(k, r)| Cmp::ModRevLiteral(k, r)),
+        (key_idx(), 0..OPS.len(), 0u64..6).prop_map(|(k, o, r)| Cmp::ModRevLiteral(k, o, r)),
+        (key_idx(), 0..OPS.len(), 0u64..6).prop_map(|(k, o, r)| Cmp::CreateRevLiteral(k, o, r)),
         key_idx().prop_map(Cmp::Absent),
         key_idx().prop_map(Cmp::Exists),
-        (key_idx(), 0u64..3).prop_map(|(k, v)| Cmp::Version(k, v)),
+        (key_idx(), 0..OPS.len(), 0u64..3).prop_map(|(k, o, v)| Cmp::Version(k, o, v)),
     ]
 }
 
@@ -166,15 +183,16 @@ impl Model {
 
     fn resolve(&self, c: &Cmp) -> Compare {
         let (k, check) = match c {
-            Cmp::Value(k, v) => (*k, Check::ValueEquals(Value(value_bytes(*v)))),
+            Cmp::Value(k, o, v) => (*k, Check::Value(OPS[*o], Value(value_bytes(*v)))),
             Cmp::ModRevCurrent(k, off) => {
                 let cur = self.keys.get(&key(*k)).map_or(0, |(_, m)| m.mod_revision);
-                (*k, Check::ModRevisionEquals(cur + off))
+                (*k, Check::ModRevision(CmpOp::Equal, cur + off))
             }
-            Cmp::ModRevLiteral(k, r) => (*k, Check::ModRevisionEquals(*r)),
+            Cmp::ModRevLiteral(k, o, r) => (*k, Check::ModRevision(OPS[*o], *r)),
+            Cmp::CreateRevLiteral(k, o, r) => (*k, Check::CreateRevision(OPS[*o], *r)),
             Cmp::Absent(k) => (*k, Check::Absent),
             Cmp::Exists(k) => (*k, Check::Exists),
-            Cmp::Version(k, v) => (*k, Check::VersionEquals(*v)),
+            Cmp::Version(k, o, v) => (*k, Check::Version(OPS[*o], *v)),
         };
         Compare { key: key(k), check }
     }
@@ -184,9 +202,13 @@ impl Model {
         match &c.check {
             Check::Absent => cur.is_none(),
             Check::Exists => cur.is_some(),
-            Check::ValueEquals(v) => cur.is_some_and(|(val, _)| *val == v.0),
-            Check::ModRevisionEquals(r) => cur.map_or(0, |(_, m)| m.mod_revision) == *r,
-            Check::VersionEquals(n) => cur.map_or(0, |(_, m)| m.version) == *n,
+            // A value compare on an absent key fails (etcd's rule).
+            Check::Value(op, v) => cur.is_some_and(|(val, _)| relates(*op, val.as_slice(), &v.0)),
+            Check::ModRevision(op, r) => relates(*op, &cur.map_or(0, |(_, m)| m.mod_revision), r),
+            Check::CreateRevision(op, r) => {
+                relates(*op, &cur.map_or(0, |(_, m)| m.create_revision), r)
+            }
+            Check::Version(op, n) => relates(*op, &cur.map_or(0, |(_, m)| m.version), n),
         }
     }
 
@@ -439,8 +461,11 @@ proptest! {
 /// What a client asked for.
 #[derive(Debug, Clone)]
 enum Call {
-    Put(Vec<u8>, Vec<u8>),
-    Delete(Vec<u8>),
+    /// Key, value, and whether to ask for the previous key.
+    Put(Vec<u8>, Vec<u8>, bool),
+    Delete(Vec<u8>, bool),
+    /// Every key under a prefix.
+    DeleteRange(Vec<u8>, bool),
     Txn(Txn),
     Get(Vec<u8>),
 }
@@ -450,10 +475,17 @@ enum Call {
 enum Reply {
     Put {
         revision: u64,
+        prev_kv: Option<KeyValue>,
     },
     Delete {
         deleted: bool,
         revision: u64,
+        prev_kv: Option<KeyValue>,
+    },
+    DeleteRange {
+        revision: u64,
+        deleted: u64,
+        prev_kvs: Vec<KeyValue>,
     },
     Txn {
         succeeded: bool,
@@ -481,18 +513,26 @@ fn random_call(rng: &mut rand::rngs::StdRng) -> Call {
     use rand::Rng;
     let k = |rng: &mut rand::rngs::StdRng| key(rng.gen_range(0..KEYS.len()));
     let v = |rng: &mut rand::rngs::StdRng| value_bytes(rng.gen_range(0..4));
-    match rng.gen_range(0..10) {
-        0..=3 => Call::Put(k(rng), v(rng)),
-        4 => Call::Delete(k(rng)),
+    match rng.gen_range(0..11) {
+        0..=3 => Call::Put(k(rng), v(rng), rng.gen_bool(0.3)),
+        4 => Call::Delete(k(rng), rng.gen_bool(0.3)),
+        10 => Call::DeleteRange(
+            PREFIXES[rng.gen_range(1..PREFIXES.len())]
+                .as_bytes()
+                .to_vec(),
+            rng.gen_bool(0.5),
+        ),
         5..=7 => {
             let mut compares = Vec::new();
             for _ in 0..rng.gen_range(0..3) {
-                let check = match rng.gen_range(0..5) {
-                    0 => Check::ValueEquals(Value(v(rng))),
-                    1 => Check::ModRevisionEquals(rng.gen_range(0..40)),
-                    2 => Check::Absent,
-                    3 => Check::Exists,
-                    _ => Check::VersionEquals(rng.gen_range(0..4)),
+                let op = OPS[rng.gen_range(0..OPS.len())];
+                let check = match rng.gen_range(0..6) {
+                    0 => Check::Value(op, Value(v(rng))),
+                    1 => Check::ModRevision(op, rng.gen_range(0..40)),
+                    2 => Check::CreateRevision(op, rng.gen_range(0..40)),
+                    3 => Check::Absent,
+                    4 => Check::Exists,
+                    _ => Check::Version(op, rng.gen_range(0..4)),
                 };
                 compares.push(Compare { key: k(rng), check });
             }
@@ -522,14 +562,33 @@ fn random_call(rng: &mut rand::rngs::StdRng) -> Call {
 
 async fn perform(store: &Store, call: &Call) -> anyhow::Result<Reply> {
     Ok(match call {
-        Call::Put(k, v) => Reply::Put {
-            revision: store.put(k, v).await?,
-        },
-        Call::Delete(k) => {
-            let d = store.delete(k).await?;
+        Call::Put(k, v, prev_kv) => {
+            let p = store
+                .put_with(k, v, PutOptions { prev_kv: *prev_kv })
+                .await?;
+            Reply::Put {
+                revision: p.revision,
+                prev_kv: p.prev_kv,
+            }
+        }
+        Call::Delete(k, prev_kv) => {
+            let d = store
+                .delete_with(k, DeleteOptions { prev_kv: *prev_kv })
+                .await?;
             Reply::Delete {
                 deleted: d.deleted,
                 revision: d.revision,
+                prev_kv: d.prev_kv,
+            }
+        }
+        Call::DeleteRange(prefix, prev_kv) => {
+            let d = store
+                .delete_range(Range::prefix(prefix), DeleteOptions { prev_kv: *prev_kv })
+                .await?;
+            Reply::DeleteRange {
+                revision: d.revision,
+                deleted: d.deleted,
+                prev_kvs: d.prev_kvs,
             }
         }
         Call::Txn(t) => {
@@ -549,13 +608,18 @@ async fn perform(store: &Store, call: &Call) -> anyhow::Result<Reply> {
 fn model_step(model: &Model, call: &Call) -> (Reply, Model) {
     let mut m = model.clone();
     let reply = match call {
-        Call::Put(k, v) => {
+        Call::Put(k, v, prev) => {
+            let prev_kv = m.kv(k).filter(|_| *prev);
             m.revision += 1;
             let rev = m.revision;
             m.put_at(k.clone(), v.clone(), rev);
-            Reply::Put { revision: rev }
+            Reply::Put {
+                revision: rev,
+                prev_kv,
+            }
         }
-        Call::Delete(k) => {
+        Call::Delete(k, prev) => {
+            let prev_kv = m.kv(k).filter(|_| *prev);
             let deleted = m.keys.remove(k).is_some();
             if deleted {
                 m.revision += 1;
@@ -563,6 +627,21 @@ fn model_step(model: &Model, call: &Call) -> (Reply, Model) {
             Reply::Delete {
                 deleted,
                 revision: m.revision,
+                prev_kv,
+            }
+        }
+        Call::DeleteRange(prefix, prev) => {
+            let gone = m.list(prefix);
+            for kv in &gone {
+                m.keys.remove(&kv.key);
+            }
+            if !gone.is_empty() {
+                m.revision += 1;
+            }
+            Reply::DeleteRange {
+                revision: m.revision,
+                deleted: gone.len() as u64,
+                prev_kvs: if *prev { gone } else { Vec::new() },
             }
         }
         Call::Txn(t) => {
@@ -589,9 +668,10 @@ fn model_step(model: &Model, call: &Call) -> (Reply, Model) {
 /// window. `start` and `end` are the store's revisions before and after.
 fn check_linearizable(start: u64, end: u64, history: &[Record]) -> Result<(), String> {
     let reported = |r: &Record| match &r.reply {
-        Reply::Put { revision } | Reply::Delete { revision, .. } | Reply::Txn { revision, .. } => {
-            Some(*revision)
-        }
+        Reply::Put { revision, .. }
+        | Reply::Delete { revision, .. }
+        | Reply::DeleteRange { revision, .. }
+        | Reply::Txn { revision, .. } => Some(*revision),
         Reply::Get(_) => None,
     };
     let mut by_revision: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
@@ -633,11 +713,10 @@ fn check_linearizable(start: u64, end: u64, history: &[Record]) -> Result<(), St
         let forced: Vec<usize> = group
             .iter()
             .copied()
-            .filter(|&i| {
-                matches!(
-                    history[i].reply,
-                    Reply::Put { .. } | Reply::Delete { deleted: true, .. }
-                )
+            .filter(|&i| match history[i].reply {
+                Reply::Put { .. } | Reply::Delete { deleted: true, .. } => true,
+                Reply::DeleteRange { deleted, .. } => deleted > 0,
+                _ => false,
             })
             .collect();
         if forced.len() > 1 {
@@ -793,8 +872,11 @@ fn the_linearizability_check_rejects_stale_and_impossible_histories() {
         client,
         invoked,
         returned,
-        call: Call::Put(b"a".to_vec(), v.as_bytes().to_vec()),
-        reply: Reply::Put { revision },
+        call: Call::Put(b"a".to_vec(), v.as_bytes().to_vec(), false),
+        reply: Reply::Put {
+            revision,
+            prev_kv: None,
+        },
     };
     let get = |invoked, returned, v: Option<(&str, u64, u64)>| Record {
         client: 9,
@@ -833,10 +915,11 @@ fn the_linearizability_check_rejects_stale_and_impossible_histories() {
         client: 0,
         invoked: 0,
         returned: 1,
-        call: Call::Delete(b"a".to_vec()),
+        call: Call::Delete(b"a".to_vec(), false),
         reply: Reply::Delete {
             deleted: true,
             revision: 1,
+            prev_kv: None,
         },
     }];
     assert!(check_linearizable(0, 1, &phantom).is_err());

@@ -38,11 +38,47 @@ pub enum Consistency {
     Stale,
 }
 
+/// Options of [`Store::put_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PutOptions {
+    /// Return the key as it was before the put.
+    pub prev_kv: bool,
+}
+
+/// The outcome of a [`Store::put_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutResult {
+    pub revision: u64,
+    /// The key before the put, when asked for and present.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// Options of [`Store::delete_with`] and [`Store::delete_range`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeleteOptions {
+    /// Return the deleted keys as they were.
+    pub prev_kv: bool,
+}
+
 /// The outcome of a [`Store::delete`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteResult {
     pub deleted: bool,
     pub revision: u64,
+    /// The key as it was, when asked for and present.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// The outcome of a [`Store::delete_range`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteRangeResult {
+    /// The revision of the delete (the store's revision if the range was
+    /// empty).
+    pub revision: u64,
+    /// How many keys were deleted.
+    pub deleted: u64,
+    /// The deleted keys as they were, when asked for.
+    pub prev_kvs: Vec<KeyValue>,
 }
 
 /// The outcome of a [`Store::txn`].
@@ -311,14 +347,29 @@ impl Store {
     /// Puts `value` under `key`; returns the revision once the write is
     /// committed by a quorum and durable.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, Error> {
+        Ok(self
+            .put_with(key, value, PutOptions::default())
+            .await?
+            .revision)
+    }
+
+    /// [`Store::put`] with options: `prev_kv` returns the key as it was
+    /// before the put (`None` if it was absent).
+    pub async fn put_with(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        options: PutOptions,
+    ) -> Result<PutResult, Error> {
         match self
             .propose(Request::Put {
                 key: key.to_vec(),
                 value: Value(value.to_vec()),
+                prev_kv: options.prev_kv,
             })
             .await?
         {
-            Response::Put { revision } => Ok(revision),
+            Response::Put { revision, prev_kv } => Ok(PutResult { revision, prev_kv }),
             other => Err(unexpected(&other)),
         }
     }
@@ -327,8 +378,68 @@ impl Store {
     /// delete's own if it existed, else the store's revision when the
     /// delete was applied.
     pub async fn delete(&self, key: &[u8]) -> Result<DeleteResult, Error> {
-        match self.propose(Request::Delete { key: key.to_vec() }).await? {
-            Response::Delete { deleted, revision } => Ok(DeleteResult { deleted, revision }),
+        self.delete_with(key, DeleteOptions::default()).await
+    }
+
+    /// [`Store::delete`] with options: `prev_kv` returns the deleted key
+    /// as it was.
+    pub async fn delete_with(
+        &self,
+        key: &[u8],
+        options: DeleteOptions,
+    ) -> Result<DeleteResult, Error> {
+        match self
+            .propose(Request::Delete {
+                key: key.to_vec(),
+                prev_kv: options.prev_kv,
+            })
+            .await?
+        {
+            Response::Delete {
+                deleted,
+                revision,
+                prev_kv,
+            } => Ok(DeleteResult {
+                deleted,
+                revision,
+                prev_kv,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deletes every key in `range`'s bounds (`Range::prefix`,
+    /// `Range::between`, ...) at one revision. A range holding more than
+    /// [`MAX_DELETE_RANGE_KEYS`](crate::MAX_DELETE_RANGE_KEYS) keys is
+    /// refused with `InvalidArgument` and nothing is deleted; a limit or
+    /// mode on `range` is `InvalidArgument` too.
+    pub async fn delete_range(
+        &self,
+        range: Range,
+        options: DeleteOptions,
+    ) -> Result<DeleteRangeResult, Error> {
+        if range.limit != 0 || range.keys_only || range.count_only {
+            return Err(Error::InvalidArgument(
+                "a range delete takes bounds only: no limit, keys-only or count-only".into(),
+            ));
+        }
+        match self
+            .propose(Request::DeleteRange {
+                start: range.start,
+                end: range.end,
+                prev_kv: options.prev_kv,
+            })
+            .await?
+        {
+            Response::DeleteRange {
+                revision,
+                deleted,
+                prev_kvs,
+            } => Ok(DeleteRangeResult {
+                revision,
+                deleted,
+                prev_kvs,
+            }),
             other => Err(unexpected(&other)),
         }
     }
