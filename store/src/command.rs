@@ -266,6 +266,12 @@ pub enum Request {
         prev_kv: bool,
     },
     Txn(Txn),
+    /// Drops the watch history up to and including `revision` on every
+    /// member (etcd's `Compact`); watches from there on fail with
+    /// `Compacted`. A revision past the store's is refused.
+    Compact {
+        revision: u64,
+    },
 }
 
 /// Most keys one range delete removes; a range holding more is refused
@@ -299,6 +305,8 @@ pub enum Rejection {
     },
     /// A range delete over more than [`MAX_DELETE_RANGE_KEYS`] keys.
     TooManyKeys { keys: u64, limit: u64 },
+    /// A compaction past the store's revision.
+    FutureRevision { requested: u64, current: u64 },
 }
 
 /// The result of applying one [`Request`].
@@ -323,6 +331,12 @@ pub enum Response {
         revision: u64,
         succeeded: bool,
         results: Vec<OpResult>,
+    },
+    /// The history up to `compacted` is being dropped; `revision` is the
+    /// store's (a compaction changes no key and takes no revision).
+    Compact {
+        revision: u64,
+        compacted: u64,
     },
     Rejected(Rejection),
 }
@@ -349,6 +363,7 @@ impl Request {
                 ..crate::range::Range::default()
             }
             .validate(),
+            Request::Compact { .. } => Ok(()),
             Request::Txn(t) => {
                 if t.compares.len() + t.success.len() + t.failure.len() > MAX_TXN_OPS {
                     return Err("transaction has more than 1024 compares and operations");
@@ -437,6 +452,7 @@ impl Request {
                 };
                 w.u8(if *prev_kv { FLAG_PREV_KV } else { 0 })
             }
+            Request::Compact { revision } => w.u8(7).u64(*revision),
             Request::Txn(t) => {
                 w.u8(3);
                 w.count(t.compares.len(), "compare count");
@@ -484,6 +500,9 @@ impl Request {
                     None
                 },
                 prev_kv: flags(r)? & FLAG_PREV_KV != 0,
+            },
+            7 => Request::Compact {
+                revision: r.u64("compact revision")?,
             },
             3 => {
                 let n = r.count_at_most(5, MAX_TXN_OPS, "compare count")?;
@@ -616,6 +635,7 @@ mod tests {
                 end: None,
                 prev_kv: false,
             },
+            Request::Compact { revision: 12 },
             Request::Txn(Txn {
                 compares: vec![
                     Compare {

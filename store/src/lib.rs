@@ -39,4 +39,4 @@ pub use engine::store::{
     PutResult, SnapshotReceiver, Store, TxnResult,
 };
 #[cfg(feature = "engine")]
-pub use engine::watch::Watch;
+pub use engine::watch::{Watch, WatchFilter, WatchItem, WatchOptions};

@@ -253,6 +253,24 @@ pub fn apply<V: Values>(
                 mutations,
             ))
         }
+        Request::Compact { revision } => {
+            if *revision > index.revision {
+                return Ok((
+                    Response::Rejected(Rejection::FutureRevision {
+                        requested: *revision,
+                        current: index.revision,
+                    }),
+                    vec![],
+                ));
+            }
+            Ok((
+                Response::Compact {
+                    revision: index.revision,
+                    compacted: *revision,
+                },
+                vec![],
+            ))
+        }
         Request::Txn(txn) => {
             let mut succeeded = true;
             for c in &txn.compares {

@@ -576,3 +576,105 @@ async fn prev_kv_range_deletes_and_ordered_compares() {
     );
     store.shutdown().await.unwrap();
 }
+
+/// The watch as etcd's: a `Stream`, filters, progress notifications, an
+/// explicit compaction through Raft, and a `next` that loses nothing when
+/// it is cancelled.
+#[tokio::test]
+async fn watch_streams_filters_reports_progress_and_compacts() {
+    use coffer_store::{WatchFilter, WatchItem, WatchOptions};
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store.put(b"w/a", b"1").await.unwrap(); // 1
+    store.put(b"w/b", b"2").await.unwrap(); // 2
+    store.delete(b"w/a").await.unwrap(); // 3
+    store.put(b"w/c", b"3").await.unwrap(); // 4
+    store.delete(b"w/b").await.unwrap(); // 5
+
+    // As a Stream.
+    let watch = store.watch(b"w/", 1).unwrap();
+    let items: Vec<_> = watch.take(5).collect().await;
+    let revisions: Vec<u64> = items
+        .into_iter()
+        .map(|i| match i.unwrap() {
+            WatchItem::Event(e) => e.revision,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(revisions, vec![1, 2, 3, 4, 5]);
+
+    // Filters, over history and live changes alike.
+    let only = |filter| WatchOptions {
+        from: 1,
+        filter,
+        ..WatchOptions::default()
+    };
+    let mut puts = store
+        .watch_with(b"w/", only(WatchFilter::PutsOnly))
+        .unwrap();
+    let mut deletes = store
+        .watch_with(b"w/", only(WatchFilter::DeletesOnly))
+        .unwrap();
+    store.put(b"w/d", b"4").await.unwrap(); // 6
+    store.delete(b"w/c").await.unwrap(); // 7
+    for want in [1, 2, 4, 6] {
+        let e = next_event(&mut puts).await;
+        assert_eq!((e.revision, e.kind), (want, EventKind::Put));
+    }
+    for want in [3, 5, 7] {
+        let e = next_event(&mut deletes).await;
+        assert_eq!((e.revision, e.kind), (want, EventKind::Delete));
+    }
+
+    // Progress: changes elsewhere advance what an idle watch reports.
+    let mut idle = store
+        .watch_with(
+            b"w/",
+            WatchOptions {
+                progress_interval: Some(Duration::from_millis(20)),
+                ..WatchOptions::default()
+            },
+        )
+        .unwrap();
+    store.put(b"elsewhere", b"x").await.unwrap(); // 8
+    let target = store.revision().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(10), idle.next_item())
+            .await
+            .expect("no progress notification")
+            .unwrap();
+        match item {
+            WatchItem::Progress { revision } if revision == target => break,
+            WatchItem::Progress { revision } => assert!(revision < target),
+            WatchItem::Event(e) => panic!("an idle watch delivered {e:?}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "progress stuck");
+    }
+
+    // Cancel-safety: a `next` cut short by a timeout loses nothing.
+    let mut w = store.watch(b"w/", 0).unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(20), w.next())
+        .await
+        .is_err());
+    let rev = store.put(b"w/e", b"5").await.unwrap();
+    assert_eq!(next_event(&mut w).await.revision, rev);
+
+    // Compaction through Raft.
+    store.compact(4).await.unwrap();
+    match store.watch(b"w/", 4) {
+        Err(Error::Compacted { requested, oldest }) => assert_eq!((requested, oldest), (4, 5)),
+        other => panic!("{other:?}"),
+    }
+    let mut after = store.watch(b"w/", 5).unwrap();
+    assert_eq!(next_event(&mut after).await.revision, 5);
+    store.compact(2).await.unwrap(); // already compacted: nothing changes
+    assert!(store.watch(b"w/", 5).is_ok());
+    let future = store.revision().unwrap() + 1;
+    assert!(matches!(
+        store.compact(future).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    store.shutdown().await.unwrap();
+}

@@ -481,3 +481,37 @@ async fn stale_reads_are_local_and_linearizable_reads_are_never_stale_on_three_m
     cluster.shutdown().await?;
     Ok(())
 }
+
+/// An explicit compaction goes through Raft: once applied everywhere, a
+/// watch from a compacted revision fails on every member, and one from
+/// just after it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_reaches_every_member() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let mut last = 0;
+    for i in 0..5 {
+        last = cluster.put(&key("c", i), b"v").await?;
+    }
+    let target = last - 2;
+    cluster
+        .on_leader(|store| async move { store.compact(target).await })
+        .await?;
+    cluster.wait_converged().await?;
+    for id in cluster.ids() {
+        let store = cluster.store(id)?;
+        match store.watch(b"c/", target) {
+            Err(Error::Compacted { oldest, .. }) => ensure!(oldest == target + 1),
+            Err(e) => bail!("node {id}: {e:?}"),
+            Ok(_) => bail!("node {id} still serves history from the compacted revision {target}"),
+        }
+        let mut watch = store.watch(b"c/", target + 1)?;
+        let e = tokio::time::timeout(WAIT_TIMEOUT, watch.next()).await??;
+        ensure!(
+            e.revision == target + 1,
+            "node {id}: first event at {}",
+            e.revision
+        );
+    }
+    cluster.shutdown().await?;
+    Ok(())
+}

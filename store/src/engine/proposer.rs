@@ -148,6 +148,11 @@ fn answer(response: Response) -> Result<Response, Error> {
             requested_bytes,
             quota_bytes,
         }),
+        Response::Rejected(Rejection::FutureRevision { requested, current }) => {
+            Err(Error::InvalidArgument(format!(
+                "cannot compact to revision {requested}: the store is at revision {current}"
+            )))
+        }
         Response::Rejected(Rejection::TooManyKeys { keys, limit }) => Err(Error::InvalidArgument(
             format!("the range holds {keys} keys, more than the {limit} one delete removes; delete it in smaller ranges"),
         )),

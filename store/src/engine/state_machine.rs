@@ -592,6 +592,8 @@ impl StateMachine {
         let mut events = Vec::new();
         let mut events_bytes = 0usize;
         let mut notices = Vec::new();
+        // The furthest explicit compaction this batch asked for.
+        let mut compact_to = 0u64;
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             st.last_applied = Some(entry.log_id);
@@ -610,6 +612,9 @@ impl StateMachine {
                         };
                         let (resp, mutations) =
                             machine::apply(&mut st.index, &values, cmd.quota_bytes, request)?;
+                        if let Response::Compact { compacted, .. } = resp {
+                            compact_to = compact_to.max(compacted);
+                        }
                         let revision = st.index.revision;
                         for m in mutations {
                             let event = match m {
@@ -657,8 +662,9 @@ impl StateMachine {
             seal_events(db, &mut batch, &events)?;
             notices.push(Arc::new(events));
         }
-        let trim_to = st.index.revision.saturating_sub(shared.watch_history) / EVENT_TRIM_STEP
-            * EVENT_TRIM_STEP;
+        let trim_to = (st.index.revision.saturating_sub(shared.watch_history) / EVENT_TRIM_STEP
+            * EVENT_TRIM_STEP)
+            .max(compact_to);
         if trim_to > st.compacted {
             // Records that end at or before `trim_to`; one that straddles it
             // stays, and `Watch` never asks for what lies before `compacted`.

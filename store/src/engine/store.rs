@@ -23,7 +23,7 @@ use crate::engine::network::{NetworkFactory, NoPeers, Transport};
 use crate::engine::proposer::{self, Queued};
 use crate::engine::retry::{self, Refused};
 use crate::engine::state_machine::{Shared, StateMachine};
-use crate::engine::watch::Watch;
+use crate::engine::watch::{Watch, WatchOptions};
 use crate::error::{Error, OpenError};
 use crate::range::{Range, RangeResult};
 use crate::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
@@ -506,10 +506,34 @@ impl Store {
             .map_err(|e| Error::Shutdown(format!("range reader stopped: {e}")))?
     }
 
+    /// Drops the watch history up to and including `revision` on every
+    /// member, through Raft (etcd's `Compact`): a watch from `revision` or
+    /// earlier then fails with `Compacted`. History is also dropped on its
+    /// own past `Config::watch_history_revisions`. A revision past the
+    /// store's is `InvalidArgument`; one already compacted changes nothing.
+    pub async fn compact(&self, revision: u64) -> Result<(), Error> {
+        match self.propose(Request::Compact { revision }).await? {
+            Response::Compact { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Watches keys under `prefix` from revision `from` (inclusive; 0 means
     /// only changes after now).
     pub fn watch(&self, prefix: &[u8], from: u64) -> Result<Watch, Error> {
-        Watch::start(&self.inner.shared, prefix.to_vec(), from)
+        self.watch_with(
+            prefix,
+            WatchOptions {
+                from,
+                ..WatchOptions::default()
+            },
+        )
+    }
+
+    /// Watches keys under `prefix` with options: a start revision, a
+    /// filter (puts only, deletes only) and progress notifications.
+    pub fn watch_with(&self, prefix: &[u8], options: WatchOptions) -> Result<Watch, Error> {
+        Watch::start(&self.inner.shared, prefix.to_vec(), options)
     }
 
     /// Adds a non-voting member that starts receiving the log.

@@ -18,13 +18,19 @@
 //! disk, as long as that history is kept.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use futures::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::time::Instant;
 
 use crate::engine::state_machine::{Notice, Shared};
 use crate::error::Error;
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 
 /// Most events one page of disk history holds.
 pub const HISTORY_PAGE_EVENTS: usize = 1024;
@@ -32,10 +38,79 @@ pub const HISTORY_PAGE_EVENTS: usize = 1024;
 /// many bytes of keys and values.
 pub const HISTORY_PAGE_BYTES: usize = 1 << 20;
 
-/// A stream of [`Event`]s for keys under a prefix, in revision order, with
-/// no gaps and no repeats. Created by [`crate::Store::watch`].
-#[derive(Debug)]
+/// Which events a watch delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchFilter {
+    #[default]
+    All,
+    /// Puts only (etcd's `NODELETE`).
+    PutsOnly,
+    /// Deletes only (etcd's `NOPUT`).
+    DeletesOnly,
+}
+
+impl WatchFilter {
+    fn passes(self, kind: EventKind) -> bool {
+        match self {
+            WatchFilter::All => true,
+            WatchFilter::PutsOnly => kind == EventKind::Put,
+            WatchFilter::DeletesOnly => kind == EventKind::Delete,
+        }
+    }
+}
+
+/// How a watch starts and what it delivers ([`crate::Store::watch_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WatchOptions {
+    /// The first revision to deliver (inclusive); 0: only changes after
+    /// the watch starts.
+    pub from: u64,
+    pub filter: WatchFilter,
+    /// When no event was delivered for this long, deliver a
+    /// [`WatchItem::Progress`]. `None`: never.
+    pub progress_interval: Option<Duration>,
+}
+
+/// What a watch delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchItem {
+    Event(Event),
+    /// Every matching change up to `revision` has been delivered: a
+    /// watcher that saw nothing for a while learns how current it is
+    /// (etcd's progress notification).
+    Progress {
+        revision: u64,
+    },
+}
+
+/// A stream of changes to keys under a prefix, in revision order, with no
+/// gaps and no repeats. Created by [`crate::Store::watch`] and
+/// [`crate::Store::watch_with`]. [`Watch::next`] gives the next event;
+/// as a [`Stream`] it yields [`WatchItem`]s (progress included) and ends
+/// after an error that ends the watch (`Compacted`, a closed store).
+/// Every method is cancel-safe: a `next` dropped before it finished loses
+/// nothing.
 pub struct Watch {
+    cursor: Option<Cursor>,
+    step: Option<Step>,
+    done: bool,
+}
+
+type Step = Pin<Box<dyn Future<Output = (Cursor, Result<WatchItem, Error>)> + Send>>;
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("cursor", &self.cursor)
+            .field("in_step", &self.step.is_some())
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+/// The watch's position and buffers; moved into each step's future.
+#[derive(Debug)]
+struct Cursor {
     shared: Weak<Shared>,
     prefix: Arc<[u8]>,
     /// Every event at or below this revision has been queued or skipped.
@@ -45,6 +120,10 @@ pub struct Watch {
     disk_upto: u64,
     rx: broadcast::Receiver<Notice>,
     backlog: VecDeque<Event>,
+    filter: WatchFilter,
+    progress_interval: Option<Duration>,
+    /// When the next progress notification is due.
+    progress_due: Option<Instant>,
 }
 
 fn gone() -> Error {
@@ -52,9 +131,77 @@ fn gone() -> Error {
 }
 
 impl Watch {
-    /// Subscribes, then checks that history from `from` (0: only new
-    /// changes) is still kept. Reads nothing from disk.
-    pub(crate) fn start(shared: &Arc<Shared>, prefix: Vec<u8>, from: u64) -> Result<Self, Error> {
+    /// Subscribes, then checks that history from `options.from` is still
+    /// kept. Reads nothing from disk.
+    pub(crate) fn start(
+        shared: &Arc<Shared>,
+        prefix: Vec<u8>,
+        options: WatchOptions,
+    ) -> Result<Self, Error> {
+        Ok(Watch {
+            cursor: Some(Cursor::start(shared, prefix, options)?),
+            step: None,
+            done: false,
+        })
+    }
+
+    /// The next event (progress notifications are skipped). Fails with
+    /// `Compacted` if the watch fell so far behind that the history it
+    /// needs is gone.
+    pub async fn next(&mut self) -> Result<Event, Error> {
+        loop {
+            if let WatchItem::Event(e) = self.next_item().await? {
+                return Ok(e);
+            }
+        }
+    }
+
+    /// The next event or progress notification.
+    pub async fn next_item(&mut self) -> Result<WatchItem, Error> {
+        match futures::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await {
+            Some(item) => item,
+            None => Err(Error::Shutdown("the watch has ended".into())),
+        }
+    }
+}
+
+impl Stream for Watch {
+    type Item = Result<WatchItem, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.step.is_none() {
+            let Some(mut cursor) = this.cursor.take() else {
+                this.done = true;
+                return Poll::Ready(None);
+            };
+            this.step = Some(Box::pin(async move {
+                let item = cursor.next_item().await;
+                (cursor, item)
+            }));
+        }
+        let Some(step) = this.step.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match step.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready((cursor, item)) => {
+                this.step = None;
+                this.cursor = Some(cursor);
+                // A compacted history or a closed store ends the watch.
+                this.done = item.is_err();
+                Poll::Ready(Some(item))
+            }
+        }
+    }
+}
+
+impl Cursor {
+    fn start(shared: &Arc<Shared>, prefix: Vec<u8>, options: WatchOptions) -> Result<Self, Error> {
+        let from = options.from;
         let rx = shared.notices.subscribe();
         let st = shared.state.read().map_err(|_| gone())?;
         let now = st.index.revision;
@@ -69,14 +216,28 @@ impl Watch {
             from - 1
         };
         drop(st);
-        Ok(Watch {
+        Ok(Cursor {
             shared: Arc::downgrade(shared),
             prefix: prefix.into(),
             loaded_upto,
             disk_upto: now,
             rx,
             backlog: VecDeque::new(),
+            filter: options.filter,
+            progress_interval: options.progress_interval,
+            progress_due: options.progress_interval.map(|i| Instant::now() + i),
         })
+    }
+
+    /// Whether the watch delivers `e`.
+    fn wants(&self, e: &Event) -> bool {
+        e.kv.key.starts_with(&self.prefix) && self.filter.passes(e.kind)
+    }
+
+    /// Something was delivered: the next progress is due an interval later.
+    fn delivered(&mut self, item: WatchItem) -> Result<WatchItem, Error> {
+        self.progress_due = self.progress_interval.map(|i| Instant::now() + i);
+        Ok(item)
     }
 
     /// Reads the next page of disk history on a blocking thread.
@@ -86,26 +247,40 @@ impl Watch {
         let page = tokio::task::spawn_blocking(move || shared.history_page(from, upto, &prefix))
             .await
             .map_err(|e| Error::Shutdown(format!("history reader stopped: {e}")))??;
-        self.backlog.extend(page.events);
+        let filter = self.filter;
+        self.backlog
+            .extend(page.events.into_iter().filter(|e| filter.passes(e.kind)));
         self.loaded_upto = page.covered_upto;
         Ok(())
     }
 
-    /// The next event. Fails with `Compacted` if the watch fell so far
-    /// behind that the history it needs is gone.
-    pub async fn next(&mut self) -> Result<Event, Error> {
+    async fn next_item(&mut self) -> Result<WatchItem, Error> {
         loop {
             if let Some(e) = self.backlog.pop_front() {
-                return Ok(e);
+                return self.delivered(WatchItem::Event(e));
             }
             if self.disk_upto > self.loaded_upto {
                 self.read_page().await?;
                 continue;
             }
-            match self.rx.recv().await {
+            let notice = match self.progress_due {
+                None => self.rx.recv().await,
+                Some(due) => tokio::select! {
+                    // Notices already queued come first: a progress
+                    // revision must cover every change this watch has
+                    // been told of.
+                    biased;
+                    notice = self.rx.recv() => notice,
+                    () = tokio::time::sleep_until(due) => {
+                        let revision = self.loaded_upto;
+                        return self.delivered(WatchItem::Progress { revision });
+                    }
+                },
+            };
+            match notice {
                 Ok(Notice::Events(events)) => {
                     for e in events.iter() {
-                        if e.revision > self.loaded_upto && e.kv.key.starts_with(&self.prefix) {
+                        if e.revision > self.loaded_upto && self.wants(e) {
                             self.backlog.push_back(e.clone());
                         }
                     }
