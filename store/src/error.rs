@@ -84,9 +84,19 @@ pub enum Error {
     Engine(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    /// The store has been shut down or its Raft core stopped.
-    #[error("store is shut down: {0}")]
-    Shutdown(String),
+    /// The store was shut down ([`crate::Store::shutdown`]); open it again
+    /// to go on.
+    #[error("the store is shut down")]
+    Stopped,
+    /// This member's Raft core stopped because of a storage failure (an
+    /// I/O error or damage found while it ran); it serves nothing more
+    /// until reopened, and the cause must be fixed first.
+    #[error("the store stopped after a storage failure: {0}")]
+    StorageFailed(String),
+    /// A bug inside the store: a background task panicked or a lock was
+    /// poisoned. The message says which; please report it.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -137,7 +147,9 @@ impl Error {
                 path: path.clone(),
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
-            Error::Shutdown(s) => Error::Shutdown(s.clone()),
+            Error::Stopped => Error::Stopped,
+            Error::StorageFailed(s) => Error::StorageFailed(s.clone()),
+            Error::Internal(s) => Error::Internal(s.clone()),
         }
     }
 
@@ -147,6 +159,41 @@ impl Error {
             self,
             Error::NotLeader { .. } | Error::Unavailable(_) | Error::Timeout(_)
         )
+    }
+}
+
+#[cfg(feature = "engine")]
+impl From<openraft::error::Fatal<NodeId>> for Error {
+    /// What stopped the Raft core, said plainly.
+    fn from(f: openraft::error::Fatal<NodeId>) -> Self {
+        use openraft::error::Fatal;
+        match f {
+            Fatal::Stopped => Error::Stopped,
+            Fatal::StorageError(e) => Error::StorageFailed(e.to_string()),
+            Fatal::Panicked => Error::Internal("the Raft core panicked".into()),
+        }
+    }
+}
+
+#[cfg(feature = "engine")]
+impl From<openraft::error::RaftError<NodeId>> for Error {
+    fn from(e: openraft::error::RaftError<NodeId>) -> Self {
+        match e {
+            openraft::error::RaftError::Fatal(f) => Error::from(f),
+            openraft::error::RaftError::APIError(never) => match never {},
+        }
+    }
+}
+
+#[cfg(feature = "engine")]
+impl From<tokio::task::JoinError> for Error {
+    /// A blocking task the store started did not finish.
+    fn from(e: tokio::task::JoinError) -> Self {
+        if e.is_cancelled() {
+            Error::Stopped
+        } else {
+            Error::Internal(format!("a background task panicked: {e}"))
+        }
     }
 }
 

@@ -678,3 +678,21 @@ async fn watch_streams_filters_reports_progress_and_compacts() {
     ));
     store.shutdown().await.unwrap();
 }
+
+/// After `shutdown`, another handle's calls say the store is shut down
+/// (they used to report any openraft failure as a catch-all `Shutdown`
+/// with openraft's text).
+#[tokio::test]
+async fn calls_after_shutdown_say_the_store_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store.put(b"k", b"v").await.unwrap();
+    let other = store.clone();
+    let mut watch = store.watch(b"k", 0).unwrap();
+    store.shutdown().await.unwrap();
+    assert!(matches!(other.put(b"k", b"w").await, Err(Error::Stopped)));
+    assert!(matches!(other.get(b"k").await, Err(Error::Stopped)));
+    assert!(matches!(watch.next().await, Err(Error::Stopped)));
+    assert_eq!(Error::Stopped.to_string(), "the store is shut down");
+    assert!(!Error::Stopped.is_retryable());
+}

@@ -147,7 +147,9 @@ impl Router {
 /// as unreachable.
 fn remote(to: NodeId, e: Error) -> TransportError {
     match e {
-        Error::Shutdown(_) => TransportError::Unreachable(format!("node {to}: {e}")),
+        Error::Stopped | Error::StorageFailed(_) => {
+            TransportError::Unreachable(format!("node {to}: {e}"))
+        }
         other => TransportError::Remote(format!("node {to}: {other}")),
     }
 }
@@ -643,7 +645,7 @@ impl Cluster {
             if let Some((id, store)) = target {
                 match op(store).await {
                     Ok(v) => return Ok((id, v)),
-                    Err(e) if e.is_retryable() || matches!(e, Error::Shutdown(_)) => {
+                    Err(e) if e.is_retryable() || matches!(e, Error::Stopped) => {
                         last_error = Some(format!("node {id}: {e}"));
                     }
                     Err(e) => return Err(e).with_context(|| format!("on leader {id}")),

@@ -176,7 +176,7 @@ async fn write(
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(Refused::Failed(Error::InvalidArgument(e.to_string())))
             }
-            Err(RaftError::Fatal(f)) => Err(Refused::Failed(Error::Shutdown(f.to_string()))),
+            Err(RaftError::Fatal(f)) => Err(Refused::Failed(Error::from(f))),
         }
     })
     .await

@@ -73,7 +73,7 @@ fn random_id() -> String {
 }
 
 fn poisoned() -> Error {
-    Error::Engine("snapshot lock poisoned by a panic".into())
+    Error::Internal("snapshot lock poisoned by a panic".into())
 }
 
 /// Whether `meta` is strictly newer than the current snapshot (if any).

@@ -61,6 +61,8 @@ pub enum Notice {
     Events(Arc<Vec<Event>>),
     /// A snapshot replaced the state; history before it is gone.
     Reset,
+    /// The store was shut down: watches end.
+    Stopped,
 }
 
 /// The state machine's in-memory view.
@@ -82,10 +84,13 @@ pub struct Shared {
     pub notices: broadcast::Sender<Notice>,
     pub snapshots: Snapshots,
     pub watch_history: u64,
+    /// Set by `Store::shutdown`: watches end even while another handle
+    /// keeps this state alive.
+    pub stopped: std::sync::atomic::AtomicBool,
 }
 
 fn lock_poisoned() -> Error {
-    Error::Shutdown("state lock poisoned by a panic".into())
+    Error::Internal("state lock poisoned by a panic".into())
 }
 
 /// Row key of an event record: the last revision it holds. One record
@@ -160,6 +165,7 @@ impl Shared {
             notices,
             snapshots,
             watch_history: watch_history.max(1),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         if let Some(file) = interrupted {
             let header = file.header().map_err(Error::from)?;
@@ -574,7 +580,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         match done.await {
             Ok(Ok(snap)) => Ok(snap),
             Ok(Err(e)) => Err(fail(&e)),
-            Err(_) => Err(fail(&Error::Shutdown(
+            Err(_) => Err(fail(&Error::Internal(
                 "snapshot thread ended without a result".into(),
             ))),
         }
@@ -760,7 +766,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || shared.install(&meta, &snapshot))
             .await
-            .map_err(|e| sm_err(Error::Shutdown(e.to_string())))?
+            .map_err(|e| sm_err(Error::from(e)))?
             .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
 

@@ -22,7 +22,7 @@ use crate::engine::log_store::LogStore;
 use crate::engine::network::{NetworkFactory, NoPeers, Transport};
 use crate::engine::proposer::{self, Queued};
 use crate::engine::retry::{self, Refused};
-use crate::engine::state_machine::{Shared, StateMachine};
+use crate::engine::state_machine::{Notice, Shared, StateMachine};
 use crate::engine::watch::{Watch, WatchOptions};
 use crate::error::{Error, OpenError};
 use crate::range::{Range, RangeResult};
@@ -305,7 +305,7 @@ impl Store {
             });
         }
         let (reply, answer) = oneshot::channel();
-        let stopped = || Error::Shutdown("the proposer has stopped".into());
+        let stopped = || Error::Stopped;
         self.inner
             .proposals
             .send(Queued {
@@ -338,7 +338,7 @@ impl Store {
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
                     Err(Refused::Failed(Error::Unavailable(q.to_string())))
                 }
-                Err(RaftError::Fatal(f)) => Err(Refused::Failed(Error::Shutdown(f.to_string()))),
+                Err(RaftError::Fatal(f)) => Err(Refused::Failed(Error::from(f))),
             }
         })
         .await
@@ -503,7 +503,7 @@ impl Store {
         let shared = self.inner.shared.clone();
         tokio::task::spawn_blocking(move || shared.range(&range))
             .await
-            .map_err(|e| Error::Shutdown(format!("range reader stopped: {e}")))?
+            .map_err(Error::from)?
     }
 
     /// Drops the watch history up to and including `revision` on every
@@ -563,7 +563,7 @@ impl Store {
             .trigger()
             .snapshot()
             .await
-            .map_err(|e| Error::Shutdown(e.to_string()))
+            .map_err(Error::from)
     }
 
     /// Handles an AppendEntries RPC from the leader.
@@ -575,7 +575,7 @@ impl Store {
             .raft
             .append_entries(rpc)
             .await
-            .map_err(|e| Error::Shutdown(e.to_string()))
+            .map_err(Error::from)
     }
 
     /// Handles a RequestVote RPC from a candidate.
@@ -583,11 +583,7 @@ impl Store {
         &self,
         rpc: VoteRequest<NodeId>,
     ) -> Result<VoteResponse<NodeId>, Error> {
-        self.inner
-            .raft
-            .vote(rpc)
-            .await
-            .map_err(|e| Error::Shutdown(e.to_string()))
+        self.inner.raft.vote(rpc).await.map_err(Error::from)
     }
 
     /// Starts receiving a snapshot streamed by the leader holding `vote`.
@@ -629,11 +625,17 @@ impl Store {
     /// Stops Raft and waits for the data directory to be released. Other
     /// clones of this handle become unusable.
     pub async fn shutdown(self) -> Result<(), Error> {
+        // Watches end now, whoever else holds this store.
+        self.inner
+            .shared
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.inner.shared.notices.send(Notice::Stopped);
         self.inner
             .raft
             .shutdown()
             .await
-            .map_err(|e| Error::Shutdown(e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("a Raft task did not stop cleanly: {e}")))?;
         // openraft's tasks drop the log store and state machine as they
         // end; the flusher and snapshot threads follow. Wait for every
         // internal reference to the database to go.
@@ -642,7 +644,7 @@ impl Store {
             || Arc::strong_count(&self.inner.shared.db) > 1
         {
             if Instant::now() >= deadline {
-                return Err(Error::Shutdown(
+                return Err(Error::Internal(
                     "internal tasks did not stop within 30 s".into(),
                 ));
             }
@@ -698,8 +700,7 @@ impl SnapshotReceiver {
             )));
         }
         let file = tokio::task::spawn_blocking(move || self.writer.finish())
-            .await
-            .map_err(|e| Error::Shutdown(e.to_string()))?
+            .await?
             .map_err(Error::from)?;
         let header = file.header().map_err(Error::from)?;
         let answer = self
@@ -714,7 +715,7 @@ impl SnapshotReceiver {
                 },
             )
             .await
-            .map_err(|e| Error::Shutdown(e.to_string()));
+            .map_err(Error::from);
         // openraft answers once the snapshot is installed, or at once if it
         // refused it (an older snapshot, a stale leader): a file it did not
         // install is ours to remove.
@@ -734,12 +735,12 @@ fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> 
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             Error::InvalidArgument(c.to_string())
         }
-        RaftError::Fatal(f) => Error::Shutdown(f.to_string()),
+        RaftError::Fatal(f) => Error::from(f),
     }
 }
 
 fn poisoned() -> Error {
-    Error::Shutdown("state lock poisoned by a panic".into())
+    Error::Internal("state lock poisoned by a panic".into())
 }
 
 fn unexpected(resp: &Response) -> Error {

@@ -127,7 +127,7 @@ struct Cursor {
 }
 
 fn gone() -> Error {
-    Error::Shutdown("the store was closed".into())
+    Error::Stopped
 }
 
 impl Watch {
@@ -160,7 +160,7 @@ impl Watch {
     pub async fn next_item(&mut self) -> Result<WatchItem, Error> {
         match futures::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await {
             Some(item) => item,
-            None => Err(Error::Shutdown("the watch has ended".into())),
+            None => Err(Error::Stopped),
         }
     }
 }
@@ -246,7 +246,7 @@ impl Cursor {
         let (from, upto, prefix) = (self.loaded_upto + 1, self.disk_upto, self.prefix.clone());
         let page = tokio::task::spawn_blocking(move || shared.history_page(from, upto, &prefix))
             .await
-            .map_err(|e| Error::Shutdown(format!("history reader stopped: {e}")))??;
+            .map_err(Error::from)??;
         let filter = self.filter;
         self.backlog
             .extend(page.events.into_iter().filter(|e| filter.passes(e.kind)));
@@ -263,6 +263,11 @@ impl Cursor {
                 self.read_page().await?;
                 continue;
             }
+            let shared = self.shared.upgrade().ok_or_else(gone)?;
+            if shared.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(gone());
+            }
+            drop(shared);
             let notice = match self.progress_due {
                 None => self.rx.recv().await,
                 Some(due) => tokio::select! {
@@ -288,6 +293,7 @@ impl Cursor {
                         self.loaded_upto = self.loaded_upto.max(last.revision);
                     }
                 }
+                Ok(Notice::Stopped) => return Err(gone()),
                 Ok(Notice::Reset) => {
                     let shared = self.shared.upgrade().ok_or_else(gone)?;
                     let st = shared.state.read().map_err(|_| gone())?;
