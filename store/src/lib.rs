@@ -31,6 +31,9 @@ pub mod engine;
 
 #[cfg(feature = "engine")]
 pub use config::{Bootstrap, Config, Encryption, DEFAULT_QUOTA_BYTES};
+/// The same store for code without an async runtime: every call blocks.
+#[cfg(feature = "engine")]
+pub use engine::blocking;
 #[cfg(feature = "engine")]
 pub use engine::network::{NoPeers, Transport, TransportError};
 #[cfg(feature = "engine")]

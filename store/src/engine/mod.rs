@@ -1,5 +1,6 @@
 //! The RocksDB + openraft engine behind [`crate::Store`].
 
+pub mod blocking;
 pub mod db;
 pub mod keys;
 pub mod log_store;
