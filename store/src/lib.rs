@@ -24,6 +24,20 @@ pub use types::{NodeId, TypeConfig};
 mod error;
 pub use error::{Error, OpenError};
 
+/// The openraft types that [`Transport`], [`Store::metrics`] and
+/// [`Store::raft`] expose, re-exported: a transport or a server written
+/// against these uses exactly the openraft this store was built with, and
+/// needs no openraft dependency (and no matching version) of its own.
+pub mod raft {
+    pub use openraft::raft::{
+        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    };
+    pub use openraft::{
+        BasicNode, LogId, Membership, Raft, RaftMetrics, ServerState, Snapshot, SnapshotMeta,
+        StoredMembership, Vote,
+    };
+}
+
 #[cfg(feature = "engine")]
 mod config;
 #[cfg(feature = "engine")]

@@ -109,6 +109,15 @@ impl Index {
         meta
     }
 
+    /// Moves to the next revision if a request changed something; returns
+    /// the revision the request ran at.
+    fn advance(&mut self, changed: bool) -> u64 {
+        if changed {
+            self.revision = self.revision.saturating_add(1);
+        }
+        self.revision
+    }
+
     fn delete(&mut self, key: &[u8]) -> bool {
         match self.keys.remove(key) {
             Some(old) => {
@@ -238,12 +247,7 @@ pub fn apply<V: Values>(
                 index.delete(&key);
                 mutations.push(Mutation::Delete { key });
             }
-            let revision = if mutations.is_empty() {
-                index.revision
-            } else {
-                index.revision = next;
-                next
-            };
+            let revision = index.advance(!mutations.is_empty());
             Ok((
                 Response::DeleteRange {
                     revision,
@@ -342,12 +346,7 @@ pub fn apply<V: Values>(
                     vec![],
                 ));
             }
-            let revision = if mutations.is_empty() {
-                index.revision
-            } else {
-                index.revision = next;
-                next
-            };
+            let revision = index.advance(!mutations.is_empty());
             Ok((
                 Response::Txn {
                     revision,

@@ -45,16 +45,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use coffer_store::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, BasicNode, RaftMetrics, ServerState, Snapshot,
+    SnapshotResponse, Vote, VoteRequest, VoteResponse,
+};
 use coffer_store::snapshot::SnapshotError;
 use coffer_store::{
     snapshot_frames, Bootstrap, Config, Error, NodeId, OpenError, Store, Transport, TransportError,
     TypeConfig,
 };
 use futures::future::BoxFuture;
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
-use openraft::{BasicNode, RaftMetrics, ServerState, Snapshot, Vote};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
@@ -480,16 +480,20 @@ impl Cluster {
             .collect()
     }
 
+    /// Takes running member `id` off the network: RPCs to it fail from now.
+    fn take_running(&self, id: NodeId) -> anyhow::Result<Store> {
+        self.router
+            .lock()
+            .live
+            .remove(&id)
+            .ok_or_else(|| anyhow!("node {id} is not running"))
+    }
+
     /// Crashes member `id`: every one of its tasks is dropped wherever it
     /// is, no shutdown code runs and nothing is flushed; its directory
     /// stays as the crash left it. RPCs to it fail as unreachable.
     pub fn kill(&self, id: NodeId) -> anyhow::Result<()> {
-        let store = self
-            .router
-            .lock()
-            .live
-            .remove(&id)
-            .ok_or_else(|| anyhow!("node {id} is not running"))?;
+        let store = self.take_running(id)?;
         drop(store);
         let runtime = self.runtimes_lock().remove(&id);
         drop(runtime);
@@ -499,12 +503,7 @@ impl Cluster {
     /// Stops member `id` gracefully (Raft shut down, the directory
     /// released); RPCs to it then fail as unreachable.
     pub async fn stop(&self, id: NodeId) -> anyhow::Result<()> {
-        let store = self
-            .router
-            .lock()
-            .live
-            .remove(&id)
-            .ok_or_else(|| anyhow!("node {id} is not running"))?;
+        let store = self.take_running(id)?;
         let stopped = store
             .shutdown()
             .await

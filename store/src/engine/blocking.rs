@@ -130,13 +130,10 @@ impl Store {
     /// Watches keys under `prefix` from revision `from` (0: changes after
     /// now). The watch is an [`Iterator`] of events.
     pub fn watch(&self, prefix: &[u8], from: u64) -> Result<Watch, Error> {
-        self.watch_with(
-            prefix,
-            WatchOptions {
-                from,
-                ..WatchOptions::default()
-            },
-        )
+        Ok(Watch {
+            runtime: self.runtime.clone(),
+            watch: self.store.watch(prefix, from)?,
+        })
     }
 
     pub fn watch_with(&self, prefix: &[u8], options: WatchOptions) -> Result<Watch, Error> {
