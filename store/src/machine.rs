@@ -21,12 +21,10 @@ pub struct IndexEntry {
 }
 
 /// The plaintext in-memory index over the live keys (names are hashed on
-/// disk, so ordering and prefix scans need this). `keys` is a persistent
-/// map: a clone costs constant time and shares structure, so a reader can
-/// take a frozen copy under the state lock and walk it after releasing it.
+/// disk, so ordering and prefix scans need this).
 #[derive(Debug, Clone, Default)]
 pub struct Index {
-    pub keys: imbl::OrdMap<Vec<u8>, IndexEntry>,
+    pub keys: BTreeMap<Vec<u8>, IndexEntry>,
     /// The revision of the last change.
     pub revision: u64,
     /// Sum of key and value lengths over live keys: what the quota limits.

@@ -208,23 +208,16 @@ impl Shared {
     }
 
     /// The live keys in `range`, in key order, as of one point in time.
-    /// The state lock is held only to clone the index (a persistent map:
-    /// constant time), note its revision and take a RocksDB view that
-    /// matches it; the range is then walked in the frozen index (count,
-    /// keys and metadata need nothing else) and values are read from the
-    /// view in pages of [`LIST_PAGE_KEYS`], with no lock held. Call on a
+    /// Under the state lock, only memory is touched: the range is walked in
+    /// the index (count, keys and metadata need nothing else) and a
+    /// RocksDB view matching it is taken. Values are then read from the
+    /// view in pages of [`LIST_PAGE_KEYS`] with no lock held. Call on a
     /// blocking thread.
     pub fn range(&self, range: &Range) -> Result<RangeResult, Error> {
-        let (keys, revision, view) = {
-            let st = self.state.read().map_err(|_| lock_poisoned())?;
-            (
-                st.index.keys.clone(),
-                st.index.revision,
-                self.db.db.snapshot(),
-            )
-        };
+        let st = self.state.read().map_err(|_| lock_poisoned())?;
+        let view = self.db.db.snapshot();
         let mut result = RangeResult {
-            revision,
+            revision: st.index.revision,
             ..RangeResult::default()
         };
         let limit = if range.limit == 0 {
@@ -232,8 +225,8 @@ impl Shared {
         } else {
             range.limit
         };
-        let mut chosen: Vec<(&Vec<u8>, &IndexEntry)> = Vec::new();
-        for (key, entry) in keys.range(range.start.clone()..) {
+        let mut chosen: Vec<(Vec<u8>, IndexEntry)> = Vec::new();
+        for (key, entry) in st.index.keys.range(range.start.clone()..) {
             if !range.contains(key) {
                 break;
             }
@@ -242,17 +235,18 @@ impl Shared {
                 continue;
             }
             if chosen.len() < limit {
-                chosen.push((key, entry));
+                chosen.push((key.clone(), *entry));
             } else if result.next.is_none() {
                 result.more = true;
                 result.next = Some(key.clone());
             }
         }
+        drop(st);
         if range.keys_only {
             result.kvs = chosen
                 .into_iter()
                 .map(|(key, entry)| KeyValue {
-                    key: key.clone(),
+                    key,
                     value: Value::default(),
                     meta: entry.meta,
                 })
