@@ -40,8 +40,11 @@ pub mod raft {
 
 #[cfg(feature = "engine")]
 mod config;
-#[cfg(feature = "engine")]
+#[cfg(all(feature = "engine", feature = "internals"))]
+#[doc(hidden)]
 pub mod engine;
+#[cfg(all(feature = "engine", not(feature = "internals")))]
+mod engine;
 
 #[cfg(feature = "engine")]
 pub use config::{Bootstrap, Config, Encryption, DEFAULT_QUOTA_BYTES};
