@@ -40,7 +40,13 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum KvCommand {
     /// Prints the value under KEY (exit code 1 if absent).
-    Get { key: String },
+    Get {
+        /// Read this member's applied state instead of a linearizable read
+        /// (faster, and possible without a quorum; may be behind).
+        #[arg(long)]
+        stale: bool,
+        key: String,
+    },
     /// Stores VALUE (or standard input with `-` or nothing) under KEY; prints the revision.
     Put { key: String, value: Option<String> },
     /// Deletes KEY; exit code 1 if it did not exist. With --prefix,
@@ -91,16 +97,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 async fn kv(store: &Store, cmd: KvCommand) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cmd {
-        KvCommand::Get { key } => match store.get(key.as_bytes()).await? {
-            Some(v) => {
-                out.write_all(&v)?;
-                Ok(ExitCode::SUCCESS)
+        KvCommand::Get { stale, key } => {
+            let consistency = if stale {
+                Consistency::Stale
+            } else {
+                Consistency::Linearizable
+            };
+            match store.get_kv(key.as_bytes(), consistency).await? {
+                Some(kv) => {
+                    out.write_all(&kv.value)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("coffer: key {key:?} not found");
+                    Ok(ExitCode::FAILURE)
+                }
             }
-            None => {
-                eprintln!("coffer: key {key:?} not found");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        }
         KvCommand::Put { key, value } => {
             let value = match value.as_deref() {
                 None | Some("-") => read_stdin()?,

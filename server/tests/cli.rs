@@ -36,6 +36,8 @@ fn kv_round_trip_across_processes() {
     assert!(put.status.success());
     let get = coffer(dir.path(), &["kv", "get", "app/b"], None);
     assert_eq!(get.stdout, b"two\n");
+    let stale = coffer(dir.path(), &["kv", "get", "--stale", "app/b"], None);
+    assert_eq!(stale.stdout, b"two\n");
     let ls = coffer(dir.path(), &["kv", "ls", "app/"], None);
     assert_eq!(
         String::from_utf8_lossy(&ls.stdout),
