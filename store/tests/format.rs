@@ -13,7 +13,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use coffer_store::engine::db::{Db, CF_EVENTS, CF_KV, CF_META, FORMAT_VERSION};
 use coffer_store::engine::keys;
@@ -127,14 +127,21 @@ fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Builds a snapshot of everything applied so far and waits (Raft's own
+/// metrics, under a deadline) until it is published.
 async fn snapshot_now(store: &Store, dir: &Path) {
-    let before = snapshot_files(dir);
+    let applied = store.metrics().last_applied;
     store.trigger_snapshot().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while snapshot_files(dir).iter().all(|p| before.contains(p)) {
-        assert!(Instant::now() < deadline, "no snapshot within 30 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    store
+        .raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(
+            move |m| m.snapshot >= applied,
+            "a snapshot of everything applied",
+        )
+        .await
+        .unwrap();
+    assert!(!snapshot_files(dir).is_empty());
 }
 
 /// Opens `dir` and checks that it holds exactly what `write_contents`

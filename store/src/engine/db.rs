@@ -161,6 +161,14 @@ impl Db {
         }
     }
 
+    /// Opens a sealed row read from `cf` at `key`; a row that does not
+    /// open is corruption of `cf`.
+    pub fn open_row(&self, cf: &str, key: &[u8], raw: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        self.cipher
+            .open(&location(cf, key), raw)
+            .map_err(|e| self.corruption(cf, e))
+    }
+
     /// Reads and opens one sealed row.
     pub fn get_sealed(
         &self,
@@ -174,11 +182,7 @@ impl Db {
             .map_err(|e| self.engine_err(e))?
         {
             None => Ok(None),
-            Some(raw) => self
-                .cipher
-                .open(&location(cf, key), &raw)
-                .map(Some)
-                .map_err(|e| self.corruption(cf, e)),
+            Some(raw) => self.open_row(cf, key, &raw).map(Some),
         }
     }
 
@@ -216,10 +220,7 @@ impl Db {
         );
         Ok(it.map(move |item| {
             let (k, v) = item.map_err(|e| self.engine_err(e))?;
-            let plain = self
-                .cipher
-                .open(&location(cf, &k), &v)
-                .map_err(|e| self.corruption(cf, e))?;
+            let plain = self.open_row(cf, &k, &v)?;
             Ok((k, plain))
         }))
     }

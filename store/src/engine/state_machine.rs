@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::codec::{Reader, Writer};
 use crate::command::{KeyMeta, KeyValue, Response, Value};
-use crate::engine::db::{location, Db, CF_EVENTS, CF_KV, CF_META};
+use crate::engine::db::{Db, CF_EVENTS, CF_KV, CF_META};
 use crate::engine::snapshots::{Meta, Snapshots};
 use crate::engine::watch::{HISTORY_PAGE_BYTES, HISTORY_PAGE_EVENTS};
 use crate::error::Error;
@@ -265,11 +265,7 @@ impl Shared {
                 let raw = row
                     .map_err(|e| self.db.engine_err(e))?
                     .ok_or_else(|| self.db.corruption(CF_KV, "a live key's row is missing"))?;
-                let plain = self
-                    .db
-                    .cipher
-                    .open(&location(CF_KV, hash), &raw)
-                    .map_err(|e| self.db.corruption(CF_KV, e))?;
+                let plain = self.db.open_row(CF_KV, hash, &raw)?;
                 out.push(decode_kv_row(&self.db, hash, &plain)?);
             }
         }
@@ -381,11 +377,7 @@ impl Shared {
                 compacted: 0,
             },
             Some(raw) => {
-                let plain = self
-                    .db
-                    .cipher
-                    .open(&location(CF_META, META_SM), &raw)
-                    .map_err(|e| self.db.corruption(CF_META, e))?;
+                let plain = self.db.open_row(CF_META, META_SM, &raw)?;
                 decode_pointer(&plain).map_err(|e| self.db.corruption(CF_META, e))?
             }
         };
@@ -408,11 +400,7 @@ impl Shared {
         let kv_cf = self.db.cf(CF_KV)?;
         for item in view.iterator_cf(kv_cf, rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db.engine_err(e))?;
-            let plain = self
-                .db
-                .cipher
-                .open(&location(CF_KV, &k), &v)
-                .map_err(|e| self.db.corruption(CF_KV, e))?;
+            let plain = self.db.open_row(CF_KV, &k, &v)?;
             w.push(decode_kv_row(&self.db, &k, &plain)?)
                 .map_err(Error::from)?;
         }
@@ -484,23 +472,15 @@ impl Shared {
                 });
             }
             // The first record whose last revision is at or past `from`.
-            self.db.db.iterator_cf(
-                self.db.cf(cf)?,
-                rocksdb::IteratorMode::From(&event_key(from), rocksdb::Direction::Forward),
-            )
+            self.db.scan_sealed(cf, &event_key(from))?
         };
         let mut page = HistoryPage {
             events: Vec::new(),
             covered_upto: upto,
         };
         let mut bytes = 0usize;
-        for item in it {
-            let (k, v) = item.map_err(|e| self.db.engine_err(e))?;
-            let plain = self
-                .db
-                .cipher
-                .open(&location(cf, &k), &v)
-                .map_err(|e| self.db.corruption(cf, e))?;
+        for row in it {
+            let (_, plain) = row?;
             let events = decode_events(&plain).map_err(|e| self.db.corruption(cf, e))?;
             let Some(last) = events.last().map(|e| e.revision) else {
                 return Err(self.db.corruption(cf, "empty events record"));
