@@ -11,7 +11,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use coffer_store::{Config, Consistency, DeleteOptions, Range, Store};
+use std::time::Duration;
+
+use coffer_store::{Config, Consistency, DeleteOptions, PutOptions, Range, Store};
 
 /// Coffer: a replicated, encrypted-at-rest state store and secrets vault.
 #[derive(Debug, Parser)]
@@ -48,7 +50,14 @@ enum KvCommand {
         key: String,
     },
     /// Stores VALUE (or standard input with `-` or nothing) under KEY; prints the revision.
-    Put { key: String, value: Option<String> },
+    Put {
+        /// Attach the key to this lease (its id from `kv lease grant`): the
+        /// key is deleted when the lease is revoked or runs out.
+        #[arg(long, value_parser = parse_lease_id)]
+        lease: Option<u64>,
+        key: String,
+        value: Option<String>,
+    },
     /// Deletes KEY; exit code 1 if it did not exist. With --prefix,
     /// deletes every key starting with KEY at one revision and prints how
     /// many (at most 1,024 at once; a larger range is refused whole).
@@ -71,6 +80,49 @@ enum KvCommand {
         #[arg(default_value = "")]
         prefix: String,
     },
+    /// Leases: keys put with one are deleted when it is revoked or when it
+    /// goes SECONDS without a keep-alive.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaseCommand {
+    /// Grants a lease of SECONDS (1 to 9,000,000,000); prints its id (16
+    /// hex digits, as etcd prints them).
+    Grant { seconds: u64 },
+    /// Revokes lease ID and deletes its keys; prints how many.
+    Revoke {
+        #[arg(value_parser = parse_lease_id)]
+        id: u64,
+    },
+    /// Keeps lease ID alive, renewing it every third of its time-to-live
+    /// and printing its time-to-live in seconds each time, until
+    /// interrupted (exit 0) or the lease is gone (exit 1).
+    KeepAlive {
+        /// Renew once, print the time-to-live, and exit.
+        #[arg(long)]
+        once: bool,
+        #[arg(value_parser = parse_lease_id)]
+        id: u64,
+    },
+    /// Lists the leases, a line per lease: id, time-to-live and seconds
+    /// left (both in seconds), and how many keys are attached, separated
+    /// by tabs.
+    Ls,
+}
+
+/// A lease id as `kv lease grant` prints it: hexadecimal, with or without
+/// `0x`.
+fn parse_lease_id(s: &str) -> Result<u64, String> {
+    let digits = s.strip_prefix("0x").unwrap_or(s);
+    match u64::from_str_radix(digits, 16) {
+        Ok(0) => Err("lease id 0 means no lease".into()),
+        Ok(id) => Ok(id),
+        Err(_) => Err(format!(
+            "{s:?} is not a lease id (the hexadecimal id `kv lease grant` printed)"
+        )),
+    }
 }
 
 /// Standard input, at most one byte more than a request may carry.
@@ -114,7 +166,7 @@ async fn kv(store: &Store, cmd: KvCommand) -> Result<ExitCode> {
                 }
             }
         }
-        KvCommand::Put { key, value } => {
+        KvCommand::Put { lease, key, value } => {
             let value = match value.as_deref() {
                 None | Some("-") => read_stdin()?,
                 Some(v) => v.as_bytes().to_vec(),
@@ -125,8 +177,12 @@ async fn kv(store: &Store, cmd: KvCommand) -> Result<ExitCode> {
                     coffer_store::MAX_REQUEST_BYTES
                 );
             }
-            let revision = store.put(key.as_bytes(), &value).await?;
-            writeln!(out, "{revision}")?;
+            let options = PutOptions {
+                lease: lease.unwrap_or(0),
+                ..PutOptions::default()
+            };
+            let put = store.put_with(key.as_bytes(), &value, options).await?;
+            writeln!(out, "{}", put.revision)?;
             Ok(ExitCode::SUCCESS)
         }
         KvCommand::Del { prefix: true, key } => {
@@ -165,7 +221,78 @@ async fn kv(store: &Store, cmd: KvCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        KvCommand::Lease(cmd) => lease(store, cmd, &mut out).await,
     }
+}
+
+async fn lease(store: &Store, cmd: LeaseCommand, out: &mut impl Write) -> Result<ExitCode> {
+    match lease_command(store, cmd, out).await {
+        Err(e) => match e.downcast_ref::<coffer_store::Error>() {
+            Some(e @ coffer_store::Error::LeaseNotFound { .. }) => {
+                eprintln!("coffer: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+            _ => Err(e),
+        },
+        ok => ok,
+    }
+}
+
+async fn lease_command(store: &Store, cmd: LeaseCommand, out: &mut impl Write) -> Result<ExitCode> {
+    match cmd {
+        LeaseCommand::Grant { seconds } => {
+            let lease = store.lease_grant(Duration::from_secs(seconds)).await?;
+            writeln!(out, "{:016x}", lease.id)?;
+        }
+        LeaseCommand::Revoke { id } => {
+            let revoked = store.lease_revoke(id).await?;
+            writeln!(out, "{}", revoked.deleted)?;
+        }
+        LeaseCommand::KeepAlive { once: true, id } => {
+            let ttl = store.lease_keep_alive(id).await?;
+            writeln!(out, "{}", ttl.as_secs())?;
+        }
+        LeaseCommand::KeepAlive { once: false, id } => {
+            let mut interrupted = std::pin::pin!(interrupted());
+            loop {
+                let ttl = store.lease_keep_alive(id).await?;
+                writeln!(out, "{}", ttl.as_secs())?;
+                out.flush()?;
+                tokio::select! {
+                    signal = &mut interrupted => {
+                        signal?;
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    _ = tokio::time::sleep((ttl / 3).max(Duration::from_millis(500))) => {}
+                }
+            }
+        }
+        LeaseCommand::Ls => {
+            for l in store.leases(Consistency::Linearizable).await? {
+                writeln!(
+                    out,
+                    "{:016x}\t{}\t{}\t{}",
+                    l.id,
+                    l.ttl.as_secs(),
+                    l.remaining.as_secs(),
+                    l.keys
+                )?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupted() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -32,6 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             success: vec![Op::Put {
                 key: b"lock".to_vec(),
                 value: Value(b"me".to_vec()),
+                lease: 0,
             }],
             failure: vec![],
         })

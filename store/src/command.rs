@@ -21,12 +21,16 @@ pub const MAX_BATCH_REQUESTS: usize = 1024;
 const COMMAND_VERSION: u8 = 1;
 /// Request option flags (tags 4 to 6).
 const FLAG_PREV_KV: u8 = 1;
+/// A put's options byte: a lease id (u64) follows.
+const FLAG_LEASE: u8 = 2;
+/// Longest lease time-to-live, in seconds (etcd's limit).
+pub const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
 
 /// An options byte: unknown bits are refused, so a later option is never
 /// silently dropped by an older build.
-fn flags(r: &mut Reader<'_>) -> Result<u8, DecodeError> {
+fn flags(r: &mut Reader<'_>, known: u8) -> Result<u8, DecodeError> {
     let f = r.u8("request flags")?;
-    if f & !FLAG_PREV_KV != 0 {
+    if f & !known != 0 {
         return Err(DecodeError::Invalid {
             what: "request flags",
             reason: "unknown option bits",
@@ -131,6 +135,9 @@ pub struct KeyMeta {
     pub mod_revision: u64,
     /// Number of puts since creation (1 after the first).
     pub version: u64,
+    /// The lease the key is attached to (0: none): the key is deleted when
+    /// the lease expires or is revoked.
+    pub lease: u64,
 }
 
 /// A key with its value and metadata.
@@ -231,9 +238,19 @@ pub struct Compare {
 /// One operation of a transaction branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Value },
-    Delete { key: Vec<u8> },
-    Get { key: Vec<u8> },
+    /// A put; `lease` attaches the key to a lease (0: none), which must
+    /// exist or the whole transaction is refused.
+    Put {
+        key: Vec<u8>,
+        value: Value,
+        lease: u64,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    Get {
+        key: Vec<u8>,
+    },
 }
 
 /// A compare-and-swap transaction: if every compare holds, run `success`,
@@ -245,14 +262,28 @@ pub struct Txn {
     pub failure: Vec<Op>,
 }
 
+impl Op {
+    /// A put with no lease.
+    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: Value(value.into()),
+            lease: 0,
+        }
+    }
+}
+
 /// A state-changing request. `prev_kv` asks for the key's previous value
 /// and metadata in the response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    /// Puts `value` under `key`; `lease` attaches the key to a lease (0:
+    /// none, which also detaches it from a lease it had).
     Put {
         key: Vec<u8>,
         value: Value,
         prev_kv: bool,
+        lease: u64,
     },
     Delete {
         key: Vec<u8>,
@@ -271,6 +302,22 @@ pub enum Request {
     /// `Compacted`. A revision past the store's is refused.
     Compact {
         revision: u64,
+    },
+    /// Creates lease `id` (chosen by the proposer, never 0) with a
+    /// time-to-live in seconds. The member that leads counts it down and
+    /// revokes it through Raft once it has gone `ttl_secs` without a grant
+    /// or keep-alive.
+    LeaseGrant {
+        id: u64,
+        ttl_secs: u64,
+    },
+    /// Deletes lease `id` and every key attached to it, at one revision.
+    LeaseRevoke {
+        id: u64,
+    },
+    /// Restarts lease `id`'s countdown.
+    LeaseKeepAlive {
+        id: u64,
     },
 }
 
@@ -307,6 +354,11 @@ pub enum Rejection {
     TooManyKeys { keys: u64, limit: u64 },
     /// A compaction past the store's revision.
     FutureRevision { requested: u64, current: u64 },
+    /// The lease named does not exist (it expired, was revoked, or never
+    /// was).
+    LeaseNotFound { id: u64 },
+    /// A grant named a lease id that is taken.
+    LeaseExists { id: u64 },
 }
 
 /// The result of applying one [`Request`].
@@ -338,6 +390,22 @@ pub enum Response {
         revision: u64,
         compacted: u64,
     },
+    /// A lease was granted (a grant changes no key and takes no revision).
+    LeaseGrant {
+        id: u64,
+        ttl_secs: u64,
+    },
+    /// A lease was revoked, with `deleted` keys, at `revision` (the
+    /// store's, if it had no keys).
+    LeaseRevoke {
+        revision: u64,
+        deleted: u64,
+    },
+    /// A lease's countdown restarted from its full time-to-live.
+    LeaseKeepAlive {
+        id: u64,
+        ttl_secs: u64,
+    },
     Rejected(Rejection),
 }
 
@@ -364,6 +432,21 @@ impl Request {
             }
             .validate(),
             Request::Compact { .. } => Ok(()),
+            Request::LeaseGrant { id, ttl_secs } => {
+                if *id == 0 {
+                    return Err("lease id 0 is reserved (it means no lease)");
+                }
+                if *ttl_secs == 0 || *ttl_secs > MAX_LEASE_TTL_SECS {
+                    return Err("lease time-to-live must be 1 to 9,000,000,000 seconds");
+                }
+                Ok(())
+            }
+            Request::LeaseRevoke { id } | Request::LeaseKeepAlive { id } => {
+                if *id == 0 {
+                    return Err("lease id 0 is reserved (it means no lease)");
+                }
+                Ok(())
+            }
             Request::Txn(t) => {
                 if t.compares.len() + t.success.len() + t.failure.len() > MAX_TXN_OPS {
                     return Err("transaction has more than 1024 compares and operations");
@@ -386,7 +469,12 @@ impl Request {
 
 fn encode_op(w: &mut Writer, op: &Op) {
     match op {
-        Op::Put { key, value } => w.u8(1).bytes(key).bytes(&value.0),
+        Op::Put {
+            key,
+            value,
+            lease: 0,
+        } => w.u8(1).bytes(key).bytes(&value.0),
+        Op::Put { key, value, lease } => w.u8(4).bytes(key).bytes(&value.0).u64(*lease),
         Op::Delete { key } => w.u8(2).bytes(key),
         Op::Get { key } => w.u8(3).bytes(key),
     };
@@ -394,9 +482,10 @@ fn encode_op(w: &mut Writer, op: &Op) {
 
 fn decode_op(r: &mut Reader<'_>) -> Result<Op, DecodeError> {
     Ok(match r.u8("op tag")? {
-        1 => Op::Put {
+        tag @ (1 | 4) => Op::Put {
             key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
             value: Value(r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec()),
+            lease: if tag == 4 { r.u64("lease")? } else { 0 },
         },
         2 => Op::Delete {
             key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
@@ -429,12 +518,24 @@ impl Request {
                 key,
                 value,
                 prev_kv: false,
+                lease: 0,
             } => w.u8(1).bytes(key).bytes(&value.0),
             Request::Put {
                 key,
                 value,
-                prev_kv: true,
-            } => w.u8(4).bytes(key).bytes(&value.0).u8(FLAG_PREV_KV),
+                prev_kv,
+                lease,
+            } => {
+                let mut f = if *prev_kv { FLAG_PREV_KV } else { 0 };
+                if *lease != 0 {
+                    f |= FLAG_LEASE;
+                }
+                w.u8(4).bytes(key).bytes(&value.0).u8(f);
+                if *lease != 0 {
+                    w.u64(*lease);
+                }
+                w
+            }
             Request::Delete {
                 key,
                 prev_kv: false,
@@ -453,6 +554,9 @@ impl Request {
                 w.u8(if *prev_kv { FLAG_PREV_KV } else { 0 })
             }
             Request::Compact { revision } => w.u8(7).u64(*revision),
+            Request::LeaseGrant { id, ttl_secs } => w.u8(8).u64(*id).u64(*ttl_secs),
+            Request::LeaseRevoke { id } => w.u8(9).u64(*id),
+            Request::LeaseKeepAlive { id } => w.u8(10).u64(*id),
             Request::Txn(t) => {
                 w.u8(3);
                 w.count(t.compares.len(), "compare count");
@@ -483,14 +587,29 @@ impl Request {
 
     pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(match r.u8("request tag")? {
-            tag @ (1 | 4) => Request::Put {
-                key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
-                value: Value(r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec()),
-                prev_kv: tag == 4 && flags(r)? & FLAG_PREV_KV != 0,
-            },
+            tag @ (1 | 4) => {
+                let key = r.bytes(MAX_KEY_BYTES, "key")?.to_vec();
+                let value = Value(r.bytes(MAX_REQUEST_BYTES, "value")?.to_vec());
+                let f = if tag == 4 {
+                    flags(r, FLAG_PREV_KV | FLAG_LEASE)?
+                } else {
+                    0
+                };
+                let lease = if f & FLAG_LEASE != 0 {
+                    r.u64("lease")?
+                } else {
+                    0
+                };
+                Request::Put {
+                    key,
+                    value,
+                    prev_kv: f & FLAG_PREV_KV != 0,
+                    lease,
+                }
+            }
             tag @ (2 | 5) => Request::Delete {
                 key: r.bytes(MAX_KEY_BYTES, "key")?.to_vec(),
-                prev_kv: tag == 5 && flags(r)? & FLAG_PREV_KV != 0,
+                prev_kv: tag == 5 && flags(r, FLAG_PREV_KV)? & FLAG_PREV_KV != 0,
             },
             6 => Request::DeleteRange {
                 start: r.bytes(MAX_KEY_BYTES + 1, "range start")?.to_vec(),
@@ -499,10 +618,20 @@ impl Request {
                 } else {
                     None
                 },
-                prev_kv: flags(r)? & FLAG_PREV_KV != 0,
+                prev_kv: flags(r, FLAG_PREV_KV)? & FLAG_PREV_KV != 0,
             },
             7 => Request::Compact {
                 revision: r.u64("compact revision")?,
+            },
+            8 => Request::LeaseGrant {
+                id: r.u64("lease id")?,
+                ttl_secs: r.u64("lease ttl")?,
+            },
+            9 => Request::LeaseRevoke {
+                id: r.u64("lease id")?,
+            },
+            10 => Request::LeaseKeepAlive {
+                id: r.u64("lease id")?,
             },
             3 => {
                 let n = r.count_at_most(5, MAX_TXN_OPS, "compare count")?;
@@ -611,11 +740,13 @@ mod tests {
                 key: b"a".to_vec(),
                 value: Value(b"1".to_vec()),
                 prev_kv: false,
+                lease: 0,
             },
             Request::Put {
                 key: b"a".to_vec(),
                 value: Value(b"1".to_vec()),
                 prev_kv: true,
+                lease: 0,
             },
             Request::Delete {
                 key: b"b".to_vec(),
@@ -636,6 +767,24 @@ mod tests {
                 prev_kv: false,
             },
             Request::Compact { revision: 12 },
+            Request::Put {
+                key: b"a".to_vec(),
+                value: Value(b"1".to_vec()),
+                prev_kv: false,
+                lease: 42,
+            },
+            Request::Put {
+                key: b"a".to_vec(),
+                value: Value(b"1".to_vec()),
+                prev_kv: true,
+                lease: 42,
+            },
+            Request::LeaseGrant {
+                id: 42,
+                ttl_secs: 10,
+            },
+            Request::LeaseRevoke { id: 42 },
+            Request::LeaseKeepAlive { id: 42 },
             Request::Txn(Txn {
                 compares: vec![
                     Compare {
@@ -659,7 +808,15 @@ mod tests {
                         check: Check::Absent,
                     },
                 ],
-                success: vec![Op::Get { key: b"a".to_vec() }],
+                success: vec![
+                    Op::Get { key: b"a".to_vec() },
+                    Op::Put {
+                        key: b"a".to_vec(),
+                        value: Value(b"2".to_vec()),
+                        lease: 42,
+                    },
+                    Op::put(b"b".to_vec(), b"3".to_vec()),
+                ],
                 failure: vec![Op::Delete { key: b"a".to_vec() }],
             }),
         ];
@@ -686,6 +843,7 @@ mod tests {
             key: b"k".to_vec(),
             value: Value(b"hunter2".to_vec()),
             prev_kv: true,
+            lease: 0,
         };
         assert!(!format!("{c:?}").contains("hunter2"));
         let kv = KeyValue {
@@ -716,7 +874,8 @@ mod tests {
             Request::Put {
                 key: b"k".to_vec(),
                 value: Value(b"v".to_vec()),
-                prev_kv: false
+                prev_kv: false,
+                lease: 0
             }
         );
         assert_eq!(

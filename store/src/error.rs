@@ -77,6 +77,12 @@ pub enum Error {
     /// A malformed argument (empty or oversized key, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The lease does not exist: it expired, was revoked, or never was.
+    #[error("lease {id:016x} not found (it expired, was revoked, or never existed)")]
+    LeaseNotFound { id: u64 },
+    /// A grant named a lease id that is already taken.
+    #[error("lease {id:016x} already exists")]
+    LeaseExists { id: u64 },
     /// Stored data failed to decode or authenticate.
     #[error("corruption in {location}: {detail}")]
     Corruption { location: String, detail: String },
@@ -138,6 +144,8 @@ impl Error {
                 oldest: *oldest,
             },
             Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
+            Error::LeaseNotFound { id } => Error::LeaseNotFound { id: *id },
+            Error::LeaseExists { id } => Error::LeaseExists { id: *id },
             Error::Corruption { location, detail } => Error::Corruption {
                 location: location.clone(),
                 detail: detail.clone(),

@@ -7,6 +7,7 @@
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::command::KeyValue;
+use crate::snapshot::KvLayout;
 
 /// What happened to a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +25,9 @@ pub struct Event {
     pub kv: KeyValue,
 }
 
-/// Format of an `events` row (version 1 held one event per row).
-const EVENTS_VERSION: u8 = 2;
+/// Format of an `events` row (version 1 held one event per row; version 2
+/// records had no lease, which version 3 added).
+const EVENTS_VERSION: u8 = 3;
 
 /// Encodes the events of one applied batch (one sealed `events` row).
 pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, crate::codec::EncodeError> {
@@ -48,17 +50,26 @@ pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, crate::codec::EncodeEr
 /// Decodes what [`encode_events`] wrote.
 pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
     let mut r = Reader::new(bytes);
-    r.version(EVENTS_VERSION, "events version")?;
+    let layout = match r.u8("events version")? {
+        2 => KvLayout::V1,
+        EVENTS_VERSION => KvLayout::WithLease,
+        version => {
+            return Err(DecodeError::UnknownVersion {
+                what: "events version",
+                version,
+            })
+        }
+    };
     let n = r.count(42, "event count")?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        out.push(decode_event(&mut r)?);
+        out.push(decode_event(&mut r, layout)?);
     }
     r.finish("events")?;
     Ok(out)
 }
 
-fn decode_event(r: &mut Reader<'_>) -> Result<Event, DecodeError> {
+fn decode_event(r: &mut Reader<'_>, layout: KvLayout) -> Result<Event, DecodeError> {
     let revision = r.u64("event revision")?;
     let kind = match r.u8("event kind")? {
         1 => EventKind::Put,
@@ -70,6 +81,6 @@ fn decode_event(r: &mut Reader<'_>) -> Result<Event, DecodeError> {
             })
         }
     };
-    let kv = crate::snapshot::decode_kv(r)?;
+    let kv = crate::snapshot::decode_kv(r, layout)?;
     Ok(Event { revision, kind, kv })
 }

@@ -15,7 +15,7 @@ pub mod types;
 
 pub use command::{
     Check, CmpOp, Command, Compare, KeyMeta, KeyValue, Op, OpResult, Rejection, Request, Response,
-    Txn, Value, MAX_DELETE_RANGE_KEYS, MAX_KEY_BYTES, MAX_REQUEST_BYTES,
+    Txn, Value, MAX_DELETE_RANGE_KEYS, MAX_KEY_BYTES, MAX_LEASE_TTL_SECS, MAX_REQUEST_BYTES,
 };
 pub use event::{Event, EventKind};
 pub use range::{prefix_end, Range, RangeResult};
@@ -54,9 +54,11 @@ pub use engine::blocking;
 #[cfg(feature = "engine")]
 pub use engine::network::{NoPeers, Transport, TransportError};
 #[cfg(feature = "engine")]
+pub use engine::state_machine::LeaseInfo;
+#[cfg(feature = "engine")]
 pub use engine::store::{
-    snapshot_frames, Consistency, DeleteOptions, DeleteRangeResult, DeleteResult, PutOptions,
-    PutResult, SnapshotReceiver, Store, TxnResult,
+    snapshot_frames, Consistency, DeleteOptions, DeleteRangeResult, DeleteResult, Lease,
+    LeaseRevokeResult, PutOptions, PutResult, SnapshotReceiver, Store, TxnResult,
 };
 #[cfg(feature = "engine")]
 pub use engine::watch::{Watch, WatchFilter, WatchItem, WatchOptions};

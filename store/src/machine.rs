@@ -7,7 +7,7 @@
 //! takes the next revision, shared by all of its changes (a transaction is
 //! one revision). Commands that change nothing leave it where it is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::command::{
     Check, KeyMeta, KeyValue, Op, OpResult, Rejection, Request, Response, MAX_DELETE_RANGE_KEYS,
@@ -20,11 +20,23 @@ pub struct IndexEntry {
     pub value_len: u64,
 }
 
+/// A lease as every member keeps it. When it runs out is not part of the
+/// replicated state (clocks differ): the engine counts it down from each
+/// grant and keep-alive it applies, and only the leader acts on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lease {
+    pub ttl_secs: u64,
+    /// The live keys attached to it.
+    pub keys: BTreeSet<Vec<u8>>,
+}
+
 /// The plaintext in-memory index over the live keys (names are hashed on
 /// disk, so ordering and prefix scans need this).
 #[derive(Debug, Clone, Default)]
 pub struct Index {
     pub keys: BTreeMap<Vec<u8>, IndexEntry>,
+    /// The leases, by id.
+    pub leases: BTreeMap<u64, Lease>,
     /// The revision of the last change.
     pub revision: u64,
     /// Sum of key and value lengths over live keys: what the quota limits.
@@ -42,14 +54,13 @@ pub enum Mutation {
     Delete {
         key: Vec<u8>,
     },
-}
-
-impl Mutation {
-    pub fn key(&self) -> &[u8] {
-        match self {
-            Mutation::Put { key, .. } | Mutation::Delete { key } => key,
-        }
-    }
+    PutLease {
+        id: u64,
+        ttl_secs: u64,
+    },
+    DeleteLease {
+        id: u64,
+    },
 }
 
 /// Reads the current value of a live key (from disk, or from changes of the
@@ -69,30 +80,68 @@ impl Index {
     }
 
     /// Adds a live key as stored (on disk or in a snapshot), keeping
-    /// `used_bytes` right; revisions are not touched.
-    pub fn insert_live(&mut self, key: Vec<u8>, meta: KeyMeta, value_len: u64) {
+    /// `used_bytes` and its lease's keys right; revisions are not touched.
+    /// Returns false if the key names a lease the index does not hold
+    /// (the key is added all the same; the caller reports the damage).
+    /// Leases are inserted first.
+    pub fn insert_live(&mut self, key: Vec<u8>, meta: KeyMeta, value_len: u64) -> bool {
         let key_len = key.len() as u64;
-        if let Some(old) = self.keys.insert(key, IndexEntry { meta, value_len }) {
+        if let Some(old) = self.keys.get(&key).copied() {
             self.used_bytes = self
                 .used_bytes
                 .saturating_sub(key_len.saturating_add(old.value_len));
+            self.detach(&key, old.meta.lease);
         }
+        let known = self.attach(&key, meta.lease);
+        self.keys.insert(key, IndexEntry { meta, value_len });
         self.used_bytes = self
             .used_bytes
             .saturating_add(key_len.saturating_add(value_len));
+        known
     }
 
-    fn put(&mut self, key: &[u8], value_len: u64, revision: u64) -> KeyMeta {
+    /// Adds a lease as stored (on disk or in a snapshot), without keys.
+    pub fn insert_lease(&mut self, id: u64, ttl_secs: u64) {
+        self.leases.entry(id).or_default().ttl_secs = ttl_secs;
+    }
+
+    /// Records that `key` is attached to `lease`; false if no such lease.
+    fn attach(&mut self, key: &[u8], lease: u64) -> bool {
+        if lease == 0 {
+            return true;
+        }
+        match self.leases.get_mut(&lease) {
+            Some(l) => {
+                l.keys.insert(key.to_vec());
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn detach(&mut self, key: &[u8], lease: u64) {
+        if lease != 0 {
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.keys.remove(key);
+            }
+        }
+    }
+
+    /// Puts a key of `value_len` bytes attached to `lease` (which the
+    /// caller checked exists).
+    fn put(&mut self, key: &[u8], value_len: u64, revision: u64, lease: u64) -> KeyMeta {
         let meta = match self.keys.get(key) {
             Some(old) => KeyMeta {
                 create_revision: old.meta.create_revision,
                 mod_revision: revision,
                 version: old.meta.version.saturating_add(1),
+                lease,
             },
             None => KeyMeta {
                 create_revision: revision,
                 mod_revision: revision,
                 version: 1,
+                lease,
             },
         };
         if let Some(old) = self
@@ -102,7 +151,11 @@ impl Index {
             self.used_bytes = self
                 .used_bytes
                 .saturating_sub(entry_bytes(key, old.value_len));
+            if old.meta.lease != lease {
+                self.detach(key, old.meta.lease);
+            }
         }
+        self.attach(key, lease);
         self.used_bytes = self.used_bytes.saturating_add(entry_bytes(key, value_len));
         meta
     }
@@ -122,6 +175,7 @@ impl Index {
                 self.used_bytes = self
                     .used_bytes
                     .saturating_sub(entry_bytes(key, old.value_len));
+                self.detach(key, old.meta.lease);
                 true
             }
             None => false,
@@ -134,13 +188,19 @@ impl Index {
             self.used_bytes = self
                 .used_bytes
                 .saturating_sub(entry_bytes(&key, cur.value_len));
+            self.detach(&key, cur.meta.lease);
         }
         if let Some(p) = prior {
             self.used_bytes = self
                 .used_bytes
                 .saturating_add(entry_bytes(&key, p.value_len));
+            self.attach(&key, p.meta.lease);
             self.keys.insert(key, p);
         }
+    }
+
+    fn lacks_lease(&self, lease: u64) -> bool {
+        lease != 0 && !self.leases.contains_key(&lease)
     }
 }
 
@@ -159,7 +219,11 @@ pub fn apply<V: Values>(
             key,
             value,
             prev_kv,
+            lease,
         } => {
+            if index.lacks_lease(*lease) {
+                return Ok((lease_not_found(*lease), vec![]));
+            }
             let len = value.0.len() as u64;
             let old = index.get(key).map_or(0, |e| entry_bytes(key, e.value_len));
             let new = entry_bytes(key, len);
@@ -170,7 +234,7 @@ pub fn apply<V: Values>(
                 ));
             }
             let prev_kv = previous(index, values, key, *prev_kv)?;
-            let meta = index.put(key, len, next);
+            let meta = index.put(key, len, next, *lease);
             index.revision = next;
             Ok((
                 Response::Put {
@@ -273,6 +337,49 @@ pub fn apply<V: Values>(
                 vec![],
             ))
         }
+        Request::LeaseGrant { id, ttl_secs } => {
+            if index.leases.contains_key(id) {
+                return Ok((
+                    Response::Rejected(Rejection::LeaseExists { id: *id }),
+                    vec![],
+                ));
+            }
+            index.insert_lease(*id, *ttl_secs);
+            Ok((
+                Response::LeaseGrant {
+                    id: *id,
+                    ttl_secs: *ttl_secs,
+                },
+                vec![Mutation::PutLease {
+                    id: *id,
+                    ttl_secs: *ttl_secs,
+                }],
+            ))
+        }
+        Request::LeaseRevoke { id } => {
+            let Some(lease) = index.leases.remove(id) else {
+                return Ok((lease_not_found(*id), vec![]));
+            };
+            let mut mutations = Vec::with_capacity(lease.keys.len() + 1);
+            for key in lease.keys {
+                index.delete(&key);
+                mutations.push(Mutation::Delete { key });
+            }
+            let deleted = mutations.len() as u64;
+            let revision = index.advance(deleted > 0);
+            mutations.push(Mutation::DeleteLease { id: *id });
+            Ok((Response::LeaseRevoke { revision, deleted }, mutations))
+        }
+        Request::LeaseKeepAlive { id } => match index.leases.get(id) {
+            None => Ok((lease_not_found(*id), vec![])),
+            Some(lease) => Ok((
+                Response::LeaseKeepAlive {
+                    id: *id,
+                    ttl_secs: lease.ttl_secs,
+                },
+                vec![],
+            )),
+        },
         Request::Txn(txn) => {
             let mut succeeded = true;
             for c in &txn.compares {
@@ -286,6 +393,13 @@ pub fn apply<V: Values>(
             } else {
                 &txn.failure
             };
+            for op in ops {
+                if let Op::Put { lease, .. } = op {
+                    if index.lacks_lease(*lease) {
+                        return Ok((lease_not_found(*lease), vec![]));
+                    }
+                }
+            }
             let used_before = index.used_bytes;
             let mut undo: Vec<(Vec<u8>, Option<IndexEntry>)> = Vec::new();
             // Values written earlier in this transaction, visible to its later gets.
@@ -294,9 +408,9 @@ pub fn apply<V: Values>(
             let mut results = Vec::with_capacity(ops.len());
             for op in ops {
                 match op {
-                    Op::Put { key, value } => {
+                    Op::Put { key, value, lease } => {
                         undo.push((key.clone(), index.get(key).copied()));
-                        let meta = index.put(key, value.0.len() as u64, next);
+                        let meta = index.put(key, value.0.len() as u64, next, *lease);
                         written.insert(key, Some(&value.0));
                         mutations.push(Mutation::Put {
                             key: key.clone(),
@@ -355,6 +469,10 @@ pub fn apply<V: Values>(
             ))
         }
     }
+}
+
+fn lease_not_found(id: u64) -> Response {
+    Response::Rejected(Rejection::LeaseNotFound { id })
 }
 
 fn over_quota(index: &Index, requested_bytes: u64, quota_bytes: u64) -> Rejection {
@@ -441,6 +559,7 @@ mod tests {
                     Mutation::Delete { key } => {
                         self.values.remove(&key);
                     }
+                    Mutation::PutLease { .. } | Mutation::DeleteLease { .. } => {}
                 }
             }
             resp
@@ -452,6 +571,7 @@ mod tests {
             key: k.into(),
             value: Value(v.into()),
             prev_kv: false,
+            lease: 0,
         }
     }
 
@@ -478,7 +598,8 @@ mod tests {
             KeyMeta {
                 create_revision: 1,
                 mod_revision: 2,
-                version: 2
+                version: 2,
+                lease: 0
             }
         );
         assert_eq!(
@@ -526,6 +647,7 @@ mod tests {
                     Op::Put {
                         key: b"lock".to_vec(),
                         value: Value(new.into()),
+                        lease: 0,
                     },
                     Op::Get {
                         key: b"lock".to_vec(),
@@ -560,6 +682,7 @@ mod tests {
             success: vec![Op::Put {
                 key: b"new".to_vec(),
                 value: Value(b"x".to_vec()),
+                lease: 0,
             }],
             failure: vec![],
         });
@@ -612,6 +735,7 @@ mod tests {
                 Op::Put {
                     key: b"c".to_vec(),
                     value: Value(vec![0; 100]),
+                    lease: 0,
                 },
             ],
             failure: vec![],
@@ -620,5 +744,75 @@ mod tests {
         assert!(m.index.get(b"a").is_some(), "rejected txn was rolled back");
         assert_eq!(m.index.used_bytes, 2);
         assert_eq!(m.index.revision, 2);
+    }
+
+    /// A lease's key set follows every change: puts onto and off it,
+    /// deletes, a transaction rolled back by the quota, and its revocation
+    /// (all keys at one revision).
+    #[test]
+    fn lease_key_sets_follow_every_change() {
+        let mut m = Model::default();
+        let grant = Request::LeaseGrant { id: 7, ttl_secs: 5 };
+        assert_eq!(
+            m.run(grant.clone(), u64::MAX),
+            Response::LeaseGrant { id: 7, ttl_secs: 5 }
+        );
+        assert!(matches!(
+            m.run(grant, u64::MAX),
+            Response::Rejected(Rejection::LeaseExists { id: 7 })
+        ));
+        let leased = |k: &str| Request::Put {
+            key: k.into(),
+            value: Value(b"v".to_vec()),
+            prev_kv: false,
+            lease: 7,
+        };
+        m.run(leased("a"), u64::MAX);
+        m.run(leased("b"), u64::MAX);
+        m.run(leased("c"), u64::MAX);
+        m.run(put("b", "off"), u64::MAX);
+        m.run(
+            Request::Delete {
+                key: b"c".to_vec(),
+                prev_kv: false,
+            },
+            u64::MAX,
+        );
+        let keys = |m: &Model| m.index.leases[&7].keys.iter().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&m), vec![b"a".to_vec()]);
+        // Rolled back by the quota: `b` stays off the lease.
+        let big = Request::Txn(Txn {
+            compares: vec![],
+            success: vec![
+                Op::Put {
+                    key: b"b".to_vec(),
+                    value: Value(b"v".to_vec()),
+                    lease: 7,
+                },
+                Op::put(b"huge".to_vec(), vec![0; 100]),
+            ],
+            failure: vec![],
+        });
+        assert!(matches!(m.run(big, 50), Response::Rejected(_)));
+        assert_eq!(keys(&m), vec![b"a".to_vec()]);
+        assert_eq!(m.index.get(b"b").unwrap().meta.lease, 0);
+        let rev = m.index.revision;
+        assert_eq!(
+            m.run(Request::LeaseRevoke { id: 7 }, u64::MAX),
+            Response::LeaseRevoke {
+                revision: rev + 1,
+                deleted: 1
+            }
+        );
+        assert!(m.index.get(b"a").is_none() && m.index.leases.is_empty());
+        assert!(matches!(
+            m.run(Request::LeaseKeepAlive { id: 7 }, u64::MAX),
+            Response::Rejected(Rejection::LeaseNotFound { id: 7 })
+        ));
+        assert!(matches!(
+            m.run(leased("d"), u64::MAX),
+            Response::Rejected(Rejection::LeaseNotFound { id: 7 })
+        ));
+        assert_eq!(m.index.revision, rev + 1);
     }
 }

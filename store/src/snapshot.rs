@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! file  := (u32 BE len ‖ sealed frame)*
-//! frame := Header(meta, revision) · Records(kv*)* · End(frames, records)
+//! frame := Header(meta, revision) · Leases((id, ttl)*)* · Records(kv*)*
+//!          · End(frames, records)
 //! ```
+//!
+//! Frame version 2 added the `Leases` frames and a lease id on every
+//! record; version 1 frames (no leases) still decode, so a member still
+//! receives a snapshot from one running the older build.
 //!
 //! Each frame is sealed on its own, with the file's local id and the frame's
 //! position as associated data, so frames cannot be reordered, dropped or
@@ -37,7 +42,9 @@ use crate::types::{decode_snapshot_meta, encode_snapshot_meta, NodeId};
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Largest frame plaintext accepted (one maximal record plus slack).
 pub const MAX_FRAME_BYTES: usize = SNAPSHOT_CHUNK_BYTES + MAX_REQUEST_BYTES + 64 * 1024;
-const FRAME_VERSION: u8 = 1;
+const FRAME_VERSION: u8 = 2;
+/// Most leases in one `Leases` frame (16 bytes each).
+pub const LEASES_PER_FRAME: usize = 4096;
 
 /// A snapshot operation failed.
 #[derive(Debug, Error)]
@@ -66,8 +73,14 @@ pub struct SnapshotHeader {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Header(SnapshotHeader),
+    /// Leases as `(id, ttl_secs)`; they come before every record, so a
+    /// record's lease is known when it is installed.
+    Leases(Vec<(u64, u64)>),
     Records(Vec<KeyValue>),
-    End { frames: u64, records: u64 },
+    End {
+        frames: u64,
+        records: u64,
+    },
 }
 
 impl Frame {
@@ -90,6 +103,13 @@ impl Frame {
             Frame::End { frames, records } => {
                 w.u8(3).u64(*frames).u64(*records);
             }
+            Frame::Leases(leases) => {
+                w.u8(4);
+                w.count(leases.len(), "lease count");
+                for (id, ttl) in leases {
+                    w.u64(*id).u64(*ttl);
+                }
+            }
         }
         w.finish().map(Zeroizing::new)
     }
@@ -105,12 +125,16 @@ impl Frame {
         }
         let mut r = Reader::new(bytes);
         let version = r.u8("frame version")?;
-        if version != FRAME_VERSION {
-            return Err(DecodeError::UnknownVersion {
-                what: "snapshot frame",
-                version,
-            });
-        }
+        let layout = match version {
+            1 => KvLayout::V1,
+            FRAME_VERSION => KvLayout::WithLease,
+            version => {
+                return Err(DecodeError::UnknownVersion {
+                    what: "snapshot frame",
+                    version,
+                })
+            }
+        };
         let frame = match r.u8("frame tag")? {
             1 => Frame::Header(SnapshotHeader {
                 meta: decode_snapshot_meta(&mut r)?,
@@ -120,7 +144,7 @@ impl Frame {
                 let n = r.count(32, "record count")?;
                 let mut kvs = Vec::with_capacity(n);
                 for _ in 0..n {
-                    kvs.push(decode_kv(&mut r)?);
+                    kvs.push(decode_kv(&mut r, layout)?);
                 }
                 Frame::Records(kvs)
             }
@@ -128,6 +152,14 @@ impl Frame {
                 frames: r.u64("frame count")?,
                 records: r.u64("record count")?,
             },
+            4 if layout == KvLayout::WithLease => {
+                let n = r.count_at_most(16, LEASES_PER_FRAME, "lease count")?;
+                let mut leases = Vec::with_capacity(n);
+                for _ in 0..n {
+                    leases.push((r.u64("lease id")?, r.u64("lease ttl")?));
+                }
+                Frame::Leases(leases)
+            }
             tag => return Err(DecodeError::UnknownTag { what: "frame", tag }),
         };
         r.finish("snapshot frame")?;
@@ -135,17 +167,29 @@ impl Frame {
     }
 }
 
-/// Encodes a key/value record (also the plaintext of a `kv` row).
+/// Which layout a key/value record has: the first format's, or the one
+/// with the key's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvLayout {
+    /// Key, value, create revision, mod revision, version.
+    V1,
+    /// [`KvLayout::V1`] then the lease id.
+    WithLease,
+}
+
+/// Encodes a key/value record (also the plaintext of a `kv` row and of an
+/// event), in the [`KvLayout::WithLease`] layout.
 pub fn encode_kv(w: &mut Writer, kv: &KeyValue) {
     w.bytes(&kv.key)
         .bytes(&kv.value)
         .u64(kv.meta.create_revision)
         .u64(kv.meta.mod_revision)
-        .u64(kv.meta.version);
+        .u64(kv.meta.version)
+        .u64(kv.meta.lease);
 }
 
-/// Decodes what [`encode_kv`] wrote.
-pub fn decode_kv(r: &mut Reader<'_>) -> Result<KeyValue, DecodeError> {
+/// Decodes a record in `layout` ([`encode_kv`] writes the latest).
+pub fn decode_kv(r: &mut Reader<'_>, layout: KvLayout) -> Result<KeyValue, DecodeError> {
     let key = r.bytes(MAX_KEY_BYTES, "key")?.to_vec();
     if key.is_empty() {
         return Err(DecodeError::Invalid {
@@ -160,6 +204,10 @@ pub fn decode_kv(r: &mut Reader<'_>) -> Result<KeyValue, DecodeError> {
             create_revision: r.u64("create revision")?,
             mod_revision: r.u64("mod revision")?,
             version: r.u64("version")?,
+            lease: match layout {
+                KvLayout::V1 => 0,
+                KvLayout::WithLease => r.u64("lease")?,
+            },
         },
     })
 }
@@ -316,6 +364,10 @@ impl SnapshotReader {
             (Frame::Header(_), 0) => {}
             (Frame::Header(_), _) => return Err(self.corrupt("header frame after the first")),
             (_, 0) => return Err(self.corrupt("first frame is not a header")),
+            (Frame::Leases(_), _) if self.records > 0 => {
+                return Err(self.corrupt("leases frame after records"))
+            }
+            (Frame::Leases(_), _) => {}
             (Frame::Records(kvs), _) => self.records += kvs.len() as u64,
             (Frame::End { frames, records }, i) => {
                 if *frames != i || *records != self.records {
@@ -420,6 +472,10 @@ impl SnapshotWriter {
             (Frame::Header(_), 0) => Ok(()),
             (Frame::Header(_), _) => Err(SnapshotError::Sequence("second header frame")),
             (_, 0) => Err(SnapshotError::Sequence("first frame is not a header")),
+            (Frame::Leases(_), _) if self.records > 0 || !self.pending.is_empty() => {
+                Err(SnapshotError::Sequence("leases frame after records"))
+            }
+            (Frame::Leases(_), _) => Ok(()),
             (Frame::Records(kvs), _) => {
                 self.records += kvs.len() as u64;
                 Ok(())
@@ -441,6 +497,17 @@ impl SnapshotWriter {
         let frame = Frame::Header(header);
         self.check_order(&frame)?;
         self.seal_and_write(&frame.encode()?)
+    }
+
+    /// Writes leases as `(id, ttl_secs)`, in frames of at most
+    /// [`LEASES_PER_FRAME`]; every lease comes before the first record.
+    pub fn leases(&mut self, leases: &[(u64, u64)]) -> Result<(), SnapshotError> {
+        for chunk in leases.chunks(LEASES_PER_FRAME) {
+            let frame = Frame::Leases(chunk.to_vec());
+            self.check_order(&frame)?;
+            self.seal_and_write(&frame.encode()?)?;
+        }
+        Ok(())
     }
 
     /// Adds a record, writing a frame whenever a chunk's worth is pending.
@@ -532,6 +599,7 @@ mod tests {
                 create_revision: i as u64 + 1,
                 mod_revision: i as u64 + 1,
                 version: 1,
+                lease: 0,
             },
         }
     }
@@ -627,5 +695,53 @@ mod tests {
             Err(SnapshotError::Sequence(_))
         ));
         assert!(w.write_frame(&[1, 2, 3]).is_err());
+    }
+
+    /// Leases come after the header and before every record; a version 1
+    /// frame (from before leases) still decodes, its records on no lease.
+    #[test]
+    fn leases_precede_records_and_first_format_frames_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SnapshotWriter::create(dir.path(), "l", cipher()).unwrap();
+        w.header(header()).unwrap();
+        w.leases(&[(5, 60), (6, 1)]).unwrap();
+        w.push(kv(1, 1)).unwrap();
+        let f = w.finish().unwrap();
+        let mut r = f.reader().unwrap();
+        let mut seen = Vec::new();
+        while let Some((frame, _)) = r.next_frame().unwrap() {
+            seen.push(frame);
+        }
+        assert_eq!(seen[1], Frame::Leases(vec![(5, 60), (6, 1)]));
+        assert!(matches!(&seen[2], Frame::Records(kvs) if kvs.len() == 1));
+
+        let mut late = SnapshotWriter::create(dir.path(), "m", cipher()).unwrap();
+        late.header(header()).unwrap();
+        late.write_frame(&Frame::Records(vec![kv(1, 1)]).encode().unwrap())
+            .unwrap();
+        assert!(matches!(
+            late.write_frame(&Frame::Leases(vec![(1, 1)]).encode().unwrap()),
+            Err(SnapshotError::Sequence(_))
+        ));
+
+        let mut v1 = Writer::default();
+        v1.u8(1).u8(2).count(1, "kvs");
+        v1.bytes(b"k").bytes(b"v").u64(1).u64(2).u64(3);
+        let v1 = v1.finish().unwrap();
+        let Frame::Records(kvs) = Frame::decode(&v1).unwrap() else {
+            panic!("not records");
+        };
+        assert_eq!(
+            kvs[0].meta,
+            KeyMeta {
+                create_revision: 1,
+                mod_revision: 2,
+                version: 3,
+                lease: 0
+            }
+        );
+        let mut v1_leases = Writer::default();
+        v1_leases.u8(1).u8(4).count(0, "leases");
+        assert!(Frame::decode(&v1_leases.finish().unwrap()).is_err());
     }
 }

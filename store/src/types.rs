@@ -242,6 +242,7 @@ mod tests {
                         key: b"k".to_vec(),
                         value: Value(b"v".to_vec()),
                         prev_kv: false,
+                        lease: 0,
                     }],
                 }),
             },

@@ -52,10 +52,12 @@ async fn watch_replays_history_then_follows_live_changes() {
                 Op::Put {
                     key: b"app/c".to_vec(),
                     value: Value(b"3".to_vec()),
+                    lease: 0,
                 },
                 Op::Put {
                     key: b"app/d".to_vec(),
                     value: Value(b"4".to_vec()),
+                    lease: 0,
                 },
             ],
             failure: vec![],
@@ -232,6 +234,7 @@ async fn txn_compares_on_revision_version_and_value() {
             Op::Put {
                 key: b"cfg".to_vec(),
                 value: Value(b"v2".to_vec()),
+                lease: 0,
             },
             Op::Get {
                 key: b"cfg".to_vec(),
@@ -437,7 +440,10 @@ async fn prev_kv_range_deletes_and_ordered_compares() {
     use coffer_store::{DeleteOptions, PutOptions, Range, MAX_DELETE_RANGE_KEYS};
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
-    let prev = PutOptions { prev_kv: true };
+    let prev = PutOptions {
+        prev_kv: true,
+        ..PutOptions::default()
+    };
     let first = store.put_with(b"cfg", b"v1", prev).await.unwrap();
     assert_eq!(first.prev_kv, None);
     let second = store.put_with(b"cfg", b"v2", prev).await.unwrap();
@@ -493,6 +499,7 @@ async fn prev_kv_range_deletes_and_ordered_compares() {
                 .map(|i| Op::Put {
                     key: format!("many/{i:05}").into_bytes(),
                     value: Value(b"m".to_vec()),
+                    lease: 0,
                 })
                 .collect(),
             ..Txn::default()
@@ -695,4 +702,208 @@ async fn calls_after_shutdown_say_the_store_is_stopped() {
     assert!(matches!(watch.next().await, Err(Error::Stopped)));
     assert_eq!(Error::Stopped.to_string(), "the store is shut down");
     assert!(!Error::Stopped.is_retryable());
+}
+
+fn on_lease(lease: u64) -> coffer_store::PutOptions {
+    coffer_store::PutOptions {
+        lease,
+        ..coffer_store::PutOptions::default()
+    }
+}
+
+/// Waits (under a deadline) for `key` to be deleted, watching for it.
+async fn wait_deleted(store: &Store, key: &[u8], within: Duration) {
+    // Watch first, then look: a delete between the two is still seen.
+    let mut watch = store.watch(key, 0).unwrap();
+    if store.get(key).await.unwrap().is_none() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let e = tokio::time::timeout_at(deadline, watch.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{} outlived its lease by far", String::from_utf8_lossy(key))
+            })
+            .unwrap();
+        if e.kind == EventKind::Delete && e.kv.key == key {
+            return;
+        }
+    }
+}
+
+/// Leases: keys attached to one are deleted together, at one revision,
+/// when it is revoked; a put or a transaction naming a missing lease is
+/// refused and changes nothing; a put without a lease detaches the key.
+#[tokio::test]
+async fn revoking_a_lease_deletes_its_keys_at_one_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let hour = Duration::from_secs(3600);
+    let lease = store.lease_grant(hour).await.unwrap();
+    assert_ne!(lease.id, 0);
+    assert_eq!(lease.ttl, hour);
+    let before = store.revision().unwrap();
+    assert_eq!(before, 0, "a grant takes no revision");
+    for k in [&b"svc/a"[..], b"svc/b", b"svc/c"] {
+        store.put_with(k, b"up", on_lease(lease.id)).await.unwrap();
+    }
+    store.put(b"svc/plain", b"p").await.unwrap();
+    // A put without the lease detaches the key from it.
+    store.put(b"svc/c", b"kept").await.unwrap();
+    let kv = store
+        .get_kv(b"svc/a", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kv.meta.lease, lease.id);
+    assert_eq!(
+        store
+            .lease_keys(lease.id, Consistency::Linearizable)
+            .await
+            .unwrap(),
+        vec![b"svc/a".to_vec(), b"svc/b".to_vec()]
+    );
+    let infos = store.leases(Consistency::Linearizable).await.unwrap();
+    assert_eq!(infos.len(), 1);
+    assert_eq!(
+        (infos[0].id, infos[0].ttl, infos[0].keys),
+        (lease.id, hour, 2)
+    );
+    assert!(infos[0].remaining > Duration::from_secs(3500));
+    assert_eq!(store.lease_keep_alive(lease.id).await.unwrap(), hour);
+
+    // Missing leases: refused, nothing written.
+    let rev = store.revision().unwrap();
+    assert!(matches!(
+        store.put_with(b"svc/x", b"v", on_lease(12345)).await,
+        Err(Error::LeaseNotFound { id: 12345 })
+    ));
+    let txn = Txn {
+        success: vec![
+            Op::put(b"svc/y".to_vec(), b"v".to_vec()),
+            Op::Put {
+                key: b"svc/z".to_vec(),
+                value: Value(b"v".to_vec()),
+                lease: 999,
+            },
+        ],
+        ..Txn::default()
+    };
+    assert!(matches!(
+        store.txn(txn).await,
+        Err(Error::LeaseNotFound { id: 999 })
+    ));
+    assert!(store.get(b"svc/y").await.unwrap().is_none());
+    assert_eq!(store.revision().unwrap(), rev);
+    assert!(matches!(
+        store.lease_grant_with_id(lease.id, hour).await,
+        Err(Error::LeaseExists { .. })
+    ));
+    assert!(matches!(
+        store.lease_grant_with_id(0, hour).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        store.lease_grant(Duration::ZERO).await,
+        Err(Error::InvalidArgument(_))
+    ));
+
+    let mut watch = store.watch(b"svc/", rev + 1).unwrap();
+    let revoked = store.lease_revoke(lease.id).await.unwrap();
+    assert_eq!((revoked.revision, revoked.deleted), (rev + 1, 2));
+    for key in [&b"svc/a"[..], b"svc/b"] {
+        let e = next_event(&mut watch).await;
+        assert_eq!(
+            (e.revision, e.kind, e.kv.key.as_slice()),
+            (rev + 1, EventKind::Delete, key)
+        );
+    }
+    let left = store
+        .list(b"svc/", Consistency::Linearizable)
+        .await
+        .unwrap();
+    let left: Vec<&[u8]> = left.iter().map(|kv| kv.key.as_slice()).collect();
+    assert_eq!(left, vec![&b"svc/c"[..], b"svc/plain"]);
+    assert!(matches!(
+        store.lease_revoke(lease.id).await,
+        Err(Error::LeaseNotFound { .. })
+    ));
+    assert!(matches!(
+        store.lease_keep_alive(lease.id).await,
+        Err(Error::LeaseNotFound { .. })
+    ));
+    assert!(store
+        .leases(Consistency::Linearizable)
+        .await
+        .unwrap()
+        .is_empty());
+    store.shutdown().await.unwrap();
+}
+
+/// A lease nobody keeps alive runs out and takes its keys with it; one
+/// kept alive past its time-to-live does not.
+#[tokio::test]
+async fn a_lease_runs_out_unless_kept_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let short = store.lease_grant(Duration::from_secs(1)).await.unwrap();
+    let kept = store.lease_grant(Duration::from_secs(2)).await.unwrap();
+    store
+        .put_with(b"short", b"v", on_lease(short.id))
+        .await
+        .unwrap();
+    store
+        .put_with(b"kept", b"v", on_lease(kept.id))
+        .await
+        .unwrap();
+    let granted = tokio::time::Instant::now();
+    // Keep `kept` alive at a third of its time-to-live (the cadence a
+    // client uses), for well past that time-to-live.
+    let mut beat = tokio::time::interval(Duration::from_millis(600));
+    while granted.elapsed() < Duration::from_secs(4) {
+        beat.tick().await;
+        store.lease_keep_alive(kept.id).await.unwrap();
+    }
+    assert!(store.get(b"kept").await.unwrap().is_some());
+    wait_deleted(&store, b"short", Duration::from_secs(10)).await;
+    assert!(granted.elapsed() >= Duration::from_secs(1), "expired early");
+    assert!(matches!(
+        store.lease_keep_alive(short.id).await,
+        Err(Error::LeaseNotFound { .. })
+    ));
+    // Left alone, `kept` runs out too.
+    wait_deleted(&store, b"kept", Duration::from_secs(10)).await;
+    store.shutdown().await.unwrap();
+}
+
+/// Leases and their keys survive a restart, and a lease gets its full
+/// time-to-live again from the reopen (it never ends early).
+#[tokio::test]
+async fn leases_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let lease = store.lease_grant(Duration::from_secs(600)).await.unwrap();
+    store
+        .put_with(b"node/1", b"alive", on_lease(lease.id))
+        .await
+        .unwrap();
+    store.shutdown().await.unwrap();
+    let store = open(dir.path()).await;
+    let infos = store.leases(Consistency::Linearizable).await.unwrap();
+    assert_eq!(infos.len(), 1);
+    assert_eq!((infos[0].id, infos[0].keys), (lease.id, 1));
+    assert!(infos[0].remaining > Duration::from_secs(590));
+    let revoked = store.lease_revoke(lease.id).await.unwrap();
+    assert_eq!(revoked.deleted, 1);
+    assert!(store.get(b"node/1").await.unwrap().is_none());
+    store.shutdown().await.unwrap();
+    let store = open(dir.path()).await;
+    assert!(store
+        .leases(Consistency::Linearizable)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.get(b"node/1").await.unwrap().is_none());
+    store.shutdown().await.unwrap();
 }

@@ -303,10 +303,12 @@ async fn write_canaries(store: &Store) -> BTreeMap<Vec<u8>, Vec<u8>> {
                     Op::Put {
                         key: canary_key(n),
                         value: Value(new.clone()),
+                        lease: 0,
                     },
                     Op::Put {
                         key: canary_key(100 + n),
                         value: Value(new.clone()),
+                        lease: 0,
                     },
                 ],
                 failure: vec![Op::Get { key: canary_key(n) }],
@@ -327,6 +329,7 @@ async fn write_canaries(store: &Store) -> BTreeMap<Vec<u8>, Vec<u8>> {
                 success: vec![Op::Put {
                     key: canary_key(200 + n),
                     value: Value(canary_value("TXN-", 200 + n, 64)),
+                    lease: 0,
                 }],
                 failure: vec![],
             })

@@ -159,11 +159,13 @@ impl Model {
                 create_revision: old.create_revision,
                 mod_revision: revision,
                 version: old.version + 1,
+                lease: 0,
             },
             None => KeyMeta {
                 create_revision: revision,
                 mod_revision: revision,
                 version: 1,
+                lease: 0,
             },
         };
         self.keys.insert(k, (v, meta));
@@ -221,7 +223,7 @@ impl Model {
         let mut results = Vec::new();
         for op in ops {
             match op {
-                Op::Put { key, value } => {
+                Op::Put { key, value, .. } => {
                     self.put_at(key.clone(), value.0.clone(), next);
                     changed = true;
                     results.push(OpResult::Put);
@@ -246,6 +248,7 @@ fn to_op(o: &TOp) -> Op {
         TOp::Put(k, v) => Op::Put {
             key: key(*k),
             value: Value(value_bytes(*v)),
+            lease: 0,
         },
         TOp::Delete(k) => Op::Delete { key: key(*k) },
         TOp::Get(k) => Op::Get { key: key(*k) },
@@ -542,6 +545,7 @@ fn random_call(rng: &mut rand::rngs::StdRng) -> Call {
                         0 => Op::Put {
                             key: k(rng),
                             value: Value(v(rng)),
+                            lease: 0,
                         },
                         1 => Op::Delete { key: k(rng) },
                         _ => Op::Get { key: k(rng) },
@@ -564,7 +568,14 @@ async fn perform(store: &Store, call: &Call) -> anyhow::Result<Reply> {
     Ok(match call {
         Call::Put(k, v, prev_kv) => {
             let p = store
-                .put_with(k, v, PutOptions { prev_kv: *prev_kv })
+                .put_with(
+                    k,
+                    v,
+                    PutOptions {
+                        prev_kv: *prev_kv,
+                        ..PutOptions::default()
+                    },
+                )
                 .await?;
             Reply::Put {
                 revision: p.revision,
@@ -890,6 +901,7 @@ fn the_linearizability_check_rejects_stale_and_impossible_histories() {
                 create_revision: create,
                 mod_revision: modr,
                 version: modr - create + 1,
+                lease: 0,
             },
         })),
     };

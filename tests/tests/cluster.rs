@@ -53,6 +53,44 @@ async fn assert_holds(
     Ok(())
 }
 
+/// Grants lease `id` through the leader; a retry whose first attempt
+/// committed finds it granted.
+async fn grant(cluster: &Cluster, id: u64, ttl: std::time::Duration) -> anyhow::Result<()> {
+    cluster
+        .on_leader(|store| async move {
+            match store.lease_grant_with_id(id, ttl).await {
+                Err(Error::LeaseExists { .. }) => Ok(()),
+                other => other.map(|_| ()),
+            }
+        })
+        .await?;
+    Ok(())
+}
+
+/// Puts `key` on lease `lease` through the leader.
+async fn put_on_lease(cluster: &Cluster, key: &[u8], lease: u64) -> anyhow::Result<()> {
+    cluster
+        .on_leader(|store| async move {
+            let options = coffer_store::PutOptions {
+                lease,
+                ..Default::default()
+            };
+            store.put_with(key, b"v", options).await
+        })
+        .await?;
+    Ok(())
+}
+
+/// A member's leases as (id, keys attached), from its applied state.
+async fn lease_counts(store: &Store) -> anyhow::Result<Vec<(u64, u64)>> {
+    Ok(store
+        .leases(Consistency::Stale)
+        .await?
+        .iter()
+        .map(|l| (l.id, l.keys))
+        .collect())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -236,6 +274,10 @@ async fn follower_far_behind_installs_a_multi_frame_snapshot() -> anyhow::Result
         .context("no follower")?;
     let victim_last = cluster.metrics(victim)?.last_log_index.unwrap_or(0);
     cluster.kill(victim)?;
+    // A lease with a key: the snapshot carries both.
+    grant(&cluster, 0x5a, std::time::Duration::from_secs(3600)).await?;
+    put_on_lease(&cluster, b"s/leased", 0x5a).await?;
+    want.insert(b"s/leased".to_vec(), b"v".to_vec());
 
     for i in 0..BIG_KEYS {
         cluster.put(&key("s", i), &value(i, VALUE_BYTES)).await?;
@@ -302,6 +344,11 @@ async fn follower_far_behind_installs_a_multi_frame_snapshot() -> anyhow::Result
     );
     let back = cluster.store(victim)?;
     assert_holds(&back, b"s/", &want).await?;
+    let leases = lease_counts(&back).await?;
+    ensure!(
+        leases == vec![(0x5a, 1)],
+        "the snapshot lost the lease: {leases:?}"
+    );
 
     // It keeps up by log afterwards.
     cluster.put(b"s/after", b"log").await?;
@@ -506,6 +553,82 @@ async fn compaction_reaches_every_member() -> anyhow::Result<()> {
             "node {id}: first event at {}",
             e.revision
         );
+    }
+    cluster.shutdown().await?;
+    Ok(())
+}
+
+/// Leases are replicated state: every member holds them and their keys,
+/// a lease outlives the leader that granted it, and the next leader
+/// revokes it through Raft once it runs out (not before), so every member,
+/// the restarted old leader included, agrees that its keys are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_expires_the_old_leaders_leases() -> anyhow::Result<()> {
+    use coffer_store::EventKind;
+    use std::time::Duration;
+    const SHORT: u64 = 0x5407;
+    const LONG: u64 = 0x1096;
+    let cluster = Cluster::start(3).await?;
+    let granted = Instant::now();
+    grant(&cluster, SHORT, Duration::from_secs(3)).await?;
+    grant(&cluster, LONG, Duration::from_secs(3600)).await?;
+    put_on_lease(&cluster, b"lease/short", SHORT).await?;
+    put_on_lease(&cluster, b"lease/long", LONG).await?;
+    cluster.wait_converged().await?;
+    for id in cluster.ids() {
+        let leases = lease_counts(&cluster.store(id)?).await?;
+        ensure!(
+            leases == vec![(LONG, 1), (SHORT, 1)],
+            "node {id} holds {leases:?}"
+        );
+    }
+    let old = cluster.leader().await?;
+    cluster.kill(old)?;
+    let survivors: Vec<NodeId> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+    let new = cluster.leader_among(&survivors).await?;
+    let store = cluster.store(new)?;
+    let mut watch = store.watch(b"lease/short", 0)?;
+    if store
+        .get_kv(b"lease/short", Consistency::Stale)
+        .await?
+        .is_some()
+    {
+        let deadline = tokio::time::Instant::now() + WAIT_TIMEOUT;
+        loop {
+            let e = tokio::time::timeout_at(deadline, watch.next())
+                .await
+                .context("the new leader never expired the lease")??;
+            if e.kind == EventKind::Delete {
+                break;
+            }
+        }
+    }
+    ensure!(
+        granted.elapsed() >= Duration::from_secs(3),
+        "the lease ended early: {:?}",
+        granted.elapsed()
+    );
+    drop(watch);
+    drop(store);
+    cluster.restart(old).await?;
+    cluster.wait_converged().await?;
+    for id in cluster.ids() {
+        let store = cluster.store(id)?;
+        let leases: Vec<u64> = store
+            .leases(Consistency::Stale)
+            .await?
+            .iter()
+            .map(|l| l.id)
+            .collect();
+        ensure!(leases == vec![LONG], "node {id} holds leases {leases:?}");
+        ensure!(store
+            .get_kv(b"lease/short", Consistency::Stale)
+            .await?
+            .is_none());
+        ensure!(store
+            .get_kv(b"lease/long", Consistency::Stale)
+            .await?
+            .is_some());
     }
     cluster.shutdown().await?;
     Ok(())

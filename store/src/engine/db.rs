@@ -26,12 +26,19 @@ pub const CF_META: &str = "meta";
 pub const CF_LOG: &str = "log";
 pub const CF_KV: &str = "kv";
 pub const CF_EVENTS: &str = "events";
-const ALL_CFS: [&str; 4] = [CF_META, CF_LOG, CF_KV, CF_EVENTS];
+pub const CF_LEASES: &str = "leases";
+const ALL_CFS: [&str; 5] = [CF_META, CF_LOG, CF_KV, CF_EVENTS, CF_LEASES];
 
 /// Version of the data directory's layout as a whole: which rows exist
-/// and what each holds. A build reads exactly the formats it knows (and
-/// migrates older ones, once there are any).
-pub const FORMAT_VERSION: u32 = 1;
+/// and what each holds. A build reads the formats it knows and migrates
+/// older ones on open.
+///
+/// - 1: the first versioned format.
+/// - 2: leases (the `leases` column family; `kv` rows, event records and
+///   snapshot frames carry a key's lease). Format 1 rows still read as
+///   they are (no lease), so the migration only adds the column family and
+///   rewrites this row.
+pub const FORMAT_VERSION: u32 = 2;
 const META_FORMAT: &[u8] = b"format";
 
 /// A row key with its opened value.
@@ -117,18 +124,16 @@ impl Db {
                     ),
                 ));
             }
-            let mut batch = WriteBatch::default();
-            self.put_sealed(
-                &mut batch,
-                CF_META,
-                META_FORMAT,
-                &FORMAT_VERSION.to_be_bytes(),
-            )?;
-            return self.write(batch, true);
+            return self.write_format();
         };
         let version = <[u8; 4]>::try_from(plain.as_slice())
             .map(u32::from_be_bytes)
             .map_err(|_| self.corruption(CF_META, "the format row is not 4 bytes"))?;
+        if version == 1 {
+            // Format 1 rows read as they are; the `leases` column family
+            // exists since this open.
+            return self.write_format();
+        }
         if version != FORMAT_VERSION {
             return Err(Error::Engine(format!(
                 "{}: data directory format {version}; this build reads format {FORMAT_VERSION}{}",
@@ -141,6 +146,18 @@ impl Db {
             )));
         }
         Ok(())
+    }
+
+    /// Records (synced) that the directory is in this build's format.
+    fn write_format(&self) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        self.put_sealed(
+            &mut batch,
+            CF_META,
+            META_FORMAT,
+            &FORMAT_VERSION.to_be_bytes(),
+        )?;
+        self.write(batch, true)
     }
 
     pub fn cf(&self, name: &'static str) -> Result<&ColumnFamily, Error> {

@@ -156,6 +156,8 @@ fn answer(response: Response) -> Result<Response, Error> {
         Response::Rejected(Rejection::TooManyKeys { keys, limit }) => Err(Error::InvalidArgument(
             format!("the range holds {keys} keys, more than the {limit} one delete removes; delete it in smaller ranges"),
         )),
+        Response::Rejected(Rejection::LeaseNotFound { id }) => Err(Error::LeaseNotFound { id }),
+        Response::Rejected(Rejection::LeaseExists { id }) => Err(Error::LeaseExists { id }),
         other => Ok(other),
     }
 }

@@ -13,7 +13,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -24,20 +25,25 @@ use rocksdb::WriteBatch;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::codec::{Reader, Writer};
-use crate::command::{KeyMeta, KeyValue, Response, Value};
-use crate::engine::db::{Db, CF_EVENTS, CF_KV, CF_META};
+use crate::command::{KeyMeta, KeyValue, Request, Response, Value};
+use crate::engine::db::{Db, CF_EVENTS, CF_KV, CF_LEASES, CF_META};
 use crate::engine::snapshots::{Meta, Snapshots};
 use crate::engine::watch::{HISTORY_PAGE_BYTES, HISTORY_PAGE_EVENTS};
 use crate::error::Error;
 use crate::event::{decode_events, encode_events, Event, EventKind};
 use crate::machine::{self, Index, IndexEntry, Mutation, Values};
 use crate::range::{Range, RangeResult};
-use crate::snapshot::{Frame, SnapshotError, SnapshotFile, SnapshotHeader, SnapshotWriter};
+use crate::snapshot::{
+    Frame, KvLayout, SnapshotError, SnapshotFile, SnapshotHeader, SnapshotWriter, LEASES_PER_FRAME,
+};
 use crate::types::{self, NodeId, TypeConfig};
 
 const META_SM: &[u8] = b"sm";
-/// Format of a `kv` row: version, then name, value and metadata.
-const KV_ROW_VERSION: u8 = 1;
+/// Format of a `kv` row: version, then name, value and metadata (version
+/// 1 rows, from before leases, still read).
+const KV_ROW_VERSION: u8 = 2;
+/// Format of a `leases` row: version, then the time-to-live in seconds.
+const LEASE_ROW_VERSION: u8 = 1;
 /// Format of the `sm` pointer row.
 const SM_POINTER_VERSION: u8 = 1;
 /// Event history is trimmed in steps of this many revisions, so that range
@@ -87,6 +93,30 @@ pub struct Shared {
     /// Set by `Store::shutdown`: watches end even while another handle
     /// keeps this state alive.
     pub stopped: std::sync::atomic::AtomicBool,
+    /// When each lease runs out, as this member counts: from the last
+    /// grant or keep-alive it applied, or from when it loaded the lease
+    /// (after a restart or a snapshot install, a lease gets its full
+    /// time-to-live again, as in etcd). Only the leader acts on it.
+    pub lease_due: Mutex<HashMap<u64, Instant>>,
+}
+
+/// A lease as [`Shared::leases`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub id: u64,
+    /// The time-to-live it was granted with.
+    pub ttl: Duration,
+    /// Time left before it expires, as this member counts it (the
+    /// leader's count is the one that acts).
+    pub remaining: Duration,
+    /// Keys attached to it.
+    pub keys: u64,
+}
+
+/// When a lease granted or kept alive now runs out (`None`: past any
+/// clock's range, never).
+fn due_after(ttl_secs: u64) -> Option<Instant> {
+    Instant::now().checked_add(Duration::from_secs(ttl_secs))
 }
 
 fn lock_poisoned() -> Error {
@@ -139,14 +169,53 @@ fn put_kv_row(db: &Db, batch: &mut WriteBatch, kv: &KeyValue) -> Result<(), Erro
 /// Decodes a `kv` row and checks that it sits under its own name's hash.
 fn decode_kv_row(db: &Db, row_key: &[u8], plain: &[u8]) -> Result<KeyValue, Error> {
     let mut r = Reader::new(plain);
-    r.version(KV_ROW_VERSION, "kv row version")
-        .map_err(|e| db.corruption(CF_KV, e))?;
-    let kv = crate::snapshot::decode_kv(&mut r).map_err(|e| db.corruption(CF_KV, e))?;
+    let layout = match r.u8("kv row version") {
+        Ok(1) => KvLayout::V1,
+        Ok(KV_ROW_VERSION) => KvLayout::WithLease,
+        Ok(version) => {
+            return Err(db.corruption(
+                CF_KV,
+                crate::codec::DecodeError::UnknownVersion {
+                    what: "kv row",
+                    version,
+                },
+            ))
+        }
+        Err(e) => return Err(db.corruption(CF_KV, e)),
+    };
+    let kv = crate::snapshot::decode_kv(&mut r, layout).map_err(|e| db.corruption(CF_KV, e))?;
     r.finish("kv row").map_err(|e| db.corruption(CF_KV, e))?;
     if db.cipher.name_hash(&kv.key) != row_key {
         return Err(db.corruption(CF_KV, "row is not stored under its key's hash"));
     }
     Ok(kv)
+}
+
+/// Adds the sealed `leases` row of lease `id` to `batch`.
+fn put_lease_row(db: &Db, batch: &mut WriteBatch, id: u64, ttl_secs: u64) -> Result<(), Error> {
+    let mut w = Writer::with_capacity(9);
+    w.u8(LEASE_ROW_VERSION).u64(ttl_secs);
+    db.put_sealed(batch, CF_LEASES, &id.to_be_bytes(), &w.finish()?)
+}
+
+/// Decodes a `leases` row into `(id, ttl_secs)`.
+fn decode_lease_row(db: &Db, row_key: &[u8], plain: &[u8]) -> Result<(u64, u64), Error> {
+    let id = <[u8; 8]>::try_from(row_key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| db.corruption(CF_LEASES, "a lease row key is not 8 bytes"))?;
+    let mut r = Reader::new(plain);
+    let ttl = (|| {
+        r.version(LEASE_ROW_VERSION, "lease row version")?;
+        let ttl = r.u64("lease ttl")?;
+        Ok::<_, crate::codec::DecodeError>(ttl)
+    })()
+    .map_err(|e| db.corruption(CF_LEASES, e))?;
+    r.finish("lease row")
+        .map_err(|e| db.corruption(CF_LEASES, e))?;
+    if id == 0 {
+        return Err(db.corruption(CF_LEASES, "lease id 0"));
+    }
+    Ok((id, ttl))
 }
 
 impl Shared {
@@ -166,6 +235,7 @@ impl Shared {
             snapshots,
             watch_history: watch_history.max(1),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            lease_due: Mutex::new(HashMap::new()),
         });
         if let Some(file) = interrupted {
             let header = file.header().map_err(Error::from)?;
@@ -184,13 +254,75 @@ impl Shared {
             st.index.revision = p.revision;
             st.compacted = p.compacted;
         }
+        for row in self.db.scan_sealed(CF_LEASES, &[])? {
+            let (k, plain) = row?;
+            let (id, ttl) = decode_lease_row(&self.db, &k, &plain)?;
+            st.index.insert_lease(id, ttl);
+        }
         for row in self.db.scan_sealed(CF_KV, &[])? {
             let (k, plain) = row?;
             let kv = decode_kv_row(&self.db, &k, &plain)?;
-            st.index.insert_live(kv.key, kv.meta, kv.value.len() as u64);
+            if !st.index.insert_live(kv.key, kv.meta, kv.value.len() as u64) {
+                return Err(self
+                    .db
+                    .corruption(CF_KV, "a key names a lease that does not exist"));
+            }
         }
+        self.restart_lease_countdowns(&st.index)?;
         *self.state.write().map_err(|_| lock_poisoned())? = st;
         Ok(())
+    }
+
+    /// Every lease in `index` gets its full time-to-live from now.
+    fn restart_lease_countdowns(&self, index: &Index) -> Result<(), Error> {
+        let mut due = self.lease_due.lock().map_err(|_| lock_poisoned())?;
+        due.clear();
+        for (id, lease) in &index.leases {
+            if let Some(at) = due_after(lease.ttl_secs) {
+                due.insert(*id, at);
+            }
+        }
+        Ok(())
+    }
+
+    /// The leases whose time ran out by `now`, as this member counts.
+    pub fn expired_leases(&self, now: Instant) -> Result<Vec<u64>, Error> {
+        let due = self.lease_due.lock().map_err(|_| lock_poisoned())?;
+        Ok(due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    /// Every lease this member holds, in id order.
+    pub fn leases(&self) -> Result<Vec<LeaseInfo>, Error> {
+        let st = self.state.read().map_err(|_| lock_poisoned())?;
+        let due = self.lease_due.lock().map_err(|_| lock_poisoned())?;
+        let now = Instant::now();
+        Ok(st
+            .index
+            .leases
+            .iter()
+            .map(|(id, lease)| LeaseInfo {
+                id: *id,
+                ttl: Duration::from_secs(lease.ttl_secs),
+                remaining: due
+                    .get(id)
+                    .map_or(Duration::MAX, |at| at.saturating_duration_since(now)),
+                keys: lease.keys.len() as u64,
+            })
+            .collect())
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: u64) -> Result<Vec<Vec<u8>>, Error> {
+        let st = self.state.read().map_err(|_| lock_poisoned())?;
+        st.index
+            .leases
+            .get(&id)
+            .map(|l| l.keys.iter().cloned().collect())
+            .ok_or(Error::LeaseNotFound { id })
     }
 
     /// A live key with its value, as this member has applied it. The row
@@ -299,9 +431,11 @@ impl Shared {
         let mut st = self.state.write().map_err(|_| lock_poisoned())?;
         let kv_cf = self.db.cf(CF_KV)?;
         let ev_cf = self.db.cf(CF_EVENTS)?;
+        let lease_cf = self.db.cf(CF_LEASES)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(kv_cf, [0u8].as_slice(), [0xffu8; 33].as_slice());
         batch.delete_range_cf(ev_cf, [0u8].as_slice(), [0xffu8; 13].as_slice());
+        batch.delete_range_cf(lease_cf, [0u8].as_slice(), [0xffu8; 9].as_slice());
         self.db.write(batch, false)?;
         let mut index = Index::default();
         let mut reader = file.reader().map_err(Error::from)?;
@@ -309,11 +443,27 @@ impl Shared {
         while let Some((frame, _)) = reader.next_frame().map_err(Error::from)? {
             match frame {
                 Frame::Header(h) => header = Some(h),
+                Frame::Leases(leases) => {
+                    let mut batch = WriteBatch::default();
+                    for (id, ttl) in leases {
+                        if id == 0 {
+                            return Err(SnapshotError::Sequence("lease id 0 in a snapshot").into());
+                        }
+                        put_lease_row(&self.db, &mut batch, id, ttl)?;
+                        index.insert_lease(id, ttl);
+                    }
+                    self.db.write(batch, false)?;
+                }
                 Frame::Records(kvs) => {
                     let mut batch = WriteBatch::default();
                     for kv in kvs {
                         put_kv_row(&self.db, &mut batch, &kv)?;
-                        index.insert_live(kv.key, kv.meta, kv.value.len() as u64);
+                        if !index.insert_live(kv.key, kv.meta, kv.value.len() as u64) {
+                            return Err(SnapshotError::Sequence(
+                                "a record names a lease the snapshot does not hold",
+                            )
+                            .into());
+                        }
                     }
                     self.db.write(batch, false)?;
                 }
@@ -330,6 +480,7 @@ impl Shared {
         };
         self.db
             .put_sealed(last, CF_META, META_SM, &encode_pointer(&pointer)?)?;
+        self.restart_lease_countdowns(&index)?;
         *st = SmState {
             index,
             last_applied: pointer.last_applied,
@@ -397,6 +548,18 @@ impl Shared {
             revision: pointer.revision,
         })
         .map_err(Error::from)?;
+        let lease_cf = self.db.cf(CF_LEASES)?;
+        let mut leases = Vec::new();
+        for item in view.iterator_cf(lease_cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db.engine_err(e))?;
+            let plain = self.db.open_row(CF_LEASES, &k, &v)?;
+            leases.push(decode_lease_row(&self.db, &k, &plain)?);
+            if leases.len() == LEASES_PER_FRAME {
+                w.leases(&std::mem::take(&mut leases))
+                    .map_err(Error::from)?;
+            }
+        }
+        w.leases(&leases).map_err(Error::from)?;
         let kv_cf = self.db.cf(CF_KV)?;
         for item in view.iterator_cf(kv_cf, rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db.engine_err(e))?;
@@ -574,6 +737,8 @@ impl StateMachine {
         let mut notices = Vec::new();
         // The furthest explicit compaction this batch asked for.
         let mut compact_to = 0u64;
+        // Leases whose countdown restarts (`Some`) or ends (`None`).
+        let mut lease_countdowns: Vec<(u64, Option<Instant>)> = Vec::new();
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             st.last_applied = Some(entry.log_id);
@@ -592,12 +757,30 @@ impl StateMachine {
                         };
                         let (resp, mutations) =
                             machine::apply(&mut st.index, &values, cmd.quota_bytes, request)?;
-                        if let Response::Compact { compacted, .. } = resp {
-                            compact_to = compact_to.max(compacted);
+                        match (request, &resp) {
+                            (_, Response::Compact { compacted, .. }) => {
+                                compact_to = compact_to.max(*compacted);
+                            }
+                            (_, Response::LeaseGrant { id, ttl_secs })
+                            | (_, Response::LeaseKeepAlive { id, ttl_secs }) => {
+                                lease_countdowns.push((*id, due_after(*ttl_secs)));
+                            }
+                            (Request::LeaseRevoke { id }, Response::LeaseRevoke { .. }) => {
+                                lease_countdowns.push((*id, None));
+                            }
+                            _ => {}
                         }
                         let revision = st.index.revision;
                         for m in mutations {
                             let event = match m {
+                                Mutation::PutLease { id, ttl_secs } => {
+                                    put_lease_row(db, &mut batch, id, ttl_secs)?;
+                                    continue;
+                                }
+                                Mutation::DeleteLease { id } => {
+                                    batch.delete_cf(db.cf(CF_LEASES)?, id.to_be_bytes());
+                                    continue;
+                                }
                                 Mutation::Put { key, value, meta } => {
                                     let kv = KeyValue { key, value, meta };
                                     put_kv_row(db, &mut batch, &kv)?;
@@ -663,6 +846,15 @@ impl StateMachine {
         };
         db.put_sealed(&mut batch, CF_META, META_SM, &encode_pointer(&pointer)?)?;
         db.write(batch, false)?;
+        if !lease_countdowns.is_empty() {
+            let mut due = shared.lease_due.lock().map_err(|_| lock_poisoned())?;
+            for (id, at) in lease_countdowns {
+                match at {
+                    Some(at) => due.insert(id, at),
+                    None => due.remove(&id),
+                };
+            }
+        }
         drop(st);
         for events in notices {
             // No receivers is not an error: nobody is watching.
@@ -806,6 +998,7 @@ mod tests {
                 create_revision: revision,
                 mod_revision: revision,
                 version: 1,
+                lease: 0,
             },
         }
     }

@@ -22,7 +22,7 @@ use crate::engine::log_store::LogStore;
 use crate::engine::network::{NetworkFactory, NoPeers, Transport};
 use crate::engine::proposer::{self, Queued};
 use crate::engine::retry::{self, Refused};
-use crate::engine::state_machine::{Notice, Shared, StateMachine};
+use crate::engine::state_machine::{LeaseInfo, Notice, Shared, StateMachine};
 use crate::engine::watch::{Watch, WatchOptions};
 use crate::error::{Error, OpenError};
 use crate::range::{Range, RangeResult};
@@ -43,7 +43,32 @@ pub enum Consistency {
 pub struct PutOptions {
     /// Return the key as it was before the put.
     pub prev_kv: bool,
+    /// Attach the key to this lease (from [`Store::lease_grant`]); 0, the
+    /// default, attaches it to none (and detaches it from a lease it had).
+    pub lease: u64,
 }
+
+/// A granted lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: u64,
+    pub ttl: Duration,
+}
+
+/// The outcome of a [`Store::lease_revoke`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRevokeResult {
+    /// The revision of the deletes (the store's, if the lease had no keys).
+    pub revision: u64,
+    /// How many keys were deleted with it.
+    pub deleted: u64,
+}
+
+/// How often the leader looks for leases that ran out.
+const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// How long the leader waits before proposing the revocation of the same
+/// expired lease again (the first may still be in flight).
+const LEASE_REVOKE_RETRY: Duration = Duration::from_secs(1);
 
 /// The outcome of a [`Store::put_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +245,7 @@ impl Store {
             }),
         };
         store.bootstrap().await?;
+        tokio::spawn(expire_leases(Arc::downgrade(&store.inner)));
         Ok(store)
     }
 
@@ -366,6 +392,7 @@ impl Store {
                 key: key.to_vec(),
                 value: Value(value.to_vec()),
                 prev_kv: options.prev_kv,
+                lease: options.lease,
             })
             .await?
         {
@@ -518,6 +545,81 @@ impl Store {
         }
     }
 
+    /// Grants a lease with a time-to-live of `ttl` (whole seconds, at least
+    /// one; a fraction rounds up) under a random id. Keys put with it
+    /// ([`PutOptions::lease`]) are deleted, at one revision, when it is
+    /// revoked or runs out: `ttl` after the grant or the last
+    /// [`Store::lease_keep_alive`], as the leader counts. A new leader, and
+    /// a member that restarts, give every lease its full time-to-live
+    /// again (as etcd does), so a lease never ends early. Lease state is
+    /// replicated: it survives restarts and leader changes.
+    pub async fn lease_grant(&self, ttl: Duration) -> Result<Lease, Error> {
+        loop {
+            // A random id, never 0 and below 2^63 (etcd's ids are signed).
+            let id = (rand::random::<u64>() >> 1).max(1);
+            match self.lease_grant_with_id(id, ttl).await {
+                // 2^63 ids: a collision is the caller's other lease.
+                Err(Error::LeaseExists { .. }) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Store::lease_grant`] under the id the caller chose (not 0);
+    /// `LeaseExists` if it is taken.
+    pub async fn lease_grant_with_id(&self, id: u64, ttl: Duration) -> Result<Lease, Error> {
+        let ttl_secs = ttl
+            .as_secs()
+            .saturating_add(u64::from(ttl.subsec_nanos() > 0));
+        match self.propose(Request::LeaseGrant { id, ttl_secs }).await? {
+            Response::LeaseGrant { id, ttl_secs } => Ok(Lease {
+                id,
+                ttl: Duration::from_secs(ttl_secs),
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Revokes lease `id` and deletes every key attached to it, at one
+    /// revision. `LeaseNotFound` if it does not exist.
+    pub async fn lease_revoke(&self, id: u64) -> Result<LeaseRevokeResult, Error> {
+        match self.propose(Request::LeaseRevoke { id }).await? {
+            Response::LeaseRevoke { revision, deleted } => {
+                Ok(LeaseRevokeResult { revision, deleted })
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Restarts lease `id`'s countdown from its full time-to-live, which
+    /// it returns; `LeaseNotFound` once it has run out. Through Raft, so
+    /// every member (and a future leader) counts from it. Keep a lease
+    /// alive at a third of its time-to-live, as etcd's clients do.
+    pub async fn lease_keep_alive(&self, id: u64) -> Result<Duration, Error> {
+        match self.propose(Request::LeaseKeepAlive { id }).await? {
+            Response::LeaseKeepAlive { ttl_secs, .. } => Ok(Duration::from_secs(ttl_secs)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Every lease, in id order, with the time left as this member counts
+    /// it (on a follower, an estimate of the leader's count).
+    pub async fn leases(&self, consistency: Consistency) -> Result<Vec<LeaseInfo>, Error> {
+        self.read_barrier(consistency).await?;
+        self.inner.shared.leases()
+    }
+
+    /// The keys attached to lease `id`, in key order; `LeaseNotFound` if
+    /// it does not exist.
+    pub async fn lease_keys(
+        &self,
+        id: u64,
+        consistency: Consistency,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        self.read_barrier(consistency).await?;
+        self.inner.shared.lease_keys(id)
+    }
+
     /// Watches keys under `prefix` from revision `from` (inclusive; 0 means
     /// only changes after now).
     pub fn watch(&self, prefix: &[u8], from: u64) -> Result<Watch, Error> {
@@ -651,6 +753,55 @@ impl Store {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
+    }
+}
+
+/// While the store lives: on the leader, revokes (through Raft) every
+/// lease whose time ran out.
+async fn expire_leases(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(LEASE_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let shared = &inner.shared;
+        if shared.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let leading = {
+            let m = inner.raft.metrics();
+            let m = m.borrow();
+            m.current_leader == Some(inner.config.node_id)
+                && m.state == openraft::ServerState::Leader
+        };
+        if !leading {
+            continue;
+        }
+        let now = std::time::Instant::now();
+        let Ok(expired) = shared.expired_leases(now) else {
+            return;
+        };
+        if expired.is_empty() {
+            continue;
+        }
+        // Not proposed again while this revocation may still be in flight.
+        if let Ok(mut due) = shared.lease_due.lock() {
+            for id in &expired {
+                due.insert(*id, now + LEASE_REVOKE_RETRY);
+            }
+        }
+        let store = Store { inner };
+        for id in expired {
+            match store.propose(Request::LeaseRevoke { id }).await {
+                Ok(_) | Err(Error::LeaseNotFound { .. }) => {}
+                Err(Error::Stopped) | Err(Error::StorageFailed(_)) => return,
+                // Lost the leadership or timed out: the next leader, or
+                // the next turn, tries again.
+                Err(e) => tracing::debug!(lease = id, error = %e, "lease revocation not committed"),
+            }
+        }
     }
 }
 

@@ -58,6 +58,7 @@ async fn history_is_read_in_bounded_pages() {
             txn.success.push(crate::Op::Put {
                 key: format!("h/{i:05}").into_bytes(),
                 value: crate::Value(b"v".to_vec()),
+                lease: 0,
             });
         }
         store.txn(txn).await.unwrap();
