@@ -77,6 +77,10 @@ enum KvCommand {
         /// Print the keys alone, without reading any value.
         #[arg(long)]
         keys_only: bool,
+        /// List the keys as they were at past revision R (while the
+        /// history still holds it).
+        #[arg(long = "rev", value_name = "R", default_value_t = 0)]
+        revision: u64,
         #[arg(default_value = "")]
         prefix: String,
     },
@@ -203,9 +207,12 @@ async fn kv(store: &Store, cmd: KvCommand) -> Result<ExitCode> {
         KvCommand::Ls {
             limit,
             keys_only,
+            revision,
             prefix,
         } => {
-            let mut range = Range::prefix(prefix.as_bytes()).limit(limit);
+            let mut range = Range::prefix(prefix.as_bytes())
+                .limit(limit)
+                .at_revision(revision);
             range.keys_only = keys_only;
             let listed = store.range(range, Consistency::Linearizable).await?;
             for kv in &listed.kvs {

@@ -57,6 +57,12 @@ fn kv_round_trip_across_processes() {
     assert!(del.status.success());
     let put = coffer(dir.path(), &["kv", "put", "app/c", "three"], None);
     assert!(put.status.success());
+    // The listing as it was at revision 1, and one the history never had.
+    let then = coffer(dir.path(), &["kv", "ls", "--rev", "1", "app/"], None);
+    assert_eq!(String::from_utf8_lossy(&then.stdout), "app/a\tone\n");
+    let future = coffer(dir.path(), &["kv", "ls", "--rev", "99", "app/"], None);
+    assert_eq!(future.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&future.stderr).contains("future"));
     let del = coffer(dir.path(), &["kv", "del", "--prefix", "app/"], None);
     assert!(del.status.success());
     assert_eq!(String::from_utf8_lossy(&del.stdout).trim(), "2");

@@ -43,16 +43,21 @@ pub struct Index {
     pub used_bytes: u64,
 }
 
-/// A change to persist.
+/// A change to persist. `superseded` is the revision of the key's version
+/// the change replaces (0: the key was absent), whose row the engine keeps
+/// for reads at past revisions until the history is compacted past this
+/// change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mutation {
     Put {
         key: Vec<u8>,
         value: crate::command::Value,
         meta: KeyMeta,
+        superseded: u64,
     },
     Delete {
         key: Vec<u8>,
+        superseded: u64,
     },
     PutLease {
         id: u64,
@@ -63,11 +68,16 @@ pub enum Mutation {
     },
 }
 
-/// Reads the current value of a live key (from disk, or from changes of the
-/// same batch not yet written).
+/// Reads the current value of a live key, whose last change was at
+/// `revision` (from disk, or from changes of the same batch not yet
+/// written).
 pub trait Values {
     type Error;
-    fn value(&self, key: &[u8]) -> Result<Option<crate::command::Value>, Self::Error>;
+    fn value(
+        &self,
+        key: &[u8],
+        revision: u64,
+    ) -> Result<Option<crate::command::Value>, Self::Error>;
 }
 
 fn entry_bytes(key: &[u8], value_len: u64) -> u64 {
@@ -169,17 +179,19 @@ impl Index {
         self.revision
     }
 
-    fn delete(&mut self, key: &[u8]) -> bool {
-        match self.keys.remove(key) {
-            Some(old) => {
-                self.used_bytes = self
-                    .used_bytes
-                    .saturating_sub(entry_bytes(key, old.value_len));
-                self.detach(key, old.meta.lease);
-                true
-            }
-            None => false,
-        }
+    /// Deletes a key; returns the revision of the version it removed.
+    fn delete(&mut self, key: &[u8]) -> Option<u64> {
+        let old = self.keys.remove(key)?;
+        self.used_bytes = self
+            .used_bytes
+            .saturating_sub(entry_bytes(key, old.value_len));
+        self.detach(key, old.meta.lease);
+        Some(old.meta.mod_revision)
+    }
+
+    /// The revision of a key's current version (0: absent).
+    fn mod_revision(&self, key: &[u8]) -> u64 {
+        self.keys.get(key).map_or(0, |e| e.meta.mod_revision)
     }
 
     /// Restores `key` to `prior` (undo of a rejected transaction).
@@ -234,6 +246,7 @@ pub fn apply<V: Values>(
                 ));
             }
             let prev_kv = previous(index, values, key, *prev_kv)?;
+            let superseded = index.mod_revision(key);
             let meta = index.put(key, len, next, *lease);
             index.revision = next;
             Ok((
@@ -245,12 +258,13 @@ pub fn apply<V: Values>(
                     key: key.clone(),
                     value: value.clone(),
                     meta,
+                    superseded,
                 }],
             ))
         }
         Request::Delete { key, prev_kv } => {
             let prev_kv = previous(index, values, key, *prev_kv)?;
-            if index.delete(key) {
+            if let Some(superseded) = index.delete(key) {
                 index.revision = next;
                 Ok((
                     Response::Delete {
@@ -258,7 +272,10 @@ pub fn apply<V: Values>(
                         deleted: true,
                         prev_kv,
                     },
-                    vec![Mutation::Delete { key: key.clone() }],
+                    vec![Mutation::Delete {
+                        key: key.clone(),
+                        superseded,
+                    }],
                 ))
             } else {
                 Ok((
@@ -306,8 +323,9 @@ pub fn apply<V: Values>(
                 if let Some(kv) = previous(index, values, &key, *prev_kv)? {
                     prev_kvs.push(kv);
                 }
-                index.delete(&key);
-                mutations.push(Mutation::Delete { key });
+                if let Some(superseded) = index.delete(&key) {
+                    mutations.push(Mutation::Delete { key, superseded });
+                }
             }
             let revision = index.advance(!mutations.is_empty());
             Ok((
@@ -362,8 +380,9 @@ pub fn apply<V: Values>(
             };
             let mut mutations = Vec::with_capacity(lease.keys.len() + 1);
             for key in lease.keys {
-                index.delete(&key);
-                mutations.push(Mutation::Delete { key });
+                if let Some(superseded) = index.delete(&key) {
+                    mutations.push(Mutation::Delete { key, superseded });
+                }
             }
             let deleted = mutations.len() as u64;
             let revision = index.advance(deleted > 0);
@@ -410,23 +429,30 @@ pub fn apply<V: Values>(
                 match op {
                     Op::Put { key, value, lease } => {
                         undo.push((key.clone(), index.get(key).copied()));
+                        let superseded = index.mod_revision(key);
                         let meta = index.put(key, value.0.len() as u64, next, *lease);
                         written.insert(key, Some(&value.0));
                         mutations.push(Mutation::Put {
                             key: key.clone(),
                             value: value.clone(),
                             meta,
+                            superseded,
                         });
                         results.push(OpResult::Put);
                     }
                     Op::Delete { key } => {
                         undo.push((key.clone(), index.get(key).copied()));
                         let deleted = index.delete(key);
-                        if deleted {
+                        if let Some(superseded) = deleted {
                             written.insert(key, None);
-                            mutations.push(Mutation::Delete { key: key.clone() });
+                            mutations.push(Mutation::Delete {
+                                key: key.clone(),
+                                superseded,
+                            });
                         }
-                        results.push(OpResult::Delete { deleted });
+                        results.push(OpResult::Delete {
+                            deleted: deleted.is_some(),
+                        });
                     }
                     Op::Get { key } => {
                         let kv = match index.get(key) {
@@ -435,7 +461,7 @@ pub fn apply<V: Values>(
                                 let value = match written.get(key.as_slice()) {
                                     Some(Some(v)) => Some(crate::command::Value(v.to_vec())),
                                     Some(None) => None,
-                                    None => values.value(key)?,
+                                    None => values.value(key, e.meta.mod_revision)?,
                                 };
                                 value.map(|value| KeyValue {
                                     key: key.clone(),
@@ -493,11 +519,13 @@ fn previous<V: Values>(
     let Some(entry) = index.get(key).filter(|_| wanted) else {
         return Ok(None);
     };
-    Ok(values.value(key)?.map(|value| KeyValue {
-        key: key.to_vec(),
-        value,
-        meta: entry.meta,
-    }))
+    Ok(values
+        .value(key, entry.meta.mod_revision)?
+        .map(|value| KeyValue {
+            key: key.to_vec(),
+            value,
+            meta: entry.meta,
+        }))
 }
 
 fn holds<V: Values>(
@@ -518,7 +546,7 @@ fn holds<V: Values>(
         // etcd's rule: a value compare on an absent key fails.
         Check::Value(op, want) => match entry {
             None => false,
-            Some(_) => match values.value(key)? {
+            Some(e) => match values.value(key, e.meta.mod_revision)? {
                 None => false,
                 Some(current) => op.holds(current.as_slice(), want.as_slice()),
             },
@@ -542,7 +570,7 @@ mod tests {
     struct View<'a>(&'a BTreeMap<Vec<u8>, Value>);
     impl Values for View<'_> {
         type Error = Infallible;
-        fn value(&self, key: &[u8]) -> Result<Option<Value>, Infallible> {
+        fn value(&self, key: &[u8], _revision: u64) -> Result<Option<Value>, Infallible> {
             Ok(self.0.get(key).cloned())
         }
     }
@@ -556,7 +584,7 @@ mod tests {
                     Mutation::Put { key, value, .. } => {
                         self.values.insert(key, value);
                     }
-                    Mutation::Delete { key } => {
+                    Mutation::Delete { key, .. } => {
                         self.values.remove(&key);
                     }
                     Mutation::PutLease { .. } | Mutation::DeleteLease { .. } => {}

@@ -20,6 +20,11 @@ pub struct Range {
     pub keys_only: bool,
     /// Only the count (and revision): no keys at all.
     pub count_only: bool,
+    /// Read as of this past revision (0: the current one), while the
+    /// history still holds it: an older revision is `Compacted`, a future
+    /// one `InvalidArgument`. Keys-only reads at a past revision read the
+    /// rows (the index holds only the current metadata).
+    pub revision: u64,
 }
 
 impl Range {
@@ -55,6 +60,12 @@ impl Range {
     /// Keys and metadata only.
     pub fn keys_only(mut self) -> Range {
         self.keys_only = true;
+        self
+    }
+
+    /// As of past revision `revision` (0: now).
+    pub fn at_revision(mut self, revision: u64) -> Range {
+        self.revision = revision;
         self
     }
 

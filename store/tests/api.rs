@@ -907,3 +907,97 @@ async fn leases_survive_a_restart() {
     assert!(store.get(b"node/1").await.unwrap().is_none());
     store.shutdown().await.unwrap();
 }
+
+/// Reads at past revisions: each key as it was then (deleted keys
+/// included), until the history is compacted past the revision; the rows
+/// of replaced versions and tombstones go with the history, after a
+/// restart too.
+#[tokio::test]
+async fn past_revisions_read_until_compacted_and_their_rows_go_with_them() {
+    use coffer_store::Range;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store.put(b"a", b"1").await.unwrap(); // 1
+    store.put(b"b", b"1").await.unwrap(); // 2
+    store.put(b"a", b"2").await.unwrap(); // 3
+    store.delete(b"b").await.unwrap(); // 4
+    store.put(b"c", b"1").await.unwrap(); // 5
+    let at = |revision: u64| {
+        let store = store.clone();
+        async move {
+            let got = store
+                .range(
+                    Range::all().at_revision(revision),
+                    Consistency::Linearizable,
+                )
+                .await?;
+            assert_eq!(got.revision, revision);
+            Ok::<_, Error>(
+                got.kvs
+                    .into_iter()
+                    .map(|kv| (kv.key, kv.value.into_vec(), kv.meta.version))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let kv =
+        |k: &str, v: &str, version: u64| (k.as_bytes().to_vec(), v.as_bytes().to_vec(), version);
+    assert_eq!(at(1).await.unwrap(), vec![kv("a", "1", 1)]);
+    assert_eq!(at(3).await.unwrap(), vec![kv("a", "2", 2), kv("b", "1", 1)]);
+    assert_eq!(at(4).await.unwrap(), vec![kv("a", "2", 2)]);
+    assert!(matches!(at(6).await, Err(Error::InvalidArgument(_))));
+    let count = store
+        .range(
+            Range::prefix(b"b").at_revision(2).count_only(),
+            Consistency::Stale,
+        )
+        .await
+        .unwrap();
+    assert_eq!(count.count, 1);
+    store.compact(3).await.unwrap();
+    assert!(matches!(
+        at(2).await,
+        Err(Error::Compacted {
+            requested: 2,
+            oldest: 3
+        })
+    ));
+    assert_eq!(at(3).await.unwrap(), vec![kv("a", "2", 2), kv("b", "1", 1)]);
+    store.shutdown().await.unwrap();
+
+    let store = open(dir.path()).await;
+    let at = |revision: u64| {
+        let store = store.clone();
+        async move {
+            store
+                .range(
+                    Range::all().at_revision(revision),
+                    Consistency::Linearizable,
+                )
+                .await
+                .map(|r| r.kvs.len())
+        }
+    };
+    assert_eq!(at(3).await.unwrap(), 2);
+    store.put(b"a", b"3").await.unwrap(); // 6
+    store.compact(6).await.unwrap();
+    assert!(matches!(at(5).await, Err(Error::Compacted { .. })));
+    store.shutdown().await.unwrap();
+
+    // Only the live versions are left: a at 6 and c at 5.
+    let cipher = std::sync::Arc::new(
+        coffer_store::engine::keys::open_keyring(dir.path(), false)
+            .unwrap()
+            .cipher()
+            .unwrap(),
+    );
+    let db = coffer_store::engine::db::Db::open(&dir.path().join("db"), cipher).unwrap();
+    let rows = db
+        .scan_sealed(coffer_store::engine::db::CF_KV, &[])
+        .unwrap()
+        .count();
+    assert_eq!(
+        rows, 2,
+        "replaced versions and tombstones outlived the history"
+    );
+}

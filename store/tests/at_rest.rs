@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use coffer_store::crypto::SecretKey;
-use coffer_store::engine::db::{Db, CF_EVENTS, CF_KV, CF_LOG, CF_META};
+use coffer_store::engine::db::{Db, CF_EVENTS, CF_KV, CF_LEASES, CF_LOG, CF_META};
 use coffer_store::engine::keys;
 use coffer_store::{
     Check, CmpOp, Compare, Config, Consistency, Encryption, Op, OpenError, Store, Txn, Value,
@@ -24,7 +24,7 @@ use coffer_store::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const ALL_CFS: [&str; 4] = [CF_META, CF_LOG, CF_KV, CF_EVENTS];
+const ALL_CFS: [&str; 5] = [CF_META, CF_LOG, CF_KV, CF_EVENTS, CF_LEASES];
 /// Fragments every canary contains: if none of these is on disk, no canary is.
 const FRAGMENTS: [&str; 7] = [
     "CANARY",

@@ -227,6 +227,33 @@ async fn check_contents(dir: &Path, version: u32) {
     } else {
         assert_eq!(leases, vec![]);
     }
+    // Format 3 keeps replaced versions for reads at past revisions; a
+    // migrated directory had only the newest, so it reads from `last` on.
+    let past = store
+        .range(
+            coffer_store::Range::all().at_revision(4),
+            Consistency::Linearizable,
+        )
+        .await;
+    if version >= 3 {
+        let keys: Vec<(Vec<u8>, Vec<u8>)> = past
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value.into_vec()))
+            .collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> =
+            [("app/gone", "x"), ("app/one", "1"), ("app/two", "2b")]
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect();
+        assert_eq!(keys, want);
+    } else {
+        assert!(
+            matches!(past, Err(coffer_store::Error::Compacted { oldest, .. }) if oldest == last),
+            "{past:?}"
+        );
+    }
     let mut watch = store.watch(b"", 1).unwrap();
     for (revision, kind, key) in expected_events(version) {
         let e = tokio::time::timeout(Duration::from_secs(10), watch.next())
@@ -276,7 +303,7 @@ async fn the_checked_in_directories_open_and_read_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_written_now_reads_back_the_same() {
     assert_eq!(
-        FORMAT_VERSION, 2,
+        FORMAT_VERSION, 3,
         "a new format version needs a new fixture"
     );
     let tmp = tempfile::tempdir().unwrap();

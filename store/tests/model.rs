@@ -278,9 +278,44 @@ async fn check_all(store: &Store, model: &Model) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every past revision reads back as the model was then: the whole range,
+/// and a keys-only page of it.
+async fn check_history(store: &Store, states: &BTreeMap<u64, Model>) -> anyhow::Result<()> {
+    for (revision, then) in states.iter().filter(|(r, _)| **r > 0) {
+        let got = store
+            .range(
+                Range::all().at_revision(*revision),
+                Consistency::Linearizable,
+            )
+            .await?;
+        let want = then.list(b"");
+        ensure!(
+            got.kvs == want && got.revision == *revision,
+            "at revision {revision}:\n store {:?}\n model {want:?}",
+            got.kvs
+        );
+        let page = store
+            .range(
+                Range::all().at_revision(*revision).limit(1).keys_only(),
+                Consistency::Stale,
+            )
+            .await?;
+        ensure!(
+            page.count == want.len() as u64
+                && page.kvs.first().map(|kv| (&kv.key, kv.meta))
+                    == want.first().map(|kv| (&kv.key, kv.meta))
+                && page.next == want.get(1).map(|kv| kv.key.clone()),
+            "keys-only page at revision {revision}: {page:?}"
+        );
+    }
+    Ok(())
+}
+
 async fn run(dir: &Path, actions: &[Action]) -> anyhow::Result<()> {
     let mut store = Store::open(Config::new(dir)).await?;
     let mut model = Model::default();
+    // The model as it was at each revision.
+    let mut states = BTreeMap::new();
     for (i, action) in actions.iter().enumerate() {
         let ctx = || format!("action #{i}: {action:?}");
         match action {
@@ -425,14 +460,21 @@ async fn run(dir: &Path, actions: &[Action]) -> anyhow::Result<()> {
                 store = Store::open(Config::new(dir)).await.with_context(ctx)?;
             }
         }
+        states.insert(model.revision, model.clone());
         check_all(&store, &model).await.with_context(ctx)?;
     }
+    check_history(&store, &states)
+        .await
+        .context("past revisions")?;
     // Whatever the sequence, the final state survives a restart.
     store.shutdown().await?;
     let store = Store::open(Config::new(dir)).await?;
     check_all(&store, &model)
         .await
         .context("after the final reopen")?;
+    check_history(&store, &states)
+        .await
+        .context("past revisions after the final reopen")?;
     store.shutdown().await?;
     Ok(())
 }

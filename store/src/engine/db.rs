@@ -36,9 +36,12 @@ const ALL_CFS: [&str; 5] = [CF_META, CF_LOG, CF_KV, CF_EVENTS, CF_LEASES];
 /// - 1: the first versioned format.
 /// - 2: leases (the `leases` column family; `kv` rows, event records and
 ///   snapshot frames carry a key's lease). Format 1 rows still read as
-///   they are (no lease), so the migration only adds the column family and
-///   rewrites this row.
-pub const FORMAT_VERSION: u32 = 2;
+///   they are (no lease).
+/// - 3: `kv` rows hold every version still in the history, under the
+///   name's hash and the version's revision, and deletes leave tombstones
+///   (reads at past revisions). Opening a format 1 or 2 directory rewrites
+///   its `kv` rows ([`crate::engine::state_machine::migrate_kv_rows`]).
+pub const FORMAT_VERSION: u32 = 3;
 const META_FORMAT: &[u8] = b"format";
 
 /// A row key with its opened value.
@@ -104,9 +107,11 @@ impl Db {
         })
     }
 
-    /// Checks the data directory's format version; writes it (synced) into
-    /// a database that holds nothing yet.
-    pub fn check_format(&self) -> Result<(), Error> {
+    /// Checks the data directory's format version and returns it: this
+    /// build's, or an older one the caller migrates (then records with
+    /// [`Db::write_format`]). Writes it (synced) into a database that holds
+    /// nothing yet.
+    pub fn check_format(&self) -> Result<u32, Error> {
         let Some(plain) = self.get_sealed(CF_META, META_FORMAT)? else {
             let meta = self.cf(CF_META)?;
             let empty = self
@@ -124,15 +129,14 @@ impl Db {
                     ),
                 ));
             }
-            return self.write_format();
+            self.write_format()?;
+            return Ok(FORMAT_VERSION);
         };
         let version = <[u8; 4]>::try_from(plain.as_slice())
             .map(u32::from_be_bytes)
             .map_err(|_| self.corruption(CF_META, "the format row is not 4 bytes"))?;
-        if version == 1 {
-            // Format 1 rows read as they are; the `leases` column family
-            // exists since this open.
-            return self.write_format();
+        if (1..FORMAT_VERSION).contains(&version) {
+            return Ok(version);
         }
         if version != FORMAT_VERSION {
             return Err(Error::Engine(format!(
@@ -145,11 +149,11 @@ impl Db {
                 }
             )));
         }
-        Ok(())
+        Ok(version)
     }
 
     /// Records (synced) that the directory is in this build's format.
-    fn write_format(&self) -> Result<(), Error> {
+    pub fn write_format(&self) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         self.put_sealed(
             &mut batch,

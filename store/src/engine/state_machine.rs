@@ -39,9 +39,15 @@ use crate::snapshot::{
 use crate::types::{self, NodeId, TypeConfig};
 
 const META_SM: &[u8] = b"sm";
-/// Format of a `kv` row: version, then name, value and metadata (version
-/// 1 rows, from before leases, still read).
-const KV_ROW_VERSION: u8 = 2;
+/// The `meta` row of [`SmState::reads_from`]: version, then the revision.
+const META_READS_FROM: &[u8] = b"reads_from";
+const READS_FROM_VERSION: u8 = 1;
+/// Format of a `kv` row: version, kind, then the version of the key or its
+/// tombstone. Versions 1 and 2 (one row per live key, under its name's
+/// hash alone) are rewritten by [`migrate_kv_rows`].
+const KV_ROW_VERSION: u8 = 3;
+const ROW_LIVE: u8 = 1;
+const ROW_TOMBSTONE: u8 = 2;
 /// Format of a `leases` row: version, then the time-to-live in seconds.
 const LEASE_ROW_VERSION: u8 = 1;
 /// Format of the `sm` pointer row.
@@ -79,6 +85,15 @@ pub struct SmState {
     pub membership: StoredMembership<NodeId, BasicNode>,
     /// Events at or below this revision are no longer kept.
     pub compacted: u64,
+    /// `kv` rows that a later change replaced, with the revision of that
+    /// change, oldest first. They serve reads at past revisions and the
+    /// previous versions of watch events until the history is compacted
+    /// past the change, when they are deleted.
+    pub superseded: std::collections::VecDeque<(u64, [u8; 40])>,
+    /// Reads at revisions before this one are refused: the versions they
+    /// need were not kept (the directory was migrated from a format that
+    /// kept only the newest version, at this revision).
+    pub reads_from: u64,
 }
 
 /// State shared by the state machine (owned by openraft) and the `Store`
@@ -158,37 +173,171 @@ fn decode_pointer(bytes: &[u8]) -> Result<SmPointer, crate::codec::DecodeError> 
     Ok(p)
 }
 
-/// Adds the sealed `kv` row of `kv`, under its name's hash, to `batch`.
-fn put_kv_row(db: &Db, batch: &mut WriteBatch, kv: &KeyValue) -> Result<(), Error> {
-    let mut w = Writer::with_capacity(kv.key.len() + kv.value.len() + 41);
-    w.u8(KV_ROW_VERSION);
-    crate::snapshot::encode_kv(&mut w, kv);
-    db.put_sealed(batch, CF_KV, &db.cipher.name_hash(&kv.key), &w.finish()?)
+/// Row key of one version of a key in `kv`: the name's keyed hash, then
+/// the revision that wrote the version (so a key's versions sort oldest
+/// first, and `seek_for_prev(hash ‖ R)` finds the version live at R).
+pub fn row_key(hash: &[u8; 32], revision: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(hash);
+    k[32..].copy_from_slice(&revision.to_be_bytes());
+    k
 }
 
-/// Decodes a `kv` row and checks that it sits under its own name's hash.
-fn decode_kv_row(db: &Db, row_key: &[u8], plain: &[u8]) -> Result<KeyValue, Error> {
-    let mut r = Reader::new(plain);
-    let layout = match r.u8("kv row version") {
-        Ok(1) => KvLayout::V1,
-        Ok(KV_ROW_VERSION) => KvLayout::WithLease,
-        Ok(version) => {
-            return Err(db.corruption(
-                CF_KV,
-                crate::codec::DecodeError::UnknownVersion {
-                    what: "kv row",
-                    version,
-                },
-            ))
-        }
-        Err(e) => return Err(db.corruption(CF_KV, e)),
+/// The revision in a `kv` row key.
+fn revision_of(row_key: &[u8; 40]) -> u64 {
+    let mut r = [0u8; 8];
+    r.copy_from_slice(&row_key[32..]);
+    u64::from_be_bytes(r)
+}
+
+/// One `kv` row: a version of a key, or the tombstone its delete left.
+#[derive(Debug)]
+pub enum Row {
+    Live(KeyValue),
+    Tombstone { key: Vec<u8> },
+}
+
+/// Adds the sealed `kv` row of `kv`'s version (at its mod revision) to
+/// `batch`.
+fn put_kv_row(db: &Db, batch: &mut WriteBatch, kv: &KeyValue) -> Result<[u8; 40], Error> {
+    let mut w = Writer::with_capacity(kv.key.len() + kv.value.len() + 50);
+    w.u8(KV_ROW_VERSION).u8(ROW_LIVE);
+    crate::snapshot::encode_kv(&mut w, kv);
+    let key = row_key(&db.cipher.name_hash(&kv.key), kv.meta.mod_revision);
+    db.put_sealed(batch, CF_KV, &key, &w.finish()?)?;
+    Ok(key)
+}
+
+/// Adds the tombstone of `key`'s delete at `revision` to `batch`.
+fn put_tombstone(
+    db: &Db,
+    batch: &mut WriteBatch,
+    key: &[u8],
+    revision: u64,
+) -> Result<[u8; 40], Error> {
+    let mut w = Writer::with_capacity(key.len() + 8);
+    w.u8(KV_ROW_VERSION).u8(ROW_TOMBSTONE).bytes(key);
+    let row = row_key(&db.cipher.name_hash(key), revision);
+    db.put_sealed(batch, CF_KV, &row, &w.finish()?)?;
+    Ok(row)
+}
+
+/// Decodes a `kv` row and checks that it sits under its own name's hash
+/// and revision; returns that revision with the row.
+fn decode_row(db: &Db, row_key: &[u8], plain: &[u8]) -> Result<(u64, Row), Error> {
+    let bad = |e: &dyn std::fmt::Display| db.corruption(CF_KV, e);
+    let Ok(full) = <&[u8; 40]>::try_from(row_key) else {
+        return Err(bad(&"a row key is not a hash and a revision"));
     };
-    let kv = crate::snapshot::decode_kv(&mut r, layout).map_err(|e| db.corruption(CF_KV, e))?;
-    r.finish("kv row").map_err(|e| db.corruption(CF_KV, e))?;
-    if db.cipher.name_hash(&kv.key) != row_key {
-        return Err(db.corruption(CF_KV, "row is not stored under its key's hash"));
+    let (hash, revision) = (&full[..32], revision_of(full));
+    let mut r = Reader::new(plain);
+    let row = (|| {
+        r.version(KV_ROW_VERSION, "kv row version")?;
+        Ok::<_, crate::codec::DecodeError>(match r.u8("kv row kind")? {
+            ROW_LIVE => Row::Live(crate::snapshot::decode_kv(&mut r, KvLayout::WithLease)?),
+            ROW_TOMBSTONE => Row::Tombstone {
+                key: r.bytes(crate::command::MAX_KEY_BYTES, "key")?.to_vec(),
+            },
+            tag => {
+                return Err(crate::codec::DecodeError::UnknownTag {
+                    what: "kv row kind",
+                    tag,
+                })
+            }
+        })
+    })()
+    .map_err(|e| bad(&e))?;
+    r.finish("kv row").map_err(|e| bad(&e))?;
+    let (name, stamped) = match &row {
+        Row::Live(kv) => (&kv.key, kv.meta.mod_revision),
+        Row::Tombstone { key } => (key, revision),
+    };
+    if db.cipher.name_hash(name) != hash || stamped != revision {
+        return Err(bad(&"row is not stored under its key's hash and revision"));
     }
-    Ok(kv)
+    Ok((revision, row))
+}
+
+/// Walks opened `kv` rows in key order, one key at a time: `superseded`
+/// gets each row that a later version of its key replaced, with that
+/// version's revision; `newest` gets each key's newest row. Only one row is
+/// held at a time.
+fn walk_versions(
+    db: &Db,
+    rows: impl Iterator<Item = Result<crate::engine::db::OpenedRow, Error>>,
+    mut superseded: impl FnMut(u64, [u8; 40]),
+    mut newest: impl FnMut([u8; 40], Row) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut held: Option<([u8; 40], Row)> = None;
+    for row in rows {
+        let (k, plain) = row?;
+        let (revision, row) = decode_row(db, &k, &plain)?;
+        let key = <[u8; 40]>::try_from(&*k).map_err(|_| db.corruption(CF_KV, "short row key"))?;
+        if let Some((held_key, held_row)) = held.take() {
+            if held_key[..32] == key[..32] {
+                superseded(revision, held_key);
+            } else {
+                newest(held_key, held_row)?;
+            }
+        }
+        held = Some((key, row));
+    }
+    match held {
+        Some((key, row)) => newest(key, row),
+        None => Ok(()),
+    }
+}
+
+/// Rewrites format 1 and 2 `kv` rows (one per live key, under the name's
+/// hash alone) as format 3 rows (under the hash and the version's
+/// revision). Idempotent: a migration cut short is finished by the next
+/// open, which runs it again before the format row moves on.
+pub fn migrate_kv_rows(db: &Db) -> Result<(), Error> {
+    const BATCH_ROWS: usize = 1024;
+    let cf = db.cf(CF_KV)?;
+    let mut batch = WriteBatch::default();
+    let mut rows = 0;
+    for row in db.scan_sealed(CF_KV, &[])? {
+        let (k, plain) = row?;
+        if k.len() != 32 {
+            continue;
+        }
+        let mut r = Reader::new(&plain);
+        let layout = match r
+            .u8("kv row version")
+            .map_err(|e| db.corruption(CF_KV, e))?
+        {
+            1 => KvLayout::V1,
+            2 => KvLayout::WithLease,
+            version => {
+                return Err(db.corruption(CF_KV, format!("a format 2 kv row has version {version}")))
+            }
+        };
+        let kv = crate::snapshot::decode_kv(&mut r, layout).map_err(|e| db.corruption(CF_KV, e))?;
+        r.finish("kv row").map_err(|e| db.corruption(CF_KV, e))?;
+        if db.cipher.name_hash(&kv.key).as_slice() != &*k {
+            return Err(db.corruption(CF_KV, "row is not stored under its key's hash"));
+        }
+        put_kv_row(db, &mut batch, &kv)?;
+        batch.delete_cf(cf, &k);
+        rows += 1;
+        if rows % BATCH_ROWS == 0 {
+            db.write(std::mem::take(&mut batch), false)?;
+        }
+    }
+    // Only the newest versions exist: no read before now can be served.
+    let revision = match db.get_sealed(CF_META, META_SM)? {
+        Some(plain) => {
+            decode_pointer(&plain)
+                .map_err(|e| db.corruption(CF_META, e))?
+                .revision
+        }
+        None => 0,
+    };
+    let mut w = Writer::with_capacity(9);
+    w.u8(READS_FROM_VERSION).u64(revision);
+    db.put_sealed(&mut batch, CF_META, META_READS_FROM, &w.finish()?)?;
+    db.write(batch, false)
 }
 
 /// Adds the sealed `leases` row of lease `id` to `batch`.
@@ -254,20 +403,46 @@ impl Shared {
             st.index.revision = p.revision;
             st.compacted = p.compacted;
         }
+        if let Some(plain) = self.db.get_sealed(CF_META, META_READS_FROM)? {
+            let mut r = Reader::new(&plain);
+            st.reads_from = (|| {
+                r.version(READS_FROM_VERSION, "reads_from version")?;
+                r.u64("reads_from")
+            })()
+            .map_err(|e| self.db.corruption(CF_META, e))?;
+        }
         for row in self.db.scan_sealed(CF_LEASES, &[])? {
             let (k, plain) = row?;
             let (id, ttl) = decode_lease_row(&self.db, &k, &plain)?;
             st.index.insert_lease(id, ttl);
         }
-        for row in self.db.scan_sealed(CF_KV, &[])? {
-            let (k, plain) = row?;
-            let kv = decode_kv_row(&self.db, &k, &plain)?;
-            if !st.index.insert_live(kv.key, kv.meta, kv.value.len() as u64) {
-                return Err(self
-                    .db
-                    .corruption(CF_KV, "a key names a lease that does not exist"));
-            }
-        }
+        let mut superseded = Vec::new();
+        let mut tombstones = Vec::new();
+        let index = &mut st.index;
+        walk_versions(
+            &self.db,
+            self.db.scan_sealed(CF_KV, &[])?,
+            |revision, row| superseded.push((revision, row)),
+            |row_key, row| match row {
+                Row::Live(kv) => {
+                    if index.insert_live(kv.key, kv.meta, kv.value.len() as u64) {
+                        Ok(())
+                    } else {
+                        Err(self
+                            .db
+                            .corruption(CF_KV, "a key names a lease that does not exist"))
+                    }
+                }
+                // A tombstone goes when the history passes its own revision.
+                Row::Tombstone { .. } => {
+                    tombstones.push((revision_of(&row_key), row_key));
+                    Ok(())
+                }
+            },
+        )?;
+        superseded.extend(tombstones);
+        superseded.sort_unstable();
+        st.superseded = superseded.into();
         self.restart_lease_countdowns(&st.index)?;
         *self.state.write().map_err(|_| lock_poisoned())? = st;
         Ok(())
@@ -331,12 +506,10 @@ impl Shared {
     /// corruption, never an absent key.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, Error> {
         let st = self.state.read().map_err(|_| lock_poisoned())?;
-        if st.index.get(key).is_none() {
-            return Ok(None);
+        match st.index.get(key) {
+            None => Ok(None),
+            Some(e) => self.read_live(key, e.meta.mod_revision).map(Some),
         }
-        self.read_kv(key)?
-            .map(Some)
-            .ok_or_else(|| self.db.corruption(CF_KV, "a live key's row is missing"))
     }
 
     /// The live keys in `range`, in key order, as of one point in time.
@@ -347,6 +520,9 @@ impl Shared {
     /// blocking thread.
     pub fn range(&self, range: &Range) -> Result<RangeResult, Error> {
         let st = self.state.read().map_err(|_| lock_poisoned())?;
+        if range.revision != 0 && range.revision != st.index.revision {
+            return self.range_at(range, st);
+        }
         let view = self.db.db.snapshot();
         let mut result = RangeResult {
             revision: st.index.revision,
@@ -388,30 +564,127 @@ impl Shared {
         let cf = self.db.cf(CF_KV)?;
         let mut out = Vec::with_capacity(chosen.len());
         for page in chosen.chunks(LIST_PAGE_KEYS) {
-            let hashes: Vec<[u8; 32]> = page
+            let rows: Vec<[u8; 40]> = page
                 .iter()
-                .map(|(k, _)| self.db.cipher.name_hash(k))
+                .map(|(k, e)| row_key(&self.db.cipher.name_hash(k), e.meta.mod_revision))
                 .collect();
-            let rows = view.multi_get_cf(hashes.iter().map(|h| (cf, h.as_slice())));
-            for (hash, row) in hashes.iter().zip(rows) {
-                let raw = row
+            let found = view.multi_get_cf(rows.iter().map(|r| (cf, r.as_slice())));
+            for (row, raw) in rows.iter().zip(found) {
+                let raw = raw
                     .map_err(|e| self.db.engine_err(e))?
                     .ok_or_else(|| self.db.corruption(CF_KV, "a live key's row is missing"))?;
-                let plain = self.db.open_row(CF_KV, hash, &raw)?;
-                out.push(decode_kv_row(&self.db, hash, &plain)?);
+                let plain = self.db.open_row(CF_KV, row, &raw)?;
+                out.push(self.live(row, &plain)?);
             }
         }
         result.kvs = out;
         Ok(result)
     }
 
-    /// Reads a live key's row.
-    pub fn read_kv(&self, key: &[u8]) -> Result<Option<KeyValue>, Error> {
-        let hash = self.db.cipher.name_hash(key);
-        match self.db.get_sealed(CF_KV, &hash)? {
-            None => Ok(None),
-            Some(plain) => decode_kv_row(&self.db, &hash, &plain).map(Some),
+    /// [`Shared::range`] at a past revision R: the keys in the range now,
+    /// and those the history after R names, each read as of R (its newest
+    /// version at or before R, unless that is a tombstone). Under the lock
+    /// only the index is walked and a view taken.
+    fn range_at(
+        &self,
+        range: &Range,
+        st: std::sync::RwLockReadGuard<'_, SmState>,
+    ) -> Result<RangeResult, Error> {
+        let at = range.revision;
+        let current = st.index.revision;
+        if at > current {
+            return Err(Error::InvalidArgument(format!(
+                "revision {at} is in the future: the store is at revision {current}"
+            )));
         }
+        let oldest = st.compacted.max(st.reads_from);
+        if at < oldest {
+            return Err(Error::Compacted {
+                requested: at,
+                oldest,
+            });
+        }
+        let view = self.db.db.snapshot();
+        let mut keys: std::collections::BTreeSet<Vec<u8>> = st
+            .index
+            .keys
+            .range(range.start.clone()..)
+            .map(|(k, _)| k)
+            .take_while(|k| range.contains(k))
+            .cloned()
+            .collect();
+        drop(st);
+        // Keys changed after `at`, deleted ones included.
+        let events = view.iterator_cf(
+            self.db.cf(CF_EVENTS)?,
+            rocksdb::IteratorMode::From(&event_key(at + 1), rocksdb::Direction::Forward),
+        );
+        for item in events {
+            let (k, v) = item.map_err(|e| self.db.engine_err(e))?;
+            let plain = self.db.open_row(CF_EVENTS, &k, &v)?;
+            for e in decode_events(&plain).map_err(|e| self.db.corruption(CF_EVENTS, e))? {
+                if e.revision > at && e.revision <= current && range.contains(&e.kv.key) {
+                    keys.insert(e.kv.key);
+                }
+            }
+        }
+        let limit = if range.limit == 0 {
+            usize::MAX
+        } else {
+            range.limit
+        };
+        let mut result = RangeResult {
+            revision: at,
+            ..RangeResult::default()
+        };
+        let mut it = view.raw_iterator_cf(self.db.cf(CF_KV)?);
+        for key in keys {
+            let hash = self.db.cipher.name_hash(&key);
+            it.seek_for_prev(row_key(&hash, at));
+            let Some((row, raw)) = it.item().filter(|(k, _)| k.starts_with(&hash)) else {
+                continue;
+            };
+            let plain = self.db.open_row(CF_KV, row, raw)?;
+            let Row::Live(mut kv) = decode_row(&self.db, row, &plain)?.1 else {
+                continue;
+            };
+            result.count += 1;
+            if range.count_only {
+                continue;
+            }
+            if result.kvs.len() < limit {
+                if range.keys_only {
+                    kv.value = Value::default();
+                }
+                result.kvs.push(kv);
+            } else if result.next.is_none() {
+                result.more = true;
+                result.next = Some(key);
+            }
+        }
+        it.status().map_err(|e| self.db.engine_err(e))?;
+        Ok(result)
+    }
+
+    /// Decodes a row that must hold a live version.
+    fn live(&self, row: &[u8], plain: &[u8]) -> Result<KeyValue, Error> {
+        match decode_row(&self.db, row, plain)?.1 {
+            Row::Live(kv) => Ok(kv),
+            Row::Tombstone { .. } => Err(self
+                .db
+                .corruption(CF_KV, "a live key's version is a tombstone")),
+        }
+    }
+
+    /// Reads the version of live `key` written at `revision`: a missing
+    /// row is corruption.
+    pub fn read_live(&self, key: &[u8], revision: u64) -> Result<KeyValue, Error> {
+        let row = row_key(&self.db.cipher.name_hash(key), revision);
+        let plain = self
+            .db
+            .get_sealed(CF_KV, &row)?
+            .ok_or_else(|| self.db.corruption(CF_KV, "a live key's row is missing"))?;
+        self.live(&row, &plain)
     }
 
     /// Replaces the state with the contents of a complete snapshot file of
@@ -433,7 +706,7 @@ impl Shared {
         let ev_cf = self.db.cf(CF_EVENTS)?;
         let lease_cf = self.db.cf(CF_LEASES)?;
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(kv_cf, [0u8].as_slice(), [0xffu8; 33].as_slice());
+        batch.delete_range_cf(kv_cf, [0u8].as_slice(), [0xffu8; 41].as_slice());
         batch.delete_range_cf(ev_cf, [0u8].as_slice(), [0xffu8; 13].as_slice());
         batch.delete_range_cf(lease_cf, [0u8].as_slice(), [0xffu8; 9].as_slice());
         self.db.write(batch, false)?;
@@ -486,6 +759,8 @@ impl Shared {
             last_applied: pointer.last_applied,
             membership: pointer.membership,
             compacted: pointer.compacted,
+            superseded: Default::default(),
+            reads_from: 0,
         };
         Ok(())
     }
@@ -561,12 +836,23 @@ impl Shared {
         }
         w.leases(&leases).map_err(Error::from)?;
         let kv_cf = self.db.cf(CF_KV)?;
-        for item in view.iterator_cf(kv_cf, rocksdb::IteratorMode::Start) {
-            let (k, v) = item.map_err(|e| self.db.engine_err(e))?;
-            let plain = self.db.open_row(CF_KV, &k, &v)?;
-            w.push(decode_kv_row(&self.db, &k, &plain)?)
-                .map_err(Error::from)?;
-        }
+        let rows = view
+            .iterator_cf(kv_cf, rocksdb::IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.db.engine_err(e))?;
+                let plain = self.db.open_row(CF_KV, &k, &v)?;
+                Ok((k, plain))
+            });
+        // The newest version of each key, unless the key is deleted.
+        walk_versions(
+            &self.db,
+            rows,
+            |_, _| {},
+            |_, row| match row {
+                Row::Live(kv) => w.push(kv).map_err(Error::from),
+                Row::Tombstone { .. } => Ok(()),
+            },
+        )?;
         drop(view);
         let file = w.finish().map_err(Error::from)?;
         // A build that an install overtook is discarded here; openraft
@@ -684,11 +970,11 @@ struct BatchValues<'a> {
 
 impl Values for BatchValues<'_> {
     type Error = Error;
-    fn value(&self, key: &[u8]) -> Result<Option<Value>, Error> {
+    fn value(&self, key: &[u8], revision: u64) -> Result<Option<Value>, Error> {
         if let Some(v) = self.pending.get(key) {
             return Ok(v.clone());
         }
-        Ok(self.shared.read_kv(key)?.map(|kv| kv.value))
+        Ok(Some(self.shared.read_live(key, revision)?.value))
     }
 }
 
@@ -781,9 +1067,26 @@ impl StateMachine {
                                     batch.delete_cf(db.cf(CF_LEASES)?, id.to_be_bytes());
                                     continue;
                                 }
-                                Mutation::Put { key, value, meta } => {
+                                Mutation::Put {
+                                    key,
+                                    value,
+                                    meta,
+                                    superseded,
+                                } => {
                                     let kv = KeyValue { key, value, meta };
-                                    put_kv_row(db, &mut batch, &kv)?;
+                                    let row = put_kv_row(db, &mut batch, &kv)?;
+                                    // A delete earlier in this revision left
+                                    // a tombstone that this row replaces.
+                                    let queue = &mut st.superseded;
+                                    let mut i = queue.len();
+                                    while i > 0 && queue[i - 1].0 == revision {
+                                        i -= 1;
+                                        if queue[i].1 == row {
+                                            queue.remove(i);
+                                            break;
+                                        }
+                                    }
+                                    supersede(&mut st.superseded, &row, superseded, revision);
                                     pending.insert(kv.key.clone(), Some(kv.value.clone()));
                                     Event {
                                         revision,
@@ -791,8 +1094,10 @@ impl StateMachine {
                                         kv,
                                     }
                                 }
-                                Mutation::Delete { key } => {
-                                    batch.delete_cf(db.cf(CF_KV)?, db.cipher.name_hash(&key));
+                                Mutation::Delete { key, superseded } => {
+                                    let row = put_tombstone(db, &mut batch, &key, revision)?;
+                                    supersede(&mut st.superseded, &row, superseded, revision);
+                                    st.superseded.push_back((revision, row));
                                     pending.insert(key.clone(), None);
                                     Event {
                                         revision,
@@ -836,6 +1141,14 @@ impl StateMachine {
                 event_key(0),
                 event_key(trim_to.saturating_add(1)),
             );
+            // Versions replaced at or before `trim_to`: no read may ask
+            // for them any more.
+            let kv_cf = db.cf(CF_KV)?;
+            while st.superseded.front().is_some_and(|(r, _)| *r <= trim_to) {
+                if let Some((_, row)) = st.superseded.pop_front() {
+                    batch.delete_cf(kv_cf, row);
+                }
+            }
             st.compacted = trim_to;
         }
         let pointer = SmPointer {
@@ -861,6 +1174,23 @@ impl StateMachine {
             let _ = shared.notices.send(Notice::Events(events));
         }
         Ok(responses)
+    }
+}
+
+/// Queues the version of `row`'s key written at `superseded` (0: none), which
+/// the change at `revision` replaced, for deletion once the history passes
+/// `revision`. A version written at `revision` itself was overwritten in
+/// this very batch: its row is gone already.
+fn supersede(
+    queue: &mut std::collections::VecDeque<(u64, [u8; 40])>,
+    row: &[u8; 40],
+    superseded: u64,
+    revision: u64,
+) {
+    if superseded != 0 && superseded != revision {
+        let mut old = *row;
+        old[32..].copy_from_slice(&superseded.to_be_bytes());
+        queue.push_back((revision, old));
     }
 }
 
@@ -1066,8 +1396,8 @@ mod tests {
         let shared = open(dir.path());
         let cur = shared.snapshots.current().unwrap().unwrap();
         assert_eq!(cur.meta, meta_at(10));
-        assert!(shared.read_kv(b"a").unwrap().is_some());
-        assert!(shared.read_kv(b"old").unwrap().is_none());
+        assert!(shared.get(b"a").unwrap().is_some());
+        assert!(shared.get(b"old").unwrap().is_none());
     }
 
     /// The current snapshot only moves forward: an older build is
@@ -1081,8 +1411,8 @@ mod tests {
         shared.install(&meta_at(10), &ten).unwrap();
         let older = snapshot_at(&shared, 7, &["z"]);
         assert!(shared.install(&meta_at(7), &older).is_err());
-        assert!(shared.read_kv(b"z").unwrap().is_none());
-        assert!(shared.read_kv(b"a").unwrap().is_some());
+        assert!(shared.get(b"z").unwrap().is_none());
+        assert!(shared.get(b"a").unwrap().is_some());
         assert_eq!(
             shared.snapshots.current().unwrap().unwrap().meta,
             meta_at(10)
@@ -1134,7 +1464,7 @@ mod tests {
             shared.snapshots.current().unwrap().unwrap().meta,
             meta_at(10)
         );
-        assert!(shared.read_kv(b"b").unwrap().is_some());
+        assert!(shared.get(b"b").unwrap().is_some());
         assert!(!leftover.path().exists() && !tmp.exists());
         assert_eq!(snapshot_files(&shared), vec![format!("{}.snap", file.id())]);
     }

@@ -204,7 +204,13 @@ impl Store {
         fs::create_dir_all(&snapshot_dir).map_err(io_open(&snapshot_dir))?;
         let db_path = dir.join("db");
         let db = Arc::new(Db::open(&db_path, cipher).map_err(open_err)?);
-        db.check_format().map_err(open_err)?;
+        let format = db.check_format().map_err(open_err)?;
+        if format < crate::engine::db::FORMAT_VERSION {
+            // Rows of formats 1 and 2 are rewritten as format 3 rows; the
+            // other format 1 rows read as they are.
+            crate::engine::state_machine::migrate_kv_rows(&db).map_err(open_err)?;
+            db.write_format().map_err(open_err)?;
+        }
         let shared = Shared::open(db.clone(), snapshot_dir, config.watch_history_revisions)
             .map_err(open_err)?;
         let log_store = LogStore::open(db).map_err(open_err)?;
@@ -445,9 +451,10 @@ impl Store {
         range: Range,
         options: DeleteOptions,
     ) -> Result<DeleteRangeResult, Error> {
-        if range.limit != 0 || range.keys_only || range.count_only {
+        if range.limit != 0 || range.keys_only || range.count_only || range.revision != 0 {
             return Err(Error::InvalidArgument(
-                "a range delete takes bounds only: no limit, keys-only or count-only".into(),
+                "a range delete takes bounds only: no limit, keys-only, count-only or revision"
+                    .into(),
             ));
         }
         match self

@@ -96,8 +96,8 @@ async fn a_missing_row_is_corruption_not_an_absent_key() {
     store.put(b"a", b"1").await.unwrap();
     store.put(b"b", b"2").await.unwrap();
     let db = &store.shared().db;
-    let hash = db.cipher.name_hash(b"a");
-    db.db.delete_cf(db.cf(CF_KV).unwrap(), hash).unwrap();
+    let row = crate::engine::state_machine::row_key(&db.cipher.name_hash(b"a"), 1);
+    db.db.delete_cf(db.cf(CF_KV).unwrap(), row).unwrap();
     let got = store.get_kv(b"a", crate::Consistency::Stale).await;
     assert!(matches!(got, Err(Error::Corruption { .. })), "{got:?}");
     let listed = store.list(b"", crate::Consistency::Stale).await;
