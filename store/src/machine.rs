@@ -223,31 +223,34 @@ pub fn apply<V: Values>(
     index: &mut Index,
     values: &V,
     quota: u64,
-    request: &Request,
+    request: Request,
 ) -> Result<(Response, Vec<Mutation>), V::Error> {
     let next = index.revision.saturating_add(1);
     match request {
+        // The hot path takes the value over instead of copying it.
         Request::Put {
             key,
             value,
             prev_kv,
             lease,
         } => {
-            if index.lacks_lease(*lease) {
-                return Ok((lease_not_found(*lease), vec![]));
+            if index.lacks_lease(lease) {
+                return Ok((lease_not_found(lease), vec![]));
             }
             let len = value.0.len() as u64;
-            let old = index.get(key).map_or(0, |e| entry_bytes(key, e.value_len));
-            let new = entry_bytes(key, len);
+            let old = index
+                .get(&key)
+                .map_or(0, |e| entry_bytes(&key, e.value_len));
+            let new = entry_bytes(&key, len);
             if new > old && index.used_bytes.saturating_sub(old).saturating_add(new) > quota {
                 return Ok((
                     Response::Rejected(over_quota(index, new - old, quota)),
                     vec![],
                 ));
             }
-            let prev_kv = previous(index, values, key, *prev_kv)?;
-            let superseded = index.mod_revision(key);
-            let meta = index.put(key, len, next, *lease);
+            let prev_kv = previous(index, values, &key, prev_kv)?;
+            let superseded = index.mod_revision(&key);
+            let meta = index.put(&key, len, next, lease);
             index.revision = next;
             Ok((
                 Response::Put {
@@ -255,13 +258,27 @@ pub fn apply<V: Values>(
                     prev_kv,
                 },
                 vec![Mutation::Put {
-                    key: key.clone(),
-                    value: value.clone(),
+                    key,
+                    value,
                     meta,
                     superseded,
                 }],
             ))
         }
+        other => apply_other(index, values, quota, &other),
+    }
+}
+
+/// [`apply`] for every request but a put.
+fn apply_other<V: Values>(
+    index: &mut Index,
+    values: &V,
+    quota: u64,
+    request: &Request,
+) -> Result<(Response, Vec<Mutation>), V::Error> {
+    let next = index.revision.saturating_add(1);
+    match request {
+        Request::Put { .. } => apply(index, values, quota, request.clone()),
         Request::Delete { key, prev_kv } => {
             let prev_kv = previous(index, values, key, *prev_kv)?;
             if let Some(superseded) = index.delete(key) {
@@ -578,7 +595,7 @@ mod tests {
     impl Model {
         fn run(&mut self, request: Request, quota_bytes: u64) -> Response {
             let Ok((resp, muts)) =
-                apply(&mut self.index, &View(&self.values), quota_bytes, &request);
+                apply(&mut self.index, &View(&self.values), quota_bytes, request);
             for m in muts {
                 match m {
                     Mutation::Put { key, value, .. } => {

@@ -94,8 +94,26 @@ impl Db {
         opts.set_max_background_jobs(2);
         // Values are sealed: compression would find nothing to compress.
         opts.set_compression_type(rocksdb::DBCompressionType::None);
+        // The hash memtable below takes one writer at a time (RocksDB
+        // groups concurrent writes anyway).
+        opts.set_allow_concurrent_memtable_write(false);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut o = Options::default();
+            if *name == CF_KV {
+                // `kv` rows are `hash ‖ revision`: a memtable hashed on the
+                // name's hash makes each insert (a new version, or the
+                // delete of a replaced one) a short walk in its key's
+                // bucket instead of a search of one large skiplist. This
+                // measured 15-20% more puts per second with 64 and 256
+                // writers. Scans of the whole family ask for total order
+                // ([`Db::total_order`]).
+                o.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(32));
+                o.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
+                    bucket_count: 1 << 18,
+                    height: 4,
+                    branching_factor: 4,
+                });
+            }
             o.set_compression_type(rocksdb::DBCompressionType::None);
             ColumnFamilyDescriptor::new(*name, o)
         });
@@ -228,6 +246,15 @@ impl Db {
             .map_err(|e| self.engine_err(e))
     }
 
+    /// Read options for a scan across keys of any prefix (the `kv` family
+    /// has a prefix extractor; without this, an iterator is only ordered
+    /// within one key's versions).
+    pub fn total_order() -> rocksdb::ReadOptions {
+        let mut o = rocksdb::ReadOptions::default();
+        o.set_total_order_seek(true);
+        o
+    }
+
     /// Every row of `cf` from `start`, opened, in key order.
     pub fn scan_sealed<'a>(
         &'a self,
@@ -235,8 +262,9 @@ impl Db {
         start: &[u8],
     ) -> Result<impl Iterator<Item = Result<OpenedRow, Error>> + 'a, Error> {
         let handle = self.cf(cf)?;
-        let it = self.db.iterator_cf(
+        let it = self.db.iterator_cf_opt(
             handle,
+            Self::total_order(),
             IteratorMode::From(start, rocksdb::Direction::Forward),
         );
         Ok(it.map(move |item| {

@@ -597,7 +597,7 @@ impl Shared {
                 "revision {at} is in the future: the store is at revision {current}"
             )));
         }
-        let oldest = st.compacted.max(st.reads_from);
+        let oldest = self.oldest_readable(&st);
         if at < oldest {
             return Err(Error::Compacted {
                 requested: at,
@@ -637,15 +637,30 @@ impl Shared {
             revision: at,
             ..RangeResult::default()
         };
-        let mut it = view.raw_iterator_cf(self.db.cf(CF_KV)?);
+        let mut same_key = rocksdb::ReadOptions::default();
+        same_key.set_prefix_same_as_start(true);
+        let mut it = view.raw_iterator_cf_opt(self.db.cf(CF_KV)?, same_key);
         for key in keys {
+            // The key's newest version at or before `at`: its versions are
+            // few (those the history covers), and walking them forward is
+            // what the hash memtable serves within one key.
             let hash = self.db.cipher.name_hash(&key);
-            it.seek_for_prev(row_key(&hash, at));
-            let Some((row, raw)) = it.item().filter(|(k, _)| k.starts_with(&hash)) else {
+            let upto = row_key(&hash, at);
+            it.seek(row_key(&hash, 0));
+            let mut found: Option<(Vec<u8>, Vec<u8>)> = None;
+            while let Some((row, raw)) = it.item() {
+                if !row.starts_with(&hash) || row > upto.as_slice() {
+                    break;
+                }
+                found = Some((row.to_vec(), raw.to_vec()));
+                it.next();
+            }
+            it.status().map_err(|e| self.db.engine_err(e))?;
+            let Some((row, raw)) = found else {
                 continue;
             };
-            let plain = self.db.open_row(CF_KV, row, raw)?;
-            let Row::Live(mut kv) = decode_row(&self.db, row, &plain)?.1 else {
+            let plain = self.db.open_row(CF_KV, &row, &raw)?;
+            let Row::Live(mut kv) = decode_row(&self.db, &row, &plain)?.1 else {
                 continue;
             };
             result.count += 1;
@@ -662,8 +677,16 @@ impl Shared {
                 result.next = Some(key);
             }
         }
-        it.status().map_err(|e| self.db.engine_err(e))?;
         Ok(result)
+    }
+
+    /// The oldest revision a read may ask for: the history's, and no more
+    /// than [`Shared::watch_history`] revisions back (past that, the rows
+    /// of replaced versions are deleted).
+    fn oldest_readable(&self, st: &SmState) -> u64 {
+        st.compacted
+            .max(st.reads_from)
+            .max(st.index.revision.saturating_sub(self.watch_history))
     }
 
     /// Decodes a row that must hold a live version.
@@ -837,7 +860,7 @@ impl Shared {
         w.leases(&leases).map_err(Error::from)?;
         let kv_cf = self.db.cf(CF_KV)?;
         let rows = view
-            .iterator_cf(kv_cf, rocksdb::IteratorMode::Start)
+            .iterator_cf_opt(kv_cf, Db::total_order(), rocksdb::IteratorMode::Start)
             .map(|item| {
                 let (k, v) = item.map_err(|e| self.db.engine_err(e))?;
                 let plain = self.db.open_row(CF_KV, &k, &v)?;
@@ -962,19 +985,36 @@ pub struct HistoryPage {
     pub covered_upto: u64,
 }
 
-/// Values of a batch being applied: its own earlier writes, then disk.
+/// Where a batch being applied put a key: the event of its put (record,
+/// position), or `None` for a delete.
+type Pending = HashMap<Vec<u8>, Option<(usize, usize)>>;
+
+/// Values of a batch being applied: its own earlier writes (found in its
+/// events, so the batch keeps no second copy of each value), then disk.
 struct BatchValues<'a> {
     shared: &'a Shared,
-    pending: &'a HashMap<Vec<u8>, Option<Value>>,
+    pending: &'a Pending,
+    sealed: &'a [Arc<Vec<Event>>],
+    filling: &'a [Event],
 }
 
 impl Values for BatchValues<'_> {
     type Error = Error;
     fn value(&self, key: &[u8], revision: u64) -> Result<Option<Value>, Error> {
-        if let Some(v) = self.pending.get(key) {
-            return Ok(v.clone());
+        match self.pending.get(key) {
+            Some(None) => Ok(None),
+            Some(Some((record, position))) => {
+                let events = self
+                    .sealed
+                    .get(*record)
+                    .map_or(self.filling, |r| r.as_slice());
+                events
+                    .get(*position)
+                    .map(|e| Some(e.kv.value.clone()))
+                    .ok_or_else(|| Error::Internal("a pending write's event is missing".into()))
+            }
+            None => Ok(Some(self.shared.read_live(key, revision)?.value)),
         }
-        Ok(Some(self.shared.read_live(key, revision)?.value))
     }
 }
 
@@ -1016,7 +1056,7 @@ impl StateMachine {
         let db = &shared.db;
         let mut st = shared.state.write().map_err(|_| lock_poisoned())?;
         let mut batch = WriteBatch::default();
-        let mut pending: HashMap<Vec<u8>, Option<Value>> = HashMap::new();
+        let mut pending = Pending::new();
         // The events of the record being filled, and the sealed records'.
         let mut events = Vec::new();
         let mut events_bytes = 0usize;
@@ -1036,14 +1076,20 @@ impl StateMachine {
                 }
                 EntryPayload::Normal(cmd) => {
                     let mut answers = Vec::with_capacity(cmd.requests.len());
-                    for request in &cmd.requests {
+                    for request in cmd.requests {
+                        let revoking = match &request {
+                            Request::LeaseRevoke { id } => Some(*id),
+                            _ => None,
+                        };
                         let values = BatchValues {
                             shared,
                             pending: &pending,
+                            sealed: &notices,
+                            filling: &events,
                         };
                         let (resp, mutations) =
                             machine::apply(&mut st.index, &values, cmd.quota_bytes, request)?;
-                        match (request, &resp) {
+                        match (revoking, &resp) {
                             (_, Response::Compact { compacted, .. }) => {
                                 compact_to = compact_to.max(*compacted);
                             }
@@ -1051,8 +1097,8 @@ impl StateMachine {
                             | (_, Response::LeaseKeepAlive { id, ttl_secs }) => {
                                 lease_countdowns.push((*id, due_after(*ttl_secs)));
                             }
-                            (Request::LeaseRevoke { id }, Response::LeaseRevoke { .. }) => {
-                                lease_countdowns.push((*id, None));
+                            (Some(id), Response::LeaseRevoke { .. }) => {
+                                lease_countdowns.push((id, None));
                             }
                             _ => {}
                         }
@@ -1087,7 +1133,12 @@ impl StateMachine {
                                         }
                                     }
                                     supersede(&mut st.superseded, &row, superseded, revision);
-                                    pending.insert(kv.key.clone(), Some(kv.value.clone()));
+                                    // Where this event will be: the record
+                                    // being filled becomes `notices[len]`.
+                                    pending.insert(
+                                        kv.key.clone(),
+                                        Some((notices.len(), events.len())),
+                                    );
                                     Event {
                                         revision,
                                         kind: EventKind::Put,
@@ -1141,15 +1192,18 @@ impl StateMachine {
                 event_key(0),
                 event_key(trim_to.saturating_add(1)),
             );
-            // Versions replaced at or before `trim_to`: no read may ask
-            // for them any more.
-            let kv_cf = db.cf(CF_KV)?;
-            while st.superseded.front().is_some_and(|(r, _)| *r <= trim_to) {
-                if let Some((_, row)) = st.superseded.pop_front() {
-                    batch.delete_cf(kv_cf, row);
-                }
-            }
             st.compacted = trim_to;
+        }
+        // Versions replaced at or before the oldest readable revision: no
+        // read may ask for them any more. This floor moves with every
+        // batch (the history above moves in steps), so each batch deletes
+        // about as many rows as it replaced.
+        let floor = shared.oldest_readable(&st);
+        let kv_cf = db.cf(CF_KV)?;
+        while st.superseded.front().is_some_and(|(r, _)| *r <= floor) {
+            if let Some((_, row)) = st.superseded.pop_front() {
+                batch.delete_cf(kv_cf, row);
+            }
         }
         let pointer = SmPointer {
             last_applied: st.last_applied,
