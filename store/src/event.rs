@@ -23,6 +23,9 @@ pub struct Event {
     pub revision: u64,
     pub kind: EventKind,
     pub kv: KeyValue,
+    /// The key as it was before this change (`None`: it was absent), when
+    /// the watch asked for it (`WatchOptions::prev_kv`); never stored.
+    pub prev_kv: Option<KeyValue>,
 }
 
 /// Format of an `events` row (version 1 held one event per row; version 2
@@ -82,5 +85,10 @@ fn decode_event(r: &mut Reader<'_>, layout: KvLayout) -> Result<Event, DecodeErr
         }
     };
     let kv = crate::snapshot::decode_kv(r, layout)?;
-    Ok(Event { revision, kind, kv })
+    Ok(Event {
+        revision,
+        kind,
+        kv,
+        prev_kv: None,
+    })
 }

@@ -1001,3 +1001,59 @@ async fn past_revisions_read_until_compacted_and_their_rows_go_with_them() {
         "replaced versions and tombstones outlived the history"
     );
 }
+
+/// `prev_kv` on a watch: each event carries the key as it was before it,
+/// from history and live alike; a delete's is the deleted version, a
+/// creation's is `None`. Versions are kept for the last
+/// `watch_history_revisions`: a watch that needs an older one is
+/// `Compacted`, while one without `prev_kv` still replays the history.
+#[tokio::test]
+async fn watch_events_carry_the_previous_version_on_request() {
+    use coffer_store::WatchOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.watch_history_revisions = 8;
+    let store = Store::open(config).await.unwrap();
+    store.put(b"k", b"1").await.unwrap(); // 1
+    store.put(b"k", b"2").await.unwrap(); // 2
+    store.delete(b"k").await.unwrap(); // 3
+    store.put(b"k", b"3").await.unwrap(); // 4
+    let options = |from: u64| WatchOptions {
+        from,
+        prev_kv: true,
+        ..WatchOptions::default()
+    };
+    let mut watch = store.watch_with(b"k", options(1)).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let e = next_event(&mut watch).await;
+        seen.push((
+            e.revision,
+            e.kind,
+            e.prev_kv
+                .map(|kv| (kv.value.into_vec(), kv.meta.mod_revision)),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (1, EventKind::Put, None),
+            (2, EventKind::Put, Some((b"1".to_vec(), 1))),
+            (3, EventKind::Delete, Some((b"2".to_vec(), 2))),
+            (4, EventKind::Put, None),
+        ]
+    );
+    // Live, too.
+    store.put(b"k", b"4").await.unwrap(); // 5
+    let e = next_event(&mut watch).await;
+    assert_eq!(e.prev_kv.map(|kv| kv.value.into_vec()), Some(b"3".to_vec()));
+    // Past the versions kept: refused with `prev_kv`, replayed without.
+    for i in 0..10 {
+        store.put(b"k", format!("{i}").as_bytes()).await.unwrap();
+    }
+    let mut old = store.watch_with(b"k", options(2)).unwrap();
+    assert!(matches!(old.next().await, Err(Error::Compacted { .. })));
+    let mut plain = store.watch(b"k", 2).unwrap();
+    assert_eq!(next_event(&mut plain).await.revision, 2);
+    store.shutdown().await.unwrap();
+}

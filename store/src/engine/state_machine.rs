@@ -288,6 +288,35 @@ fn walk_versions(
     }
 }
 
+/// The newest row of the key whose name hash is `hash` at or before
+/// `revision`, read with `it` (an iterator over `kv` in prefix mode). A
+/// key's versions are few (those the history covers), and walking them
+/// forward is what the hash memtable serves within one key (it does not
+/// seek backwards).
+fn newest_version(
+    db: &Db,
+    it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, rocksdb::DB>,
+    hash: &[u8; 32],
+    revision: u64,
+) -> Result<Option<Row>, Error> {
+    let upto = row_key(hash, revision);
+    it.seek(row_key(hash, 0));
+    let mut found: Option<(Vec<u8>, Vec<u8>)> = None;
+    while let Some((row, raw)) = it.item() {
+        if !row.starts_with(hash) || row > upto.as_slice() {
+            break;
+        }
+        found = Some((row.to_vec(), raw.to_vec()));
+        it.next();
+    }
+    it.status().map_err(|e| db.engine_err(e))?;
+    let Some((row, raw)) = found else {
+        return Ok(None);
+    };
+    let plain = db.open_row(CF_KV, &row, &raw)?;
+    Ok(Some(decode_row(db, &row, &plain)?.1))
+}
+
 /// Rewrites format 1 and 2 `kv` rows (one per live key, under the name's
 /// hash alone) as format 3 rows (under the hash and the version's
 /// revision). Idempotent: a migration cut short is finished by the next
@@ -641,26 +670,8 @@ impl Shared {
         same_key.set_prefix_same_as_start(true);
         let mut it = view.raw_iterator_cf_opt(self.db.cf(CF_KV)?, same_key);
         for key in keys {
-            // The key's newest version at or before `at`: its versions are
-            // few (those the history covers), and walking them forward is
-            // what the hash memtable serves within one key.
             let hash = self.db.cipher.name_hash(&key);
-            let upto = row_key(&hash, at);
-            it.seek(row_key(&hash, 0));
-            let mut found: Option<(Vec<u8>, Vec<u8>)> = None;
-            while let Some((row, raw)) = it.item() {
-                if !row.starts_with(&hash) || row > upto.as_slice() {
-                    break;
-                }
-                found = Some((row.to_vec(), raw.to_vec()));
-                it.next();
-            }
-            it.status().map_err(|e| self.db.engine_err(e))?;
-            let Some((row, raw)) = found else {
-                continue;
-            };
-            let plain = self.db.open_row(CF_KV, &row, &raw)?;
-            let Row::Live(mut kv) = decode_row(&self.db, &row, &plain)?.1 else {
+            let Some(Row::Live(mut kv)) = newest_version(&self.db, &mut it, &hash, at)? else {
                 continue;
             };
             result.count += 1;
@@ -678,6 +689,34 @@ impl Shared {
             }
         }
         Ok(result)
+    }
+
+    /// Fills in each event's `prev_kv`: its key's newest version before
+    /// the event, from the `kv` rows (as of one view). The version an
+    /// event replaced is kept until the oldest readable revision passes
+    /// the event; an event at or below it is `Compacted`.
+    pub fn fill_previous(&self, events: &mut [Event]) -> Result<(), Error> {
+        let st = self.state.read().map_err(|_| lock_poisoned())?;
+        let floor = self.oldest_readable(&st);
+        let view = self.db.db.snapshot();
+        drop(st);
+        let mut same_key = rocksdb::ReadOptions::default();
+        same_key.set_prefix_same_as_start(true);
+        let mut it = view.raw_iterator_cf_opt(self.db.cf(CF_KV)?, same_key);
+        for e in events {
+            if e.revision <= floor {
+                return Err(Error::Compacted {
+                    requested: e.revision,
+                    oldest: floor + 1,
+                });
+            }
+            let hash = self.db.cipher.name_hash(&e.kv.key);
+            e.prev_kv = match newest_version(&self.db, &mut it, &hash, e.revision - 1)? {
+                Some(Row::Live(kv)) => Some(kv),
+                Some(Row::Tombstone { .. }) | None => None,
+            };
+        }
+        Ok(())
     }
 
     /// The oldest revision a read may ask for: the history's, and no more
@@ -1143,6 +1182,7 @@ impl StateMachine {
                                         revision,
                                         kind: EventKind::Put,
                                         kv,
+                                        prev_kv: None,
                                     }
                                 }
                                 Mutation::Delete { key, superseded } => {
@@ -1152,6 +1192,7 @@ impl StateMachine {
                                     pending.insert(key.clone(), None);
                                     Event {
                                         revision,
+                                        prev_kv: None,
                                         kind: EventKind::Delete,
                                         kv: KeyValue {
                                             key,

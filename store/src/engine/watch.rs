@@ -69,6 +69,11 @@ pub struct WatchOptions {
     /// When no event was delivered for this long, deliver a
     /// [`WatchItem::Progress`]. `None`: never.
     pub progress_interval: Option<Duration>,
+    /// Give each event the key as it was before it ([`Event::prev_kv`]).
+    /// The versions this needs are kept for the store's last
+    /// `Config::watch_history_revisions` revisions (and not before a
+    /// compaction): a watch that needs an older one fails with `Compacted`.
+    pub prev_kv: bool,
 }
 
 /// What a watch delivers.
@@ -124,6 +129,7 @@ struct Cursor {
     progress_interval: Option<Duration>,
     /// When the next progress notification is due.
     progress_due: Option<Instant>,
+    prev_kv: bool,
 }
 
 fn gone() -> Error {
@@ -226,7 +232,24 @@ impl Cursor {
             filter: options.filter,
             progress_interval: options.progress_interval,
             progress_due: options.progress_interval.map(|i| Instant::now() + i),
+            prev_kv: options.prev_kv,
         })
+    }
+
+    /// With `prev_kv`, reads the previous versions of the backlog's events
+    /// from `from` on (a blocking thread, one view for all of them).
+    async fn fill_previous(&mut self, from: usize) -> Result<(), Error> {
+        if !self.prev_kv || from >= self.backlog.len() {
+            return Ok(());
+        }
+        let shared = self.shared.upgrade().ok_or_else(gone)?;
+        let mut events: Vec<Event> = self.backlog.drain(from..).collect();
+        let events =
+            tokio::task::spawn_blocking(move || shared.fill_previous(&mut events).map(|()| events))
+                .await
+                .map_err(Error::from)??;
+        self.backlog.extend(events);
+        Ok(())
     }
 
     /// Whether the watch delivers `e`.
@@ -248,10 +271,11 @@ impl Cursor {
             .await
             .map_err(Error::from)??;
         let filter = self.filter;
+        let from = self.backlog.len();
         self.backlog
             .extend(page.events.into_iter().filter(|e| filter.passes(e.kind)));
         self.loaded_upto = page.covered_upto;
-        Ok(())
+        self.fill_previous(from).await
     }
 
     async fn next_item(&mut self) -> Result<WatchItem, Error> {
@@ -284,6 +308,7 @@ impl Cursor {
             };
             match notice {
                 Ok(Notice::Events(events)) => {
+                    let from = self.backlog.len();
                     for e in events.iter() {
                         if e.revision > self.loaded_upto && self.wants(e) {
                             self.backlog.push_back(e.clone());
@@ -292,6 +317,7 @@ impl Cursor {
                     if let Some(last) = events.last() {
                         self.loaded_upto = self.loaded_upto.max(last.revision);
                     }
+                    self.fill_previous(from).await?;
                 }
                 Ok(Notice::Stopped) => return Err(gone()),
                 Ok(Notice::Reset) => {
