@@ -735,19 +735,16 @@ mod tests {
 
     #[test]
     fn commands_round_trip() {
-        let cmds = [
+        // Every put encoding: plain, prev_kv, lease, both.
+        let puts = [(false, 0), (true, 0), (false, 42), (true, 42)].map(|(prev_kv, lease)| {
             Request::Put {
                 key: b"a".to_vec(),
                 value: Value(b"1".to_vec()),
-                prev_kv: false,
-                lease: 0,
-            },
-            Request::Put {
-                key: b"a".to_vec(),
-                value: Value(b"1".to_vec()),
-                prev_kv: true,
-                lease: 0,
-            },
+                prev_kv,
+                lease,
+            }
+        });
+        let others = [
             Request::Delete {
                 key: b"b".to_vec(),
                 prev_kv: false,
@@ -767,18 +764,6 @@ mod tests {
                 prev_kv: false,
             },
             Request::Compact { revision: 12 },
-            Request::Put {
-                key: b"a".to_vec(),
-                value: Value(b"1".to_vec()),
-                prev_kv: false,
-                lease: 42,
-            },
-            Request::Put {
-                key: b"a".to_vec(),
-                value: Value(b"1".to_vec()),
-                prev_kv: true,
-                lease: 42,
-            },
             Request::LeaseGrant {
                 id: 42,
                 ttl_secs: 10,
@@ -820,6 +805,7 @@ mod tests {
                 failure: vec![Op::Delete { key: b"a".to_vec() }],
             }),
         ];
+        let cmds: Vec<Request> = puts.into_iter().chain(others).collect();
         for request in cmds.clone() {
             let c = Command {
                 quota_bytes: 77,
@@ -829,7 +815,7 @@ mod tests {
         }
         let batch = Command {
             quota_bytes: 1,
-            requests: cmds.to_vec(),
+            requests: cmds,
         };
         assert_eq!(
             Command::from_bytes(&batch.to_bytes().unwrap()).unwrap(),

@@ -49,7 +49,7 @@ use coffer_store::raft::{
     AppendEntriesRequest, AppendEntriesResponse, BasicNode, RaftMetrics, ServerState, Snapshot,
     SnapshotResponse, Vote, VoteRequest, VoteResponse,
 };
-use coffer_store::snapshot::SnapshotError;
+use coffer_store::SnapshotError;
 use coffer_store::{
     snapshot_frames, Bootstrap, Config, Error, NodeId, OpenError, Store, Transport, TransportError,
     TypeConfig,

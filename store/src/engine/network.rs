@@ -50,7 +50,7 @@ pub trait Transport: Send + Sync + 'static {
         rpc: VoteRequest<NodeId>,
     ) -> BoxFuture<'static, Result<VoteResponse<NodeId>, TransportError>>;
 
-    /// Streams a snapshot's frames (see [`crate::snapshot`]) and has the
+    /// Streams a snapshot's frames (see [`crate::Frame`]) and has the
     /// target install it.
     fn snapshot(
         &self,

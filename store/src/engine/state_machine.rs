@@ -115,7 +115,7 @@ pub struct Shared {
     pub lease_due: Mutex<HashMap<u64, Instant>>,
 }
 
-/// A lease as [`Shared::leases`] reports it.
+/// A lease as [`crate::Store::leases`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseInfo {
     pub id: u64,
