@@ -86,3 +86,53 @@ fn inside_an_async_runtime_it_refuses_instead_of_blocking_a_worker() {
     assert_eq!(store.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     store.shutdown().unwrap();
 }
+
+/// Leases from plain threads: a key on a lease nobody keeps alive goes on
+/// its own (the facade's runtime counts it down), a kept key and a past
+/// revision read back.
+#[test]
+fn leases_and_past_reads_without_a_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(Config::new(dir.path())).unwrap();
+    let short = store.lease_grant(Duration::from_secs(1)).unwrap();
+    let kept = store.lease_grant(Duration::from_secs(3600)).unwrap();
+    let on = |lease: u64| coffer_store::PutOptions {
+        lease,
+        ..Default::default()
+    };
+    let mut gone = store.watch(b"short", 0).unwrap();
+    let first = store
+        .put_with(b"short", b"v", on(short.id))
+        .unwrap()
+        .revision;
+    store.put_with(b"kept", b"v", on(kept.id)).unwrap();
+    assert_eq!(store.lease_keep_alive(kept.id).unwrap(), kept.ttl);
+    assert_eq!(
+        store.lease_keys(kept.id, Consistency::Stale).unwrap(),
+        vec![b"kept".to_vec()]
+    );
+    // The put, then (a second later) the expiry's delete, under a deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let kinds = [gone.next_event(), gone.next_event()].map(|e| e.map(|e| e.kind));
+        let _ = tx.send(kinds);
+    });
+    let kinds = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the lease never expired");
+    assert!(matches!(kinds, [Ok(EventKind::Put), Ok(EventKind::Delete)]));
+    let then = store
+        .range(
+            Range::prefix(b"short").at_revision(first),
+            Consistency::Linearizable,
+        )
+        .unwrap();
+    assert_eq!(then.kvs.len(), 1);
+    let leases = store.leases(Consistency::Linearizable).unwrap();
+    assert_eq!(
+        leases.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![kept.id]
+    );
+    assert_eq!(store.lease_revoke(kept.id).unwrap().deleted, 1);
+    store.shutdown().unwrap();
+}

@@ -15,8 +15,10 @@ use tokio::runtime::{Handle, Runtime};
 
 use crate::command::{KeyValue, Txn, Value};
 use crate::config::Config;
+use crate::engine::state_machine::LeaseInfo;
 use crate::engine::store::{
-    Consistency, DeleteOptions, DeleteRangeResult, DeleteResult, PutOptions, PutResult, TxnResult,
+    Consistency, DeleteOptions, DeleteRangeResult, DeleteResult, Lease, LeaseRevokeResult,
+    PutOptions, PutResult, TxnResult,
 };
 use crate::engine::watch::{WatchItem, WatchOptions};
 use crate::error::{Error, OpenError};
@@ -125,6 +127,33 @@ impl Store {
 
     pub fn revision(&self) -> Result<u64, Error> {
         self.store.revision()
+    }
+
+    /// Grants a lease; see [`crate::Store::lease_grant`]. Its countdown
+    /// runs on the facade's own runtime, so leases expire while the
+    /// caller's threads do other things.
+    pub fn lease_grant(&self, ttl: std::time::Duration) -> Result<Lease, Error> {
+        self.run(self.store.lease_grant(ttl))
+    }
+
+    pub fn lease_grant_with_id(&self, id: u64, ttl: std::time::Duration) -> Result<Lease, Error> {
+        self.run(self.store.lease_grant_with_id(id, ttl))
+    }
+
+    pub fn lease_keep_alive(&self, id: u64) -> Result<std::time::Duration, Error> {
+        self.run(self.store.lease_keep_alive(id))
+    }
+
+    pub fn lease_revoke(&self, id: u64) -> Result<LeaseRevokeResult, Error> {
+        self.run(self.store.lease_revoke(id))
+    }
+
+    pub fn leases(&self, consistency: Consistency) -> Result<Vec<LeaseInfo>, Error> {
+        self.run(self.store.leases(consistency))
+    }
+
+    pub fn lease_keys(&self, id: u64, consistency: Consistency) -> Result<Vec<Vec<u8>>, Error> {
+        self.run(self.store.lease_keys(id, consistency))
     }
 
     /// Watches keys under `prefix` from revision `from` (0: changes after
