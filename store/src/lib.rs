@@ -28,6 +28,7 @@ internal_modules!(
     #[allow(dead_code)]
     keyring,
     machine,
+    rows,
     snapshot,
     types,
 );

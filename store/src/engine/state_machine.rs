@@ -33,8 +33,12 @@ use crate::error::Error;
 use crate::event::{decode_events, encode_events, Event, EventKind};
 use crate::machine::{self, Index, IndexEntry, Mutation, Values};
 use crate::range::{Range, RangeResult};
+use crate::rows::{
+    decode_kv_row, decode_lease_row as decode_lease_row_plain, decode_legacy_kv_row,
+    encode_lease_row, encode_live_row, encode_tombstone_row, KvRow as Row,
+};
 use crate::snapshot::{
-    Frame, KvLayout, SnapshotError, SnapshotFile, SnapshotHeader, SnapshotWriter, LEASES_PER_FRAME,
+    Frame, SnapshotError, SnapshotFile, SnapshotHeader, SnapshotWriter, LEASES_PER_FRAME,
 };
 use crate::types::{self, NodeId, TypeConfig};
 
@@ -42,14 +46,6 @@ const META_SM: &[u8] = b"sm";
 /// The `meta` row of [`SmState::reads_from`]: version, then the revision.
 const META_READS_FROM: &[u8] = b"reads_from";
 const READS_FROM_VERSION: u8 = 1;
-/// Format of a `kv` row: version, kind, then the version of the key or its
-/// tombstone. Versions 1 and 2 (one row per live key, under its name's
-/// hash alone) are rewritten by [`migrate_kv_rows`].
-const KV_ROW_VERSION: u8 = 3;
-const ROW_LIVE: u8 = 1;
-const ROW_TOMBSTONE: u8 = 2;
-/// Format of a `leases` row: version, then the time-to-live in seconds.
-const LEASE_ROW_VERSION: u8 = 1;
 /// Format of the `sm` pointer row.
 const SM_POINTER_VERSION: u8 = 1;
 /// Event history is trimmed in steps of this many revisions, so that range
@@ -190,21 +186,11 @@ fn revision_of(row_key: &[u8; 40]) -> u64 {
     u64::from_be_bytes(r)
 }
 
-/// One `kv` row: a version of a key, or the tombstone its delete left.
-#[derive(Debug)]
-pub enum Row {
-    Live(KeyValue),
-    Tombstone { key: Vec<u8> },
-}
-
 /// Adds the sealed `kv` row of `kv`'s version (at its mod revision) to
 /// `batch`.
 fn put_kv_row(db: &Db, batch: &mut WriteBatch, kv: &KeyValue) -> Result<[u8; 40], Error> {
-    let mut w = Writer::with_capacity(kv.key.len() + kv.value.len() + 50);
-    w.u8(KV_ROW_VERSION).u8(ROW_LIVE);
-    crate::snapshot::encode_kv(&mut w, kv);
     let key = row_key(&db.cipher.name_hash(&kv.key), kv.meta.mod_revision);
-    db.put_sealed(batch, CF_KV, &key, &w.finish()?)?;
+    db.put_sealed(batch, CF_KV, &key, &encode_live_row(kv)?)?;
     Ok(key)
 }
 
@@ -215,45 +201,26 @@ fn put_tombstone(
     key: &[u8],
     revision: u64,
 ) -> Result<[u8; 40], Error> {
-    let mut w = Writer::with_capacity(key.len() + 8);
-    w.u8(KV_ROW_VERSION).u8(ROW_TOMBSTONE).bytes(key);
     let row = row_key(&db.cipher.name_hash(key), revision);
-    db.put_sealed(batch, CF_KV, &row, &w.finish()?)?;
+    let plain = encode_tombstone_row(key)?;
+    db.put_sealed(batch, CF_KV, &row, &plain)?;
     Ok(row)
 }
 
 /// Decodes a `kv` row and checks that it sits under its own name's hash
 /// and revision; returns that revision with the row.
 fn decode_row(db: &Db, row_key: &[u8], plain: &[u8]) -> Result<(u64, Row), Error> {
-    let bad = |e: &dyn std::fmt::Display| db.corruption(CF_KV, e);
     let Ok(full) = <&[u8; 40]>::try_from(row_key) else {
-        return Err(bad(&"a row key is not a hash and a revision"));
+        return Err(db.corruption(CF_KV, "a row key is not a hash and a revision"));
     };
     let (hash, revision) = (&full[..32], revision_of(full));
-    let mut r = Reader::new(plain);
-    let row = (|| {
-        r.version(KV_ROW_VERSION, "kv row version")?;
-        Ok::<_, crate::codec::DecodeError>(match r.u8("kv row kind")? {
-            ROW_LIVE => Row::Live(crate::snapshot::decode_kv(&mut r, KvLayout::WithLease)?),
-            ROW_TOMBSTONE => Row::Tombstone {
-                key: r.bytes(crate::command::MAX_KEY_BYTES, "key")?.to_vec(),
-            },
-            tag => {
-                return Err(crate::codec::DecodeError::UnknownTag {
-                    what: "kv row kind",
-                    tag,
-                })
-            }
-        })
-    })()
-    .map_err(|e| bad(&e))?;
-    r.finish("kv row").map_err(|e| bad(&e))?;
-    let (name, stamped) = match &row {
-        Row::Live(kv) => (&kv.key, kv.meta.mod_revision),
-        Row::Tombstone { key } => (key, revision),
+    let row = decode_kv_row(plain).map_err(|e| db.corruption(CF_KV, e))?;
+    let stamped = match &row {
+        Row::Live(kv) => kv.meta.mod_revision,
+        Row::Tombstone { .. } => revision,
     };
-    if db.cipher.name_hash(name) != hash || stamped != revision {
-        return Err(bad(&"row is not stored under its key's hash and revision"));
+    if db.cipher.name_hash(row.key()) != hash || stamped != revision {
+        return Err(db.corruption(CF_KV, "row is not stored under its key's hash and revision"));
     }
     Ok((revision, row))
 }
@@ -331,19 +298,7 @@ pub fn migrate_kv_rows(db: &Db) -> Result<(), Error> {
         if k.len() != 32 {
             continue;
         }
-        let mut r = Reader::new(&plain);
-        let layout = match r
-            .u8("kv row version")
-            .map_err(|e| db.corruption(CF_KV, e))?
-        {
-            1 => KvLayout::V1,
-            2 => KvLayout::WithLease,
-            version => {
-                return Err(db.corruption(CF_KV, format!("a format 2 kv row has version {version}")))
-            }
-        };
-        let kv = crate::snapshot::decode_kv(&mut r, layout).map_err(|e| db.corruption(CF_KV, e))?;
-        r.finish("kv row").map_err(|e| db.corruption(CF_KV, e))?;
+        let kv = decode_legacy_kv_row(&plain).map_err(|e| db.corruption(CF_KV, e))?;
         if db.cipher.name_hash(&kv.key).as_slice() != &*k {
             return Err(db.corruption(CF_KV, "row is not stored under its key's hash"));
         }
@@ -371,9 +326,12 @@ pub fn migrate_kv_rows(db: &Db) -> Result<(), Error> {
 
 /// Adds the sealed `leases` row of lease `id` to `batch`.
 fn put_lease_row(db: &Db, batch: &mut WriteBatch, id: u64, ttl_secs: u64) -> Result<(), Error> {
-    let mut w = Writer::with_capacity(9);
-    w.u8(LEASE_ROW_VERSION).u64(ttl_secs);
-    db.put_sealed(batch, CF_LEASES, &id.to_be_bytes(), &w.finish()?)
+    db.put_sealed(
+        batch,
+        CF_LEASES,
+        &id.to_be_bytes(),
+        &encode_lease_row(ttl_secs)?,
+    )
 }
 
 /// Decodes a `leases` row into `(id, ttl_secs)`.
@@ -381,15 +339,7 @@ fn decode_lease_row(db: &Db, row_key: &[u8], plain: &[u8]) -> Result<(u64, u64),
     let id = <[u8; 8]>::try_from(row_key)
         .map(u64::from_be_bytes)
         .map_err(|_| db.corruption(CF_LEASES, "a lease row key is not 8 bytes"))?;
-    let mut r = Reader::new(plain);
-    let ttl = (|| {
-        r.version(LEASE_ROW_VERSION, "lease row version")?;
-        let ttl = r.u64("lease ttl")?;
-        Ok::<_, crate::codec::DecodeError>(ttl)
-    })()
-    .map_err(|e| db.corruption(CF_LEASES, e))?;
-    r.finish("lease row")
-        .map_err(|e| db.corruption(CF_LEASES, e))?;
+    let ttl = decode_lease_row_plain(plain).map_err(|e| db.corruption(CF_LEASES, e))?;
     if id == 0 {
         return Err(db.corruption(CF_LEASES, "lease id 0"));
     }
