@@ -633,3 +633,71 @@ async fn a_new_leader_expires_the_old_leaders_leases() -> anyhow::Result<()> {
     cluster.shutdown().await?;
     Ok(())
 }
+
+/// Versions for past reads are replicated state: every member answers a
+/// read at a past revision, and a watch with previous versions, exactly
+/// as the leader does, from its own applied state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_reads_past_revisions_alike() -> anyhow::Result<()> {
+    use coffer_store::{Range, WatchOptions};
+    let cluster = Cluster::start(3).await?;
+    cluster.put(b"p/a", b"1").await?; // 1
+    cluster.put(b"p/b", b"1").await?; // 2
+    cluster.put(b"p/a", b"2").await?; // 3
+    cluster
+        .on_leader(|store| async move { store.delete(b"p/b").await })
+        .await?; // 4
+    cluster.put(b"p/c", b"1").await?; // 5
+    cluster.wait_converged().await?;
+    let want: [&[(&str, &str)]; 5] = [
+        &[("p/a", "1")],
+        &[("p/a", "1"), ("p/b", "1")],
+        &[("p/a", "2"), ("p/b", "1")],
+        &[("p/a", "2")],
+        &[("p/a", "2"), ("p/c", "1")],
+    ];
+    for id in cluster.ids() {
+        let store = cluster.store(id)?;
+        for (i, expected) in want.iter().enumerate() {
+            let revision = i as u64 + 1;
+            let got = store
+                .range(
+                    Range::prefix(b"p/").at_revision(revision),
+                    Consistency::Stale,
+                )
+                .await?;
+            let got: Vec<(String, String)> = got
+                .kvs
+                .iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(&kv.key).into_owned(),
+                        String::from_utf8_lossy(&kv.value).into_owned(),
+                    )
+                })
+                .collect();
+            let expected: Vec<(String, String)> = expected
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ensure!(got == expected, "node {id} at revision {revision}: {got:?}");
+        }
+        let mut watch = store.watch_with(
+            b"p/a",
+            WatchOptions {
+                from: 3,
+                prev_kv: true,
+                ..WatchOptions::default()
+            },
+        )?;
+        let e = tokio::time::timeout(WAIT_TIMEOUT, watch.next()).await??;
+        let prev = e.prev_kv.map(|kv| kv.value.into_vec());
+        ensure!(
+            (e.revision, prev.as_deref()) == (3, Some(&b"1"[..])),
+            "node {id}: revision {} replaced {prev:?}",
+            e.revision
+        );
+    }
+    cluster.shutdown().await?;
+    Ok(())
+}
