@@ -260,16 +260,15 @@ async fn lease_command(store: &Store, cmd: LeaseCommand, out: &mut impl Write) -
             writeln!(out, "{}", ttl.as_secs())?;
         }
         LeaseCommand::KeepAlive { once: false, id } => {
-            let mut interrupted = std::pin::pin!(interrupted());
+            // Listening before the first renewal is printed: a signal sent
+            // once that line is out always ends the loop cleanly.
+            let mut signals = Interrupts::listen()?;
             loop {
                 let ttl = store.lease_keep_alive(id).await?;
                 writeln!(out, "{}", ttl.as_secs())?;
                 out.flush()?;
                 tokio::select! {
-                    signal = &mut interrupted => {
-                        signal?;
-                        return Ok(ExitCode::SUCCESS);
-                    }
+                    () = signals.next() => return Ok(ExitCode::SUCCESS),
                     _ = tokio::time::sleep((ttl / 3).max(Duration::from_millis(500))) => {}
                 }
             }
@@ -290,16 +289,28 @@ async fn lease_command(store: &Store, cmd: LeaseCommand, out: &mut impl Write) -
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn interrupted() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGINT and SIGTERM, caught from the moment they are listened for.
+struct Interrupts {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn listen() -> Result<Interrupts> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Interrupts {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 fn main() -> ExitCode {

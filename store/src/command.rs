@@ -432,21 +432,19 @@ impl Request {
             }
             .validate(),
             Request::Compact { .. } => Ok(()),
-            Request::LeaseGrant { id, ttl_secs } => {
-                if *id == 0 {
-                    return Err("lease id 0 is reserved (it means no lease)");
-                }
-                if *ttl_secs == 0 || *ttl_secs > MAX_LEASE_TTL_SECS {
-                    return Err("lease time-to-live must be 1 to 9,000,000,000 seconds");
-                }
-                Ok(())
+            Request::LeaseGrant { id: 0, .. }
+            | Request::LeaseRevoke { id: 0 }
+            | Request::LeaseKeepAlive { id: 0 } => {
+                Err("lease id 0 is reserved (it means no lease)")
             }
-            Request::LeaseRevoke { id } | Request::LeaseKeepAlive { id } => {
-                if *id == 0 {
-                    return Err("lease id 0 is reserved (it means no lease)");
-                }
-                Ok(())
+            Request::LeaseGrant { ttl_secs, .. }
+                if *ttl_secs == 0 || *ttl_secs > MAX_LEASE_TTL_SECS =>
+            {
+                Err("lease time-to-live must be 1 to 9,000,000,000 seconds")
             }
+            Request::LeaseGrant { .. }
+            | Request::LeaseRevoke { .. }
+            | Request::LeaseKeepAlive { .. } => Ok(()),
             Request::Txn(t) => {
                 if t.compares.len() + t.success.len() + t.failure.len() > MAX_TXN_OPS {
                     return Err("transaction has more than 1024 compares and operations");

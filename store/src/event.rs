@@ -53,16 +53,7 @@ pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, crate::codec::EncodeEr
 /// Decodes what [`encode_events`] wrote.
 pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
     let mut r = Reader::new(bytes);
-    let layout = match r.u8("events version")? {
-        2 => KvLayout::V1,
-        EVENTS_VERSION => KvLayout::WithLease,
-        version => {
-            return Err(DecodeError::UnknownVersion {
-                what: "events version",
-                version,
-            })
-        }
-    };
+    let layout = KvLayout::read(&mut r, 2, EVENTS_VERSION, "events version")?;
     let n = r.count(42, "event count")?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {

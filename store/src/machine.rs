@@ -84,57 +84,65 @@ fn entry_bytes(key: &[u8], value_len: u64) -> u64 {
     (key.len() as u64).saturating_add(value_len)
 }
 
+/// Records that `key` is attached to `lease`; false if no such lease.
+fn attach(leases: &mut BTreeMap<u64, Lease>, key: &[u8], lease: u64) -> bool {
+    if lease == 0 {
+        return true;
+    }
+    match leases.get_mut(&lease) {
+        Some(l) => {
+            l.keys.insert(key.to_vec());
+            true
+        }
+        None => false,
+    }
+}
+
+fn detach(leases: &mut BTreeMap<u64, Lease>, key: &[u8], lease: u64) {
+    if let Some(l) = leases.get_mut(&lease) {
+        l.keys.remove(key);
+    }
+}
+
 impl Index {
     pub fn get(&self, key: &[u8]) -> Option<&IndexEntry> {
         self.keys.get(key)
     }
 
-    /// Adds a live key as stored (on disk or in a snapshot), keeping
-    /// `used_bytes` and its lease's keys right; revisions are not touched.
-    /// Returns false if the key names a lease the index does not hold
-    /// (the key is added all the same; the caller reports the damage).
-    /// Leases are inserted first.
+    /// Adds or replaces a live key, keeping `used_bytes` and the leases'
+    /// key sets right; revisions are not touched. Every change to the
+    /// index's keys but a delete goes through here: loading from disk or a
+    /// snapshot, puts, and undoing a rejected transaction. Returns false if
+    /// the key names a lease the index does not hold (the key is added all
+    /// the same; a loader reports the damage, and a put checks first).
     pub fn insert_live(&mut self, key: Vec<u8>, meta: KeyMeta, value_len: u64) -> bool {
-        let key_len = key.len() as u64;
-        if let Some(old) = self.keys.get(&key).copied() {
-            self.used_bytes = self
-                .used_bytes
-                .saturating_sub(key_len.saturating_add(old.value_len));
-            self.detach(&key, old.meta.lease);
-        }
-        let known = self.attach(&key, meta.lease);
-        self.keys.insert(key, IndexEntry { meta, value_len });
-        self.used_bytes = self
-            .used_bytes
-            .saturating_add(key_len.saturating_add(value_len));
+        let bytes = entry_bytes(&key, value_len);
+        let entry = IndexEntry { meta, value_len };
+        let (known, old_bytes) = match self.keys.entry(key) {
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let old = o.insert(entry);
+                let old_bytes = entry_bytes(o.key(), old.value_len);
+                let known = if old.meta.lease == meta.lease {
+                    true
+                } else {
+                    detach(&mut self.leases, o.key(), old.meta.lease);
+                    attach(&mut self.leases, o.key(), meta.lease)
+                };
+                (known, old_bytes)
+            }
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let known = attach(&mut self.leases, v.key(), meta.lease);
+                v.insert(entry);
+                (known, 0)
+            }
+        };
+        self.used_bytes = self.used_bytes.saturating_sub(old_bytes).saturating_add(bytes);
         known
     }
 
     /// Adds a lease as stored (on disk or in a snapshot), without keys.
     pub fn insert_lease(&mut self, id: u64, ttl_secs: u64) {
         self.leases.entry(id).or_default().ttl_secs = ttl_secs;
-    }
-
-    /// Records that `key` is attached to `lease`; false if no such lease.
-    fn attach(&mut self, key: &[u8], lease: u64) -> bool {
-        if lease == 0 {
-            return true;
-        }
-        match self.leases.get_mut(&lease) {
-            Some(l) => {
-                l.keys.insert(key.to_vec());
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn detach(&mut self, key: &[u8], lease: u64) {
-        if lease != 0 {
-            if let Some(l) = self.leases.get_mut(&lease) {
-                l.keys.remove(key);
-            }
-        }
     }
 
     /// Puts a key of `value_len` bytes attached to `lease` (which the
@@ -154,19 +162,7 @@ impl Index {
                 lease,
             },
         };
-        if let Some(old) = self
-            .keys
-            .insert(key.to_vec(), IndexEntry { meta, value_len })
-        {
-            self.used_bytes = self
-                .used_bytes
-                .saturating_sub(entry_bytes(key, old.value_len));
-            if old.meta.lease != lease {
-                self.detach(key, old.meta.lease);
-            }
-        }
-        self.attach(key, lease);
-        self.used_bytes = self.used_bytes.saturating_add(entry_bytes(key, value_len));
+        self.insert_live(key.to_vec(), meta, value_len);
         meta
     }
 
@@ -185,7 +181,7 @@ impl Index {
         self.used_bytes = self
             .used_bytes
             .saturating_sub(entry_bytes(key, old.value_len));
-        self.detach(key, old.meta.lease);
+        detach(&mut self.leases, key, old.meta.lease);
         Some(old.meta.mod_revision)
     }
 
@@ -196,18 +192,13 @@ impl Index {
 
     /// Restores `key` to `prior` (undo of a rejected transaction).
     fn restore(&mut self, key: Vec<u8>, prior: Option<IndexEntry>) {
-        if let Some(cur) = self.keys.remove(&key) {
-            self.used_bytes = self
-                .used_bytes
-                .saturating_sub(entry_bytes(&key, cur.value_len));
-            self.detach(&key, cur.meta.lease);
-        }
-        if let Some(p) = prior {
-            self.used_bytes = self
-                .used_bytes
-                .saturating_add(entry_bytes(&key, p.value_len));
-            self.attach(&key, p.meta.lease);
-            self.keys.insert(key, p);
+        match prior {
+            Some(p) => {
+                self.insert_live(key, p.meta, p.value_len);
+            }
+            None => {
+                self.delete(&key);
+            }
         }
     }
 
@@ -265,21 +256,11 @@ pub fn apply<V: Values>(
                 }],
             ))
         }
-        other => apply_other(index, values, quota, &other),
-    }
-}
-
-/// [`apply`] for every request but a put.
-fn apply_other<V: Values>(
-    index: &mut Index,
-    values: &V,
-    quota: u64,
-    request: &Request,
-) -> Result<(Response, Vec<Mutation>), V::Error> {
-    let next = index.revision.saturating_add(1);
-    match request {
-        Request::Put { .. } => apply(index, values, quota, request.clone()),
-        Request::Delete { key, prev_kv } => {
+        // The others read their fields in place.
+        Request::Delete {
+            ref key,
+            ref prev_kv,
+        } => {
             let prev_kv = previous(index, values, key, *prev_kv)?;
             if let Some(superseded) = index.delete(key) {
                 index.revision = next;
@@ -306,9 +287,9 @@ fn apply_other<V: Values>(
             }
         }
         Request::DeleteRange {
-            start,
-            end,
-            prev_kv,
+            ref start,
+            ref end,
+            ref prev_kv,
         } => {
             let keys: Vec<Vec<u8>> = index
                 .keys
@@ -354,7 +335,7 @@ fn apply_other<V: Values>(
                 mutations,
             ))
         }
-        Request::Compact { revision } => {
+        Request::Compact { ref revision } => {
             if *revision > index.revision {
                 return Ok((
                     Response::Rejected(Rejection::FutureRevision {
@@ -372,7 +353,10 @@ fn apply_other<V: Values>(
                 vec![],
             ))
         }
-        Request::LeaseGrant { id, ttl_secs } => {
+        Request::LeaseGrant {
+            ref id,
+            ref ttl_secs,
+        } => {
             if index.leases.contains_key(id) {
                 return Ok((
                     Response::Rejected(Rejection::LeaseExists { id: *id }),
@@ -391,7 +375,7 @@ fn apply_other<V: Values>(
                 }],
             ))
         }
-        Request::LeaseRevoke { id } => {
+        Request::LeaseRevoke { ref id } => {
             let Some(lease) = index.leases.remove(id) else {
                 return Ok((lease_not_found(*id), vec![]));
             };
@@ -406,7 +390,7 @@ fn apply_other<V: Values>(
             mutations.push(Mutation::DeleteLease { id: *id });
             Ok((Response::LeaseRevoke { revision, deleted }, mutations))
         }
-        Request::LeaseKeepAlive { id } => match index.leases.get(id) {
+        Request::LeaseKeepAlive { ref id } => match index.leases.get(id) {
             None => Ok((lease_not_found(*id), vec![])),
             Some(lease) => Ok((
                 Response::LeaseKeepAlive {
@@ -416,7 +400,7 @@ fn apply_other<V: Values>(
                 vec![],
             )),
         },
-        Request::Txn(txn) => {
+        Request::Txn(ref txn) => {
             let mut succeeded = true;
             for c in &txn.compares {
                 if !holds(index, values, &c.key, &c.check)? {

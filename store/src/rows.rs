@@ -15,6 +15,8 @@ const ROW_LIVE: u8 = 1;
 const ROW_TOMBSTONE: u8 = 2;
 /// Format of a `leases` row: version, then the time-to-live in seconds.
 pub const LEASE_ROW_VERSION: u8 = 1;
+/// Format of the `meta` row `reads_from`: version, then the revision.
+const READS_FROM_VERSION: u8 = 1;
 
 /// One `kv` row: a version of a key, or the tombstone its delete left.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,16 +94,7 @@ pub fn decode_kv_row(plain: &[u8]) -> Result<KvRow, DecodeError> {
 /// with one), which held the live version of a key.
 pub fn decode_legacy_kv_row(plain: &[u8]) -> Result<KeyValue, DecodeError> {
     let mut r = Reader::new(plain);
-    let layout = match r.u8("kv row version")? {
-        1 => KvLayout::V1,
-        2 => KvLayout::WithLease,
-        version => {
-            return Err(DecodeError::UnknownVersion {
-                what: "kv row (formats 1 and 2)",
-                version,
-            })
-        }
-    };
+    let layout = KvLayout::read(&mut r, 1, 2, "kv row version (formats 1 and 2)")?;
     let kv = decode_kv(&mut r, layout)?;
     r.finish("kv row")?;
     Ok(kv)
@@ -121,6 +114,23 @@ pub fn decode_lease_row(plain: &[u8]) -> Result<u64, DecodeError> {
     let ttl = r.u64("lease ttl")?;
     r.finish("lease row")?;
     Ok(ttl)
+}
+
+/// Encodes the `meta` row `reads_from`: reads before `revision` are
+/// refused (the versions they need were never kept).
+pub fn encode_reads_from(revision: u64) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer::with_capacity(9);
+    w.u8(READS_FROM_VERSION).u64(revision);
+    w.finish()
+}
+
+/// Decodes what [`encode_reads_from`] wrote.
+pub fn decode_reads_from(plain: &[u8]) -> Result<u64, DecodeError> {
+    let mut r = Reader::new(plain);
+    r.version(READS_FROM_VERSION, "reads_from version")?;
+    let revision = r.u64("reads_from")?;
+    r.finish("reads_from row")?;
+    Ok(revision)
 }
 
 #[cfg(test)]

@@ -124,17 +124,7 @@ impl Frame {
             });
         }
         let mut r = Reader::new(bytes);
-        let version = r.u8("frame version")?;
-        let layout = match version {
-            1 => KvLayout::V1,
-            FRAME_VERSION => KvLayout::WithLease,
-            version => {
-                return Err(DecodeError::UnknownVersion {
-                    what: "snapshot frame",
-                    version,
-                })
-            }
-        };
+        let layout = KvLayout::read(&mut r, 1, FRAME_VERSION, "snapshot frame version")?;
         let frame = match r.u8("frame tag")? {
             1 => Frame::Header(SnapshotHeader {
                 meta: decode_snapshot_meta(&mut r)?,
@@ -175,6 +165,25 @@ pub enum KvLayout {
     V1,
     /// [`KvLayout::V1`] then the lease id.
     WithLease,
+}
+
+impl KvLayout {
+    /// Reads the version byte of a container of records (a frame, an
+    /// events row, a `kv` row): `without_lease` is the last version whose
+    /// records had no lease, `with_lease` the one that added it; any other
+    /// version is refused.
+    pub fn read(
+        r: &mut Reader<'_>,
+        without_lease: u8,
+        with_lease: u8,
+        what: &'static str,
+    ) -> Result<KvLayout, DecodeError> {
+        match r.u8(what)? {
+            v if v == without_lease => Ok(KvLayout::V1),
+            v if v == with_lease => Ok(KvLayout::WithLease),
+            version => Err(DecodeError::UnknownVersion { what, version }),
+        }
+    }
 }
 
 /// Encodes a key/value record (also the plaintext of a `kv` row and of an

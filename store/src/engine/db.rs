@@ -255,6 +255,14 @@ impl Db {
         o
     }
 
+    /// Read options for walking one key's versions in `kv` (within one
+    /// prefix, the name hash, which is what the hash memtable serves).
+    pub fn same_key() -> rocksdb::ReadOptions {
+        let mut o = rocksdb::ReadOptions::default();
+        o.set_prefix_same_as_start(true);
+        o
+    }
+
     /// Every row of `cf` from `start`, opened, in key order.
     pub fn scan_sealed<'a>(
         &'a self,

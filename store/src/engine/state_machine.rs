@@ -25,7 +25,7 @@ use rocksdb::WriteBatch;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::codec::{Reader, Writer};
-use crate::command::{KeyMeta, KeyValue, Request, Response, Value};
+use crate::command::{KeyMeta, KeyValue, Response, Value};
 use crate::engine::db::{Db, CF_EVENTS, CF_KV, CF_LEASES, CF_META};
 use crate::engine::snapshots::{Meta, Snapshots};
 use crate::engine::watch::{HISTORY_PAGE_BYTES, HISTORY_PAGE_EVENTS};
@@ -35,7 +35,8 @@ use crate::machine::{self, Index, IndexEntry, Mutation, Values};
 use crate::range::{Range, RangeResult};
 use crate::rows::{
     decode_kv_row, decode_lease_row as decode_lease_row_plain, decode_legacy_kv_row,
-    encode_lease_row, encode_live_row, encode_tombstone_row, KvRow as Row,
+    decode_reads_from, encode_lease_row, encode_live_row, encode_reads_from, encode_tombstone_row,
+    KvRow as Row,
 };
 use crate::snapshot::{
     Frame, SnapshotError, SnapshotFile, SnapshotHeader, SnapshotWriter, LEASES_PER_FRAME,
@@ -43,9 +44,8 @@ use crate::snapshot::{
 use crate::types::{self, NodeId, TypeConfig};
 
 const META_SM: &[u8] = b"sm";
-/// The `meta` row of [`SmState::reads_from`]: version, then the revision.
+/// The `meta` row of [`SmState::reads_from`].
 const META_READS_FROM: &[u8] = b"reads_from";
-const READS_FROM_VERSION: u8 = 1;
 /// Format of the `sm` pointer row.
 const SM_POINTER_VERSION: u8 = 1;
 /// Event history is trimmed in steps of this many revisions, so that range
@@ -208,12 +208,12 @@ fn put_tombstone(
 }
 
 /// Decodes a `kv` row and checks that it sits under its own name's hash
-/// and revision; returns that revision with the row.
-fn decode_row(db: &Db, row_key: &[u8], plain: &[u8]) -> Result<(u64, Row), Error> {
-    let Ok(full) = <&[u8; 40]>::try_from(row_key) else {
+/// and revision; returns the row key with the row.
+fn decode_row(db: &Db, row_key: &[u8], plain: &[u8]) -> Result<([u8; 40], Row), Error> {
+    let Ok(full) = <[u8; 40]>::try_from(row_key) else {
         return Err(db.corruption(CF_KV, "a row key is not a hash and a revision"));
     };
-    let (hash, revision) = (&full[..32], revision_of(full));
+    let (hash, revision) = (&full[..32], revision_of(&full));
     let row = decode_kv_row(plain).map_err(|e| db.corruption(CF_KV, e))?;
     let stamped = match &row {
         Row::Live(kv) => kv.meta.mod_revision,
@@ -222,7 +222,7 @@ fn decode_row(db: &Db, row_key: &[u8], plain: &[u8]) -> Result<(u64, Row), Error
     if db.cipher.name_hash(row.key()) != hash || stamped != revision {
         return Err(db.corruption(CF_KV, "row is not stored under its key's hash and revision"));
     }
-    Ok((revision, row))
+    Ok((full, row))
 }
 
 /// Walks opened `kv` rows in key order, one key at a time: `superseded`
@@ -238,11 +238,10 @@ fn walk_versions(
     let mut held: Option<([u8; 40], Row)> = None;
     for row in rows {
         let (k, plain) = row?;
-        let (revision, row) = decode_row(db, &k, &plain)?;
-        let key = <[u8; 40]>::try_from(&*k).map_err(|_| db.corruption(CF_KV, "short row key"))?;
+        let (key, row) = decode_row(db, &k, &plain)?;
         if let Some((held_key, held_row)) = held.take() {
             if held_key[..32] == key[..32] {
-                superseded(revision, held_key);
+                superseded(revision_of(&key), held_key);
             } else {
                 newest(held_key, held_row)?;
             }
@@ -318,9 +317,12 @@ pub fn migrate_kv_rows(db: &Db) -> Result<(), Error> {
         }
         None => 0,
     };
-    let mut w = Writer::with_capacity(9);
-    w.u8(READS_FROM_VERSION).u64(revision);
-    db.put_sealed(&mut batch, CF_META, META_READS_FROM, &w.finish()?)?;
+    db.put_sealed(
+        &mut batch,
+        CF_META,
+        META_READS_FROM,
+        &encode_reads_from(revision)?,
+    )?;
     db.write(batch, false)
 }
 
@@ -383,12 +385,8 @@ impl Shared {
             st.compacted = p.compacted;
         }
         if let Some(plain) = self.db.get_sealed(CF_META, META_READS_FROM)? {
-            let mut r = Reader::new(&plain);
-            st.reads_from = (|| {
-                r.version(READS_FROM_VERSION, "reads_from version")?;
-                r.u64("reads_from")
-            })()
-            .map_err(|e| self.db.corruption(CF_META, e))?;
+            st.reads_from =
+                decode_reads_from(&plain).map_err(|e| self.db.corruption(CF_META, e))?;
         }
         for row in self.db.scan_sealed(CF_LEASES, &[])? {
             let (k, plain) = row?;
@@ -439,14 +437,17 @@ impl Shared {
         Ok(())
     }
 
-    /// The leases whose time ran out by `now`, as this member counts.
-    pub fn expired_leases(&self, now: Instant) -> Result<Vec<u64>, Error> {
-        let due = self.lease_due.lock().map_err(|_| lock_poisoned())?;
-        Ok(due
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(id, _)| *id)
-            .collect())
+    /// The leases whose time ran out by `now`, as this member counts; each
+    /// is given `retry` more before it is reported again (its revocation
+    /// may still be in flight).
+    pub fn take_expired_leases(&self, now: Instant, retry: Duration) -> Result<Vec<u64>, Error> {
+        let mut due = self.lease_due.lock().map_err(|_| lock_poisoned())?;
+        let mut expired = Vec::new();
+        for (id, at) in due.iter_mut().filter(|(_, at)| **at <= now) {
+            expired.push(*id);
+            *at = now + retry;
+        }
+        Ok(expired)
     }
 
     /// Every lease this member holds, in id order.
@@ -616,9 +617,7 @@ impl Shared {
             revision: at,
             ..RangeResult::default()
         };
-        let mut same_key = rocksdb::ReadOptions::default();
-        same_key.set_prefix_same_as_start(true);
-        let mut it = view.raw_iterator_cf_opt(self.db.cf(CF_KV)?, same_key);
+        let mut it = view.raw_iterator_cf_opt(self.db.cf(CF_KV)?, Db::same_key());
         for key in keys {
             let hash = self.db.cipher.name_hash(&key);
             let Some(Row::Live(mut kv)) = newest_version(&self.db, &mut it, &hash, at)? else {
@@ -650,9 +649,7 @@ impl Shared {
         let floor = self.oldest_readable(&st);
         let view = self.db.db.snapshot();
         drop(st);
-        let mut same_key = rocksdb::ReadOptions::default();
-        same_key.set_prefix_same_as_start(true);
-        let mut it = view.raw_iterator_cf_opt(self.db.cf(CF_KV)?, same_key);
+        let mut it = view.raw_iterator_cf_opt(self.db.cf(CF_KV)?, Db::same_key());
         for e in events {
             if e.revision <= floor {
                 return Err(Error::Compacted {
@@ -1066,10 +1063,6 @@ impl StateMachine {
                 EntryPayload::Normal(cmd) => {
                     let mut answers = Vec::with_capacity(cmd.requests.len());
                     for request in cmd.requests {
-                        let revoking = match &request {
-                            Request::LeaseRevoke { id } => Some(*id),
-                            _ => None,
-                        };
                         let values = BatchValues {
                             shared,
                             pending: &pending,
@@ -1078,28 +1071,30 @@ impl StateMachine {
                         };
                         let (resp, mutations) =
                             machine::apply(&mut st.index, &values, cmd.quota_bytes, request)?;
-                        match (revoking, &resp) {
-                            (_, Response::Compact { compacted, .. }) => {
-                                compact_to = compact_to.max(*compacted);
+                        match resp {
+                            Response::Compact { compacted, .. } => {
+                                compact_to = compact_to.max(compacted);
                             }
-                            (_, Response::LeaseGrant { id, ttl_secs })
-                            | (_, Response::LeaseKeepAlive { id, ttl_secs }) => {
-                                lease_countdowns.push((*id, due_after(*ttl_secs)));
-                            }
-                            (Some(id), Response::LeaseRevoke { .. }) => {
-                                lease_countdowns.push((id, None));
+                            // A keep-alive changes nothing stored.
+                            Response::LeaseKeepAlive { id, ttl_secs } => {
+                                lease_countdowns.push((id, due_after(ttl_secs)));
                             }
                             _ => {}
                         }
                         let revision = st.index.revision;
+                        // Tombstones this request leaves; a put later in
+                        // the same request (a transaction) overwrites one.
+                        let mut tombstones: Vec<[u8; 40]> = Vec::new();
                         for m in mutations {
                             let event = match m {
                                 Mutation::PutLease { id, ttl_secs } => {
                                     put_lease_row(db, &mut batch, id, ttl_secs)?;
+                                    lease_countdowns.push((id, due_after(ttl_secs)));
                                     continue;
                                 }
                                 Mutation::DeleteLease { id } => {
                                     batch.delete_cf(db.cf(CF_LEASES)?, id.to_be_bytes());
+                                    lease_countdowns.push((id, None));
                                     continue;
                                 }
                                 Mutation::Put {
@@ -1110,17 +1105,7 @@ impl StateMachine {
                                 } => {
                                     let kv = KeyValue { key, value, meta };
                                     let row = put_kv_row(db, &mut batch, &kv)?;
-                                    // A delete earlier in this revision left
-                                    // a tombstone that this row replaces.
-                                    let queue = &mut st.superseded;
-                                    let mut i = queue.len();
-                                    while i > 0 && queue[i - 1].0 == revision {
-                                        i -= 1;
-                                        if queue[i].1 == row {
-                                            queue.remove(i);
-                                            break;
-                                        }
-                                    }
+                                    tombstones.retain(|t| *t != row);
                                     supersede(&mut st.superseded, &row, superseded, revision);
                                     // Where this event will be: the record
                                     // being filled becomes `notices[len]`.
@@ -1138,7 +1123,7 @@ impl StateMachine {
                                 Mutation::Delete { key, superseded } => {
                                     let row = put_tombstone(db, &mut batch, &key, revision)?;
                                     supersede(&mut st.superseded, &row, superseded, revision);
-                                    st.superseded.push_back((revision, row));
+                                    tombstones.push(row);
                                     pending.insert(key.clone(), None);
                                     Event {
                                         revision,
@@ -1155,6 +1140,10 @@ impl StateMachine {
                             events_bytes += event.kv.key.len() + event.kv.value.len() + 48;
                             events.push(event);
                         }
+                        // A tombstone goes once the history passes its
+                        // own revision.
+                        st.superseded
+                            .extend(tombstones.into_iter().map(|t| (revision, t)));
                         answers.push(resp);
                         // Between requests, so a transaction's events (one
                         // revision) never straddle two records.

@@ -786,18 +786,12 @@ async fn expire_leases(inner: std::sync::Weak<Inner>) {
         if !leading {
             continue;
         }
-        let now = std::time::Instant::now();
-        let Ok(expired) = shared.expired_leases(now) else {
+        let Ok(expired) = shared.take_expired_leases(std::time::Instant::now(), LEASE_REVOKE_RETRY)
+        else {
             return;
         };
         if expired.is_empty() {
             continue;
-        }
-        // Not proposed again while this revocation may still be in flight.
-        if let Ok(mut due) = shared.lease_due.lock() {
-            for id in &expired {
-                due.insert(*id, now + LEASE_REVOKE_RETRY);
-            }
         }
         let store = Store { inner };
         for id in expired {
