@@ -1,0 +1,192 @@
+//! The `coffer` command line (clap): `coffer server`, and the commands
+//! that talk to a server (through its Unix socket) or, when none runs on
+//! the data directory, open the directory themselves.
+
+mod kv;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::client::Target;
+use crate::server;
+
+/// Coffer: a replicated, encrypted-at-rest state store and secrets vault.
+#[derive(Debug, Parser)]
+#[command(name = "coffer", version, about)]
+pub struct Cli {
+    /// The data directory: the server's own, or, for other commands, the
+    /// directory of the server to talk to (through its socket
+    /// `coffer.sock`; with no server running, the command opens the
+    /// directory itself). Created and bootstrapped as a single-node store
+    /// if empty. Default: /var/lib/coffer for root, else
+    /// ~/.local/share/coffer.
+    #[arg(long, global = true, env = "COFFER_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// The server to talk to instead of the data directory's:
+    /// unix:///path/to/coffer.sock.
+    #[arg(long, global = true, env = "COFFER_HOST", conflicts_with = "data_dir")]
+    host: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// `/var/lib/coffer` for root (as Docker's `/var/lib/docker`), the user's
+/// own data directory for anyone else.
+fn default_data_dir() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    match std::env::var_os("HOME") {
+        Some(home) if !root => PathBuf::from(home).join(".local/share/coffer"),
+        _ => PathBuf::from("/var/lib/coffer"),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a Coffer node: a single-node cluster on a new data directory,
+    /// or the node a data directory already holds. Serves the local CLI on
+    /// `<data-dir>/coffer.sock` (mode 0600) until SIGTERM or SIGINT.
+    Server {
+        /// Log lines as text (for people) or JSON (for log collectors).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Reads and writes raw keys.
+    #[command(subcommand)]
+    Kv(KvCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Prints the value under KEY (exit code 1 if absent).
+    Get {
+        /// Read this member's applied state instead of a linearizable read
+        /// (faster, and possible without a quorum; may be behind).
+        #[arg(long)]
+        stale: bool,
+        key: String,
+    },
+    /// Stores VALUE (or standard input with `-` or nothing) under KEY; prints the revision.
+    Put {
+        /// Attach the key to this lease (its id from `kv lease grant`): the
+        /// key is deleted when the lease is revoked or runs out.
+        #[arg(long, value_parser = parse_lease_id)]
+        lease: Option<u64>,
+        key: String,
+        value: Option<String>,
+    },
+    /// Deletes KEY; exit code 1 if it did not exist. With --prefix,
+    /// deletes every key starting with KEY at one revision and prints how
+    /// many (at most 1,024 at once; a larger range is refused whole).
+    Del {
+        #[arg(long)]
+        prefix: bool,
+        key: String,
+    },
+    /// Lists keys starting with PREFIX in key order, a line per key: the
+    /// key, a tab and the value (bytes outside printable ASCII escaped, as
+    /// `\n` or `\xNN`, so each entry stays on one line).
+    Ls {
+        /// Print at most N keys (0: all); standard error then says how
+        /// many were left out.
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Print the keys alone, without reading any value.
+        #[arg(long)]
+        keys_only: bool,
+        /// List the keys as they were at past revision R (while the
+        /// history still holds it).
+        #[arg(long = "rev", value_name = "R", default_value_t = 0)]
+        revision: u64,
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Leases: keys put with one are deleted when it is revoked or when it
+    /// goes SECONDS without a keep-alive.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// Grants a lease of SECONDS (1 to 9,000,000,000); prints its id (16
+    /// hex digits, as etcd prints them).
+    Grant { seconds: u64 },
+    /// Revokes lease ID and deletes its keys; prints how many.
+    Revoke {
+        #[arg(value_parser = parse_lease_id)]
+        id: u64,
+    },
+    /// Keeps lease ID alive, renewing it every third of its time-to-live
+    /// and printing its time-to-live in seconds each time, until
+    /// interrupted (exit 0) or the lease is gone (exit 1).
+    KeepAlive {
+        /// Renew once, print the time-to-live, and exit.
+        #[arg(long)]
+        once: bool,
+        #[arg(value_parser = parse_lease_id)]
+        id: u64,
+    },
+    /// Lists the leases, a line per lease: id, time-to-live and seconds
+    /// left (both in seconds), and how many keys are attached, separated
+    /// by tabs.
+    Ls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A lease id as `kv lease grant` prints it: hexadecimal, with or without
+/// `0x`.
+fn parse_lease_id(s: &str) -> Result<u64, String> {
+    let digits = s.strip_prefix("0x").unwrap_or(s);
+    match u64::from_str_radix(digits, 16) {
+        Ok(0) => Err("lease id 0 means no lease".into()),
+        Ok(id) => Ok(id),
+        Err(_) => Err(format!(
+            "{s:?} is not a lease id (the hexadecimal id `kv lease grant` printed)"
+        )),
+    }
+}
+
+/// Runs one command line.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Server { log_format } => {
+            init_logs(log_format);
+            server::run(server::ServerConfig {
+                data_dir: cli.data_dir,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kv(cmd) => {
+            let target = match &cli.host {
+                Some(url) => Target::host(url)?,
+                None => Target::DataDir(cli.data_dir),
+            };
+            kv::run(&target, cmd).await
+        }
+    }
+}
+
+/// Logs to standard error; `RUST_LOG` filters them (default: Coffer's at
+/// info, the libraries' warnings).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,coffer=info,coffer_store=info")
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}

@@ -1,0 +1,187 @@
+//! How a CLI command reaches a store: through the socket of the server
+//! that serves the data directory, or, when none runs, by opening the
+//! directory itself and serving the same gRPC services in-process over an
+//! in-memory pipe. Either way the command speaks gRPC, so one code path
+//! serves both.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use coffer_store::{Config, Store};
+use hyper_util::rt::TokioIo;
+use tokio::io::DuplexStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::lock::{DataDirLock, LockError};
+use crate::pb::kv_client::KvClient;
+use crate::server::{self, SOCKET_FILE};
+
+/// How long a command waits for a server that holds the data directory's
+/// lock but has not opened its socket yet (it is starting).
+const STARTING_SERVER_WAIT: Duration = Duration::from_secs(15);
+/// Connecting to a socket: local, so anything slower means trouble.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request's deadline, sent to the server as `grpc-timeout`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Each direction of an in-process connection buffers this much.
+const PIPE_BUFFER_BYTES: usize = 1 << 20;
+
+/// Where a command goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The server whose data directory this is (or the directory itself).
+    DataDir(PathBuf),
+    /// A server's socket, from `--host unix:///path`.
+    Socket(PathBuf),
+}
+
+impl Target {
+    /// Parses `--host`: `unix:///path/to/coffer.sock`.
+    pub fn host(url: &str) -> Result<Target> {
+        match url.strip_prefix("unix://") {
+            Some(path) if path.starts_with('/') => Ok(Target::Socket(PathBuf::from(path))),
+            Some(_) => bail!("--host {url:?}: a unix URL takes an absolute path, as unix:///var/lib/coffer/coffer.sock"),
+            None => bail!(
+                "--host {url:?}: only unix:///path hosts are served so far (remote https hosts come with the cluster's mTLS)"
+            ),
+        }
+    }
+}
+
+/// A connection to a store; [`Connection::close`] it when done.
+#[derive(Debug)]
+pub struct Connection {
+    pub kv: KvClient<Channel>,
+    local: Option<Local>,
+}
+
+/// The store a command opened itself, and the in-process server over it.
+#[derive(Debug)]
+struct Local {
+    store: Store,
+    stop: watch::Sender<bool>,
+    served: JoinHandle<Result<(), tonic::transport::Error>>,
+    _lock: DataDirLock,
+}
+
+impl Connection {
+    pub async fn open(target: &Target) -> Result<Connection> {
+        match target {
+            Target::Socket(path) => {
+                let channel = connect_socket(path)
+                    .await
+                    .with_context(|| format!("connecting to {}", path.display()))?;
+                Ok(Connection::remote(channel))
+            }
+            Target::DataDir(dir) => Connection::open_data_dir(dir).await,
+        }
+    }
+
+    fn remote(channel: Channel) -> Connection {
+        Connection {
+            kv: KvClient::new(channel).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
+            local: None,
+        }
+    }
+
+    async fn open_data_dir(dir: &Path) -> Result<Connection> {
+        let socket = dir.join(SOCKET_FILE);
+        let deadline = Instant::now() + STARTING_SERVER_WAIT;
+        loop {
+            if let Ok(channel) = connect_socket(&socket).await {
+                return Ok(Connection::remote(channel));
+            }
+            match DataDirLock::acquire(dir) {
+                Ok(lock) => return Connection::serve_in_process(dir, lock).await,
+                // The socket refused us while the lock is held: a server is
+                // starting (or stopping), or another command has the
+                // directory open. Wait for the socket a while.
+                Err(e @ LockError::Busy { .. }) => {
+                    if Instant::now() >= deadline {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn serve_in_process(dir: &Path, lock: DataDirLock) -> Result<Connection> {
+        let store = Store::open(Config::new(dir))
+            .await
+            .with_context(|| format!("opening the store in {}", dir.display()))?;
+        // Each connection the channel makes is a fresh in-memory pipe whose
+        // other end goes to the in-process server.
+        let (pipes, accepted) = tokio::sync::mpsc::channel::<DuplexStream>(1);
+        let (stop, stopping) = watch::channel(false);
+        let router = server::router(&store, stopping.clone());
+        let served = tokio::spawn(async move {
+            let incoming = ReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
+            let mut stopping = stopping;
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        let channel = Endpoint::from_static("http://in-process")
+            .timeout(REQUEST_TIMEOUT)
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let pipes = pipes.clone();
+                async move {
+                    let (client_io, server_io) = tokio::io::duplex(PIPE_BUFFER_BYTES);
+                    pipes
+                        .send(server_io)
+                        .await
+                        .map_err(|_| std::io::Error::other("the in-process server has stopped"))?;
+                    Ok::<_, std::io::Error>(TokioIo::new(client_io))
+                }
+            }))
+            .await
+            .context("connecting to the in-process server")?;
+        let mut connection = Connection::remote(channel);
+        connection.local = Some(Local {
+            store,
+            stop,
+            served,
+            _lock: lock,
+        });
+        Ok(connection)
+    }
+
+    /// Closes the connection; a store opened in-process is shut down
+    /// cleanly.
+    pub async fn close(self) -> Result<()> {
+        let Connection { kv, local } = self;
+        drop(kv);
+        if let Some(local) = local {
+            let _ = local.stop.send(true);
+            match tokio::time::timeout(Duration::from_secs(10), local.served).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => return Err(e).context("the in-process server failed"),
+                Ok(Err(e)) => bail!("the in-process server task failed: {e}"),
+                Err(_) => bail!("the in-process server did not stop within 10 s"),
+            }
+            local.store.shutdown().await.context("closing the store")?;
+        }
+        Ok(())
+    }
+}
+
+/// A channel over a Unix socket, connected now (so that a missing or dead
+/// socket is found here, not at the first request).
+async fn connect_socket(path: &Path) -> Result<Channel> {
+    let url = format!("unix://{}", path.display());
+    let channel = Endpoint::from_shared(url)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .connect()
+        .await?;
+    Ok(channel)
+}

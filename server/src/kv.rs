@@ -1,0 +1,501 @@
+//! The `Kv` gRPC service: each handler parses the request, makes one call
+//! into the store, and maps the answer (or the error, through
+//! [`crate::status`]).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use coffer_store::{
+    Check, CmpOp, Compare, Consistency, DeleteOptions, Event, EventKind, KeyValue, Op, OpResult,
+    PutOptions, Range, RangeResult, Store, Txn, Value, WatchFilter, WatchItem, WatchOptions,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::pb;
+use crate::status::{from_store, invalid};
+
+/// At most this many keys in one `Range` answer, whatever the request's
+/// limit: the rest is reported through `more` and `next`.
+pub const RANGE_PAGE_KEYS: usize = 1000;
+/// A `Range` answer stops adding keys once their keys and values reach
+/// this many bytes (it always holds at least one key).
+pub const RANGE_PAGE_BYTES: usize = 4 << 20;
+
+/// The `Kv` service over one store.
+#[derive(Debug, Clone)]
+pub struct KvService {
+    store: Store,
+    /// Becomes true when the server stops: open watch streams end then, so
+    /// that their connections can close.
+    stopping: watch::Receiver<bool>,
+}
+
+impl KvService {
+    pub fn new(store: Store, stopping: watch::Receiver<bool>) -> KvService {
+        KvService { store, stopping }
+    }
+}
+
+fn consistency(stale: bool) -> Consistency {
+    if stale {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    }
+}
+
+fn to_pb(kv: KeyValue) -> pb::KeyValue {
+    pb::KeyValue {
+        key: kv.key,
+        value: kv.value.into_vec(),
+        meta: Some(pb::KeyMeta {
+            create_revision: kv.meta.create_revision,
+            mod_revision: kv.meta.mod_revision,
+            version: kv.meta.version,
+            lease: kv.meta.lease,
+        }),
+    }
+}
+
+fn key_range(range: Option<pb::KeyRange>) -> Range {
+    let range = range.unwrap_or_default();
+    Range {
+        start: range.start,
+        end: range.end,
+        ..Range::default()
+    }
+}
+
+/// The page a `Range` request gets: its own limit, capped by
+/// [`RANGE_PAGE_KEYS`].
+fn page_limit(requested: u64) -> usize {
+    match usize::try_from(requested) {
+        Ok(0) | Err(_) => RANGE_PAGE_KEYS,
+        Ok(n) => n.min(RANGE_PAGE_KEYS),
+    }
+}
+
+/// Cuts a range answer down to [`RANGE_PAGE_BYTES`] (keeping at least one
+/// key), pointing `next` at the first key cut.
+fn cap_page_bytes(mut result: RangeResult) -> RangeResult {
+    let mut bytes = 0;
+    let keep = result
+        .kvs
+        .iter()
+        .position(|kv| {
+            bytes += kv.key.len() + kv.value.len();
+            bytes > RANGE_PAGE_BYTES
+        })
+        .map_or(result.kvs.len(), |i| i.max(1));
+    if keep < result.kvs.len() {
+        result.next = Some(result.kvs[keep].key.clone());
+        result.more = true;
+        result.kvs.truncate(keep);
+    }
+    result
+}
+
+fn cmp_op(op: i32) -> Result<CmpOp, Status> {
+    match pb::compare::Op::try_from(op) {
+        Ok(pb::compare::Op::Equal) => Ok(CmpOp::Equal),
+        Ok(pb::compare::Op::NotEqual) => Ok(CmpOp::NotEqual),
+        Ok(pb::compare::Op::Less) => Ok(CmpOp::Less),
+        Ok(pb::compare::Op::Greater) => Ok(CmpOp::Greater),
+        Ok(pb::compare::Op::Unspecified) | Err(_) => Err(invalid(
+            "a compare needs an op: EQUAL, NOT_EQUAL, LESS or GREATER",
+        )),
+    }
+}
+
+fn compare(c: pb::Compare) -> Result<Compare, Status> {
+    use pb::compare::Check as C;
+    let check = match c.check {
+        None => return Err(invalid("a compare needs something to check")),
+        Some(C::Absent(true)) => Check::Absent,
+        Some(C::Absent(false)) => Check::Exists,
+        Some(C::Value(v)) => Check::Value(cmp_op(c.op)?, Value(v)),
+        Some(C::Version(v)) => Check::Version(cmp_op(c.op)?, v),
+        Some(C::CreateRevision(r)) => Check::CreateRevision(cmp_op(c.op)?, r),
+        Some(C::ModRevision(r)) => Check::ModRevision(cmp_op(c.op)?, r),
+    };
+    Ok(Compare { key: c.key, check })
+}
+
+fn op(o: pb::Op) -> Result<Op, Status> {
+    match o.op {
+        None => Err(invalid("a transaction operation is empty")),
+        Some(pb::op::Op::Put(p)) if p.prev_kv => Err(invalid(
+            "prev_kv is not available inside a transaction: put a Get of the key before the Put",
+        )),
+        Some(pb::op::Op::Delete(d)) if d.prev_kv => Err(invalid(
+            "prev_kv is not available inside a transaction: put a Get of the key before the Delete",
+        )),
+        Some(pb::op::Op::Put(p)) => Ok(Op::Put {
+            key: p.key,
+            value: Value(p.value),
+            lease: p.lease,
+        }),
+        Some(pb::op::Op::Delete(d)) => Ok(Op::Delete { key: d.key }),
+        Some(pb::op::Op::Get(g)) => Ok(Op::Get { key: g.key }),
+    }
+}
+
+fn op_result(result: OpResult, revision: u64) -> pb::OpResult {
+    use pb::op_result::Result as R;
+    let result = match result {
+        OpResult::Put => R::Put(pb::PutResponse {
+            revision,
+            prev_kv: None,
+        }),
+        OpResult::Delete { deleted } => R::Delete(pb::DeleteResponse {
+            deleted,
+            revision,
+            prev_kv: None,
+        }),
+        OpResult::Get(kv) => R::Get(pb::GetResponse { kv: kv.map(to_pb) }),
+    };
+    pb::OpResult {
+        result: Some(result),
+    }
+}
+
+fn watch_filter(filter: i32) -> Result<WatchFilter, Status> {
+    match pb::watch_request::Filter::try_from(filter) {
+        Ok(pb::watch_request::Filter::All) => Ok(WatchFilter::All),
+        Ok(pb::watch_request::Filter::PutsOnly) => Ok(WatchFilter::PutsOnly),
+        Ok(pb::watch_request::Filter::DeletesOnly) => Ok(WatchFilter::DeletesOnly),
+        Err(_) => Err(invalid(format!("unknown watch filter {filter}"))),
+    }
+}
+
+fn watch_response(item: WatchItem) -> pb::WatchResponse {
+    use pb::watch_response::Item;
+    let item = match item {
+        WatchItem::Event(Event {
+            revision,
+            kind,
+            kv,
+            prev_kv,
+        }) => {
+            let kind = match kind {
+                EventKind::Put => pb::watch_event::Kind::Put,
+                EventKind::Delete => pb::watch_event::Kind::Delete,
+            };
+            let mut kv = to_pb(kv);
+            if kind == pb::watch_event::Kind::Delete {
+                kv.meta = None;
+            }
+            Item::Event(pb::WatchEvent {
+                revision,
+                kind: kind.into(),
+                kv: Some(kv),
+                prev_kv: prev_kv.map(to_pb),
+            })
+        }
+        WatchItem::Progress { revision } => Item::ProgressRevision(revision),
+    };
+    pb::WatchResponse { item: Some(item) }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn put(&self, r: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let r = r.into_inner();
+        let options = PutOptions {
+            prev_kv: r.prev_kv,
+            lease: r.lease,
+        };
+        let put = self
+            .store
+            .put_with(&r.key, &r.value, options)
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(pb::PutResponse {
+            revision: put.revision,
+            prev_kv: put.prev_kv.map(to_pb),
+        }))
+    }
+
+    async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let r = r.into_inner();
+        let kv = self
+            .store
+            .get_kv(&r.key, consistency(r.stale))
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(pb::GetResponse { kv: kv.map(to_pb) }))
+    }
+
+    async fn delete(
+        &self,
+        r: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let r = r.into_inner();
+        let options = DeleteOptions { prev_kv: r.prev_kv };
+        let deleted = self
+            .store
+            .delete_with(&r.key, options)
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(pb::DeleteResponse {
+            deleted: deleted.deleted,
+            revision: deleted.revision,
+            prev_kv: deleted.prev_kv.map(to_pb),
+        }))
+    }
+
+    async fn delete_range(
+        &self,
+        r: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let r = r.into_inner();
+        let options = DeleteOptions { prev_kv: r.prev_kv };
+        let deleted = self
+            .store
+            .delete_range(key_range(r.range), options)
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(pb::DeleteRangeResponse {
+            revision: deleted.revision,
+            deleted: deleted.deleted,
+            prev_kvs: deleted.prev_kvs.into_iter().map(to_pb).collect(),
+        }))
+    }
+
+    async fn range(
+        &self,
+        r: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = r.into_inner();
+        let range = Range {
+            limit: page_limit(r.limit),
+            keys_only: r.keys_only,
+            count_only: r.count_only,
+            revision: r.revision,
+            ..key_range(r.range)
+        };
+        let result = self
+            .store
+            .range(range, consistency(r.stale))
+            .await
+            .map_err(from_store)?;
+        let result = cap_page_bytes(result);
+        Ok(Response::new(pb::RangeResponse {
+            kvs: result.kvs.into_iter().map(to_pb).collect(),
+            count: result.count,
+            more: result.more,
+            next: result.next,
+            revision: result.revision,
+        }))
+    }
+
+    async fn txn(&self, r: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let r = r.into_inner();
+        let txn = Txn {
+            compares: r
+                .compares
+                .into_iter()
+                .map(compare)
+                .collect::<Result<_, _>>()?,
+            success: r.success.into_iter().map(op).collect::<Result<_, _>>()?,
+            failure: r.failure.into_iter().map(op).collect::<Result<_, _>>()?,
+        };
+        let done = self.store.txn(txn).await.map_err(from_store)?;
+        Ok(Response::new(pb::TxnResponse {
+            succeeded: done.succeeded,
+            revision: done.revision,
+            results: done
+                .results
+                .into_iter()
+                .map(|result| op_result(result, done.revision))
+                .collect(),
+        }))
+    }
+
+    async fn compact(
+        &self,
+        r: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CompactResponse>, Status> {
+        let revision = r.into_inner().revision;
+        self.store.compact(revision).await.map_err(from_store)?;
+        Ok(Response::new(pb::CompactResponse { revision }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, r: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let r = r.into_inner();
+        let options = WatchOptions {
+            from: r.from_revision,
+            filter: watch_filter(r.filter)?,
+            progress_interval: (r.progress_interval_ms > 0)
+                .then(|| Duration::from_millis(r.progress_interval_ms)),
+            prev_kv: r.prev_kv,
+        };
+        let watch = self
+            .store
+            .watch_with(&r.prefix, options)
+            .map_err(from_store)?;
+        let mut stopping = self.stopping.clone();
+        let stream = watch
+            .map(|item| item.map(watch_response).map_err(from_store))
+            .take_until(async move {
+                // An error means the server is gone: stop as well.
+                let _ = stopping.wait_for(|stop| *stop).await;
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn lease_grant(
+        &self,
+        r: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let r = r.into_inner();
+        let ttl = Duration::from_secs(r.ttl_seconds);
+        let lease = match r.id {
+            0 => self.store.lease_grant(ttl).await,
+            id => self.store.lease_grant_with_id(id, ttl).await,
+        }
+        .map_err(from_store)?;
+        Ok(Response::new(pb::LeaseGrantResponse {
+            id: lease.id,
+            ttl_seconds: lease.ttl.as_secs(),
+        }))
+    }
+
+    async fn lease_revoke(
+        &self,
+        r: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let revoked = self
+            .store
+            .lease_revoke(r.into_inner().id)
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(pb::LeaseRevokeResponse {
+            revision: revoked.revision,
+            deleted: revoked.deleted,
+        }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        r: Request<pb::LeaseKeepAliveRequest>,
+    ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
+        let ttl = self
+            .store
+            .lease_keep_alive(r.into_inner().id)
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(pb::LeaseKeepAliveResponse {
+            ttl_seconds: ttl.as_secs(),
+        }))
+    }
+
+    async fn lease_list(
+        &self,
+        r: Request<pb::LeaseListRequest>,
+    ) -> Result<Response<pb::LeaseListResponse>, Status> {
+        let leases = self
+            .store
+            .leases(consistency(r.into_inner().stale))
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(pb::LeaseListResponse {
+            leases: leases
+                .into_iter()
+                .map(|l| pb::lease_list_response::Lease {
+                    id: l.id,
+                    ttl_seconds: l.ttl.as_secs(),
+                    remaining_seconds: l.remaining.as_secs(),
+                    keys: l.keys,
+                })
+                .collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_store::KeyMeta;
+
+    fn kv(key: &str, value_bytes: usize) -> KeyValue {
+        KeyValue {
+            key: key.as_bytes().to_vec(),
+            value: Value(vec![7; value_bytes]),
+            meta: KeyMeta::default(),
+        }
+    }
+
+    fn page(kvs: Vec<KeyValue>) -> RangeResult {
+        RangeResult {
+            count: kvs.len() as u64,
+            kvs,
+            ..RangeResult::default()
+        }
+    }
+
+    #[test]
+    fn pages_are_capped_by_keys() {
+        assert_eq!(page_limit(0), RANGE_PAGE_KEYS);
+        assert_eq!(page_limit(5), 5);
+        assert_eq!(page_limit(u64::MAX), RANGE_PAGE_KEYS);
+    }
+
+    #[test]
+    fn pages_are_capped_by_bytes_and_point_at_the_rest() {
+        let big = RANGE_PAGE_BYTES / 3;
+        let capped = cap_page_bytes(page(vec![
+            kv("a", big),
+            kv("b", big),
+            kv("c", big),
+            kv("d", 1),
+        ]));
+        assert_eq!(capped.kvs.len(), 2, "a third value would pass the cap");
+        assert!(capped.more);
+        assert_eq!(capped.next.as_deref(), Some(&b"c"[..]));
+        assert_eq!(capped.count, 4);
+
+        let small = cap_page_bytes(page(vec![kv("a", 10), kv("b", 10)]));
+        assert_eq!(small.kvs.len(), 2);
+        assert!(!small.more);
+        assert_eq!(small.next, None);
+    }
+
+    #[test]
+    fn a_page_holds_at_least_one_key() {
+        let capped = cap_page_bytes(page(vec![kv("a", RANGE_PAGE_BYTES + 1), kv("b", 1)]));
+        assert_eq!(capped.kvs.len(), 1);
+        assert_eq!(capped.next.as_deref(), Some(&b"b"[..]));
+    }
+
+    #[test]
+    fn compares_need_an_op_and_a_check() {
+        let missing_op = pb::Compare {
+            key: b"k".to_vec(),
+            op: 0,
+            check: Some(pb::compare::Check::Version(1)),
+        };
+        assert_eq!(
+            compare(missing_op).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let absent = pb::Compare {
+            key: b"k".to_vec(),
+            op: 0,
+            check: Some(pb::compare::Check::Absent(true)),
+        };
+        assert_eq!(compare(absent).unwrap().check, Check::Absent);
+        let empty = pb::Compare {
+            key: b"k".to_vec(),
+            op: pb::compare::Op::Equal.into(),
+            check: None,
+        };
+        assert!(compare(empty).is_err());
+    }
+}

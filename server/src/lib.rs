@@ -1,0 +1,16 @@
+//! Coffer's server and CLI (the `coffer` binary), as a library so that
+//! tests and other Rust programs reach the same gRPC types and client.
+//!
+//! Only this crate knows protobuf and tonic: the store and the vault are
+//! plain Rust below it.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod cli;
+pub mod client;
+pub mod kv;
+pub mod lock;
+pub mod pb;
+pub mod server;
+pub mod signals;
+pub mod status;

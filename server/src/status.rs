@@ -1,0 +1,107 @@
+//! The one place where library errors become gRPC statuses (and back, for
+//! the CLI), with the codes `proto/coffer/v1/kv.proto` documents.
+//!
+//! Messages are the library errors' own `Display`, which never carries a
+//! value, a secret or key material.
+
+use coffer_store::Error;
+use tonic::{Code, Status};
+
+/// The status a store error is reported with.
+pub fn from_store(e: Error) -> Status {
+    let code = match &e {
+        Error::NotLeader { .. } | Error::Unavailable(_) | Error::Stopped => Code::Unavailable,
+        Error::Timeout(_) => Code::DeadlineExceeded,
+        Error::RequestTooLarge { .. } | Error::QuotaExceeded { .. } => Code::ResourceExhausted,
+        Error::Compacted { .. } => Code::OutOfRange,
+        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::LeaseNotFound { .. } => Code::NotFound,
+        Error::LeaseExists { .. } => Code::AlreadyExists,
+        Error::Corruption { .. } => Code::DataLoss,
+        Error::StorageFailed(_) | Error::Engine(_) | Error::Io { .. } | Error::Internal(_) => {
+            Code::Internal
+        }
+        // A variant added to the store later: an internal error until it
+        // is given its own code here.
+        _ => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// A request the server refuses before it reaches the store.
+pub fn invalid(message: impl Into<String>) -> Status {
+    Status::invalid_argument(message)
+}
+
+/// A status as the CLI prints it: the server's message, with a hint where
+/// the code alone says what to do.
+pub fn describe(status: &Status) -> String {
+    let message = status.message();
+    match status.code() {
+        Code::Unavailable if message.is_empty() => "the server is unavailable".into(),
+        Code::DeadlineExceeded if message.is_empty() => {
+            "the request timed out; a write may or may not have been committed".into()
+        }
+        _ if message.is_empty() => format!("the server answered {:?}", status.code()),
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_proto() {
+        let cases = [
+            (
+                Error::NotLeader {
+                    leader_id: Some(2),
+                    leader_addr: None,
+                },
+                Code::Unavailable,
+            ),
+            (Error::Unavailable("no quorum".into()), Code::Unavailable),
+            (Error::Timeout(5000), Code::DeadlineExceeded),
+            (
+                Error::RequestTooLarge { size: 2, limit: 1 },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::QuotaExceeded {
+                    used_bytes: 1,
+                    requested_bytes: 2,
+                    quota_bytes: 2,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::Compacted {
+                    requested: 1,
+                    oldest: 5,
+                },
+                Code::OutOfRange,
+            ),
+            (
+                Error::InvalidArgument("empty key".into()),
+                Code::InvalidArgument,
+            ),
+            (Error::LeaseNotFound { id: 7 }, Code::NotFound),
+            (Error::LeaseExists { id: 7 }, Code::AlreadyExists),
+            (
+                Error::Corruption {
+                    location: "kv".into(),
+                    detail: "bad tag".into(),
+                },
+                Code::DataLoss,
+            ),
+            (Error::Internal("bug".into()), Code::Internal),
+        ];
+        for (error, code) in cases {
+            let text = error.to_string();
+            let status = from_store(error);
+            assert_eq!(status.code(), code, "{text}");
+            assert_eq!(status.message(), text);
+        }
+    }
+}
