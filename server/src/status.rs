@@ -1,5 +1,5 @@
-//! The one place where library errors become gRPC statuses (and back, for
-//! the CLI), with the codes `proto/coffer/v1/kv.proto` documents.
+//! The one place where library errors become gRPC statuses, and statuses
+//! become the CLI's error lines, with the codes `proto/coffer/v1/kv.proto` documents.
 //!
 //! Messages are the library errors' own `Display`, which never carries a
 //! value, a secret or key material.
@@ -31,6 +31,24 @@ pub fn from_store(e: Error) -> Status {
 /// A request the server refuses before it reaches the store.
 pub fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message)
+}
+
+/// A request the server answered with an error, for the CLI: its
+/// `Display` is one line, the server's message without gRPC wrapping.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe(.0))]
+pub struct Failed(pub Status);
+
+impl Failed {
+    /// The key, lease or object the request named does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.0.code() == Code::NotFound
+    }
+}
+
+/// A failed request as an `anyhow` error (see [`Failed`]).
+pub fn failed(status: Status) -> anyhow::Error {
+    Failed(status).into()
 }
 
 /// A status as the CLI prints it: the server's message, with a hint where

@@ -7,22 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tonic::{Code, Status};
 
 use super::{KvCommand, LeaseCommand};
 use crate::client::{Connection, Target};
 use crate::pb;
 use crate::signals::Interrupts;
-use crate::status::describe;
-
-/// A failed request, as one line: the server's message, no gRPC wrapping.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", describe(.0))]
-struct Failed(Status);
-
-fn failed(status: Status) -> anyhow::Error {
-    Failed(status).into()
-}
+use crate::status::{failed, Failed};
 
 /// Standard input, at most one byte more than a request may carry.
 fn read_stdin() -> Result<Vec<u8>> {
@@ -45,8 +35,8 @@ pub async fn run(target: &Target, cmd: KvCommand) -> Result<ExitCode> {
     let code = match result {
         Ok(code) => code,
         Err(e) => match e.downcast_ref::<Failed>() {
-            Some(Failed(status)) if lease_command && status.code() == Code::NotFound => {
-                eprintln!("coffer: {}", describe(status));
+            Some(f) if lease_command && f.is_not_found() => {
+                eprintln!("coffer: {f}");
                 ExitCode::FAILURE
             }
             _ => return Err(e),

@@ -106,6 +106,8 @@ pub struct RangeRequest {
     #[prost(message, optional, tag = "1")]
     pub range: ::core::option::Option<KeyRange>,
     /// At most this many keys (0: all); `more` and `next` tell what was left.
+    /// A server returns at most 1,000 keys, or about 4 MiB of keys and
+    /// values, in one answer whatever the limit: follow `next` for the rest.
     #[prost(uint64, tag = "2")]
     pub limit: u64,
     /// Keys and metadata without values.

@@ -1,0 +1,331 @@
+//! `coffer server` as a real process: the CLI and gRPC clients through its
+//! socket, a second server refused, clean stops on SIGTERM and SIGINT, a
+//! SIGKILL that leaves nothing behind that blocks the next start. Every
+//! wait polls observable state under a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use coffer_server::pb;
+use coffer_server::pb::kv_client::KvClient;
+use tonic::transport::{Channel, Endpoint};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A `coffer server` process on a data directory, killed if the test
+/// ends without stopping it.
+struct Server {
+    child: Option<Child>,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts a server and waits until its socket answers.
+    fn start(dir: &Path) -> Server {
+        let server = Server::spawn(dir);
+        let deadline = Instant::now() + DEADLINE;
+        while std::os::unix::net::UnixStream::connect(server.socket()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not open its socket; log:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn spawn(dir: &Path) -> Server {
+        let log = dir.with_extension(format!("log.{}", rand_suffix()));
+        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("server")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Server {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("coffer.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Sends the signal and waits for the process to exit.
+    fn stop(mut self, signal: &str) -> ExitStatus {
+        self.signal(signal);
+        self.wait()
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn coffer(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code {
+    result.unwrap_err().code()
+}
+
+async fn client(socket: &Path) -> KvClient<Channel> {
+    let channel = Endpoint::from_shared(format!("unix://{}", socket.display()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    KvClient::new(channel)
+}
+
+#[test]
+fn the_cli_goes_through_the_socket_and_sigterm_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir);
+    let mode = std::fs::metadata(server.socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    // The server holds the directory's lock: a command could not open the
+    // directory itself, so its answers come through the socket.
+    let holder = std::fs::read_to_string(dir.join("coffer.lock")).unwrap();
+    assert_eq!(holder.trim(), server.pid().to_string());
+
+    assert_eq!(ok(coffer(&dir, &["kv", "put", "app/a", "one"])), "1");
+    assert_eq!(ok(coffer(&dir, &["kv", "put", "app/b", "two"])), "2");
+    assert_eq!(ok(coffer(&dir, &["kv", "get", "app/a"])), "one");
+    assert_eq!(
+        ok(coffer(&dir, &["kv", "ls", "app/"])),
+        "app/a\tone\napp/b\ttwo"
+    );
+    let host = format!("unix://{}", server.socket().display());
+    let via_host = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["--host", &host, "kv", "get", "app/b"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(via_host), "two");
+
+    let status = server.stop("TERM");
+    assert!(status.success(), "exit {status:?}");
+    assert!(
+        !dir.join("coffer.sock").exists(),
+        "the socket outlived the server"
+    );
+    // With no server, commands open the directory themselves.
+    assert_eq!(
+        ok(coffer(&dir, &["kv", "ls", "--keys-only", "app/"])),
+        "app/a\napp/b"
+    );
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let first = Server::start(&dir);
+    ok(coffer(&dir, &["kv", "put", "k", "v"]));
+    let mut second = Server::spawn(&dir);
+    let status = second.wait();
+    assert_eq!(status.code(), Some(2));
+    let log = second.log();
+    assert!(
+        log.contains(&format!(
+            "in use by another coffer process (pid {})",
+            first.pid()
+        )),
+        "{log}"
+    );
+    // The first is untouched, socket and all.
+    assert_eq!(ok(coffer(&dir, &["kv", "get", "k"])), "v");
+    assert!(first.stop("INT").success());
+}
+
+#[test]
+fn a_killed_server_leaves_nothing_that_blocks_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir);
+    ok(coffer(&dir, &["kv", "put", "k", "before"]));
+    let status = server.stop("KILL");
+    assert!(!status.success());
+    assert!(
+        dir.join("coffer.sock").exists(),
+        "SIGKILL leaves the socket file"
+    );
+    // The stale socket answers nobody: the command opens the directory.
+    assert_eq!(ok(coffer(&dir, &["kv", "get", "k"])), "before");
+    let again = Server::start(&dir);
+    assert_eq!(ok(coffer(&dir, &["kv", "put", "k", "after"])), "2");
+    assert!(again.stop("TERM").success());
+    assert_eq!(ok(coffer(&dir, &["kv", "get", "k"])), "after");
+}
+
+/// A gRPC client on the socket: a watch sees the CLI's writes, errors come
+/// with the codes the proto documents, and SIGTERM ends an open watch
+/// instead of waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_on_the_socket_watches_and_maps_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir);
+    let mut kv = client(&server.socket()).await;
+    let mut watch = kv
+        .watch(pb::WatchRequest {
+            prefix: b"w/".to_vec(),
+            from_revision: 1,
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cli_dir = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        ok(coffer(&cli_dir, &["kv", "put", "w/a", "1"]));
+        ok(coffer(&cli_dir, &["kv", "put", "w/a", "2"]));
+        ok(coffer(&cli_dir, &["kv", "del", "w/a"]));
+    })
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let next = tokio::time::timeout(DEADLINE, watch.message()).await;
+        let item = next.expect("no watch event in time").unwrap().unwrap();
+        if let Some(pb::watch_response::Item::Event(e)) = item.item {
+            let kv = e.kv.unwrap();
+            let prev = e.prev_kv.map(|p| p.value);
+            seen.push((e.revision, e.kind, kv.value, prev));
+        }
+    }
+    use pb::watch_event::Kind;
+    assert_eq!(
+        seen,
+        vec![
+            (1, Kind::Put as i32, b"1".to_vec(), None),
+            (2, Kind::Put as i32, b"2".to_vec(), Some(b"1".to_vec())),
+            (3, Kind::Delete as i32, vec![], Some(b"2".to_vec())),
+        ]
+    );
+
+    let future = kv
+        .range(pb::RangeRequest {
+            revision: 99,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(future), tonic::Code::InvalidArgument);
+    let missing = kv.lease_revoke(pb::LeaseRevokeRequest { id: 42 }).await;
+    assert_eq!(code(missing), tonic::Code::NotFound);
+    let too_big = kv
+        .put(pb::PutRequest {
+            key: b"big".to_vec(),
+            value: vec![0; 2 << 20],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(too_big), tonic::Code::ResourceExhausted);
+    let empty_key = kv.put(pb::PutRequest::default()).await;
+    assert_eq!(code(empty_key), tonic::Code::InvalidArgument);
+    let granted = kv
+        .lease_grant(pb::LeaseGrantRequest {
+            ttl_seconds: 60,
+            id: 7,
+        })
+        .await
+        .unwrap();
+    assert_eq!(granted.into_inner().id, 7);
+    let taken = kv
+        .lease_grant(pb::LeaseGrantRequest {
+            ttl_seconds: 60,
+            id: 7,
+        })
+        .await;
+    assert_eq!(code(taken), tonic::Code::AlreadyExists);
+
+    // The watch is still open when the server is told to stop.
+    let status = tokio::task::spawn_blocking(move || server.stop("TERM"))
+        .await
+        .unwrap();
+    assert!(status.success(), "exit {status:?}");
+    let end = tokio::time::timeout(DEADLINE, watch.message())
+        .await
+        .expect("the watch stayed open after the server stopped");
+    assert!(!matches!(end, Ok(Some(_))), "{end:?}");
+}
