@@ -50,6 +50,11 @@ pub enum Command {
     /// or the node a data directory already holds. Serves the local CLI on
     /// `<data-dir>/coffer.sock` (mode 0600) until SIGTERM or SIGINT.
     Server {
+        /// The node's TCP port, for other nodes and remote clients (mTLS
+        /// with certificates from the cluster's CA): HOST:PORT, port 0 for
+        /// any free one (the log says which).
+        #[arg(long, value_name = "ADDR", default_value = server::DEFAULT_LISTEN)]
+        listen: String,
         /// Log lines as text (for people) or JSON (for log collectors).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -57,6 +62,8 @@ pub enum Command {
     /// Reads and writes raw keys.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Prints the cluster's root CA certificate (PEM).
+    Ca,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,22 +165,37 @@ fn parse_lease_id(s: &str) -> Result<u64, String> {
 /// Runs one command line.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Server { log_format } => {
+        Command::Server { listen, log_format } => {
             init_logs(log_format);
             server::run(server::ServerConfig {
                 data_dir: cli.data_dir,
+                listen,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Kv(cmd) => {
-            let target = match &cli.host {
-                Some(url) => Target::host(url)?,
-                None => Target::DataDir(cli.data_dir),
-            };
-            kv::run(&target, cmd).await
-        }
+        Command::Kv(cmd) => kv::run(&target(cli.host.as_deref(), cli.data_dir)?, cmd).await,
+        Command::Ca => ca(&target(cli.host.as_deref(), cli.data_dir)?).await,
     }
+}
+
+fn target(host: Option<&str>, data_dir: PathBuf) -> Result<Target> {
+    match host {
+        Some(url) => Target::host(url),
+        None => Ok(Target::DataDir(data_dir)),
+    }
+}
+
+async fn ca(target: &Target) -> Result<ExitCode> {
+    let mut connection = crate::client::Connection::open(target).await?;
+    let answer = connection
+        .cluster
+        .root_ca(crate::pb::RootCaRequest {})
+        .await
+        .map_err(crate::status::failed);
+    connection.close().await?;
+    print!("{}", answer?.into_inner().certificate_pem);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Logs to standard error; `RUST_LOG` filters them (default: Coffer's at
@@ -184,6 +206,7 @@ fn init_logs(format: LogFormat) {
     });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),

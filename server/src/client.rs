@@ -17,7 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use coffer_vault::ca::MANAGER_SERVER_NAME;
+
 use crate::lock::{DataDirLock, LockError};
+use crate::pb::cluster_client::ClusterClient;
 use crate::pb::kv_client::KvClient;
 use crate::server::{self, SOCKET_FILE};
 
@@ -57,6 +60,7 @@ impl Target {
 #[derive(Debug)]
 pub struct Connection {
     pub kv: KvClient<Channel>,
+    pub cluster: ClusterClient<Channel>,
     local: Option<Local>,
 }
 
@@ -84,7 +88,8 @@ impl Connection {
 
     fn remote(channel: Channel) -> Connection {
         Connection {
-            kv: KvClient::new(channel).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
+            kv: KvClient::new(channel.clone()).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
+            cluster: ClusterClient::new(channel),
             local: None,
         }
     }
@@ -116,11 +121,21 @@ impl Connection {
         let store = Store::open(Config::new(dir))
             .await
             .with_context(|| format!("opening the store in {}", dir.display()))?;
+        match Connection::serve_store(store.clone(), lock).await {
+            Ok(connection) => Ok(connection),
+            Err(e) => {
+                store.shutdown().await.ok();
+                Err(e)
+            }
+        }
+    }
+
+    async fn serve_store(store: Store, lock: DataDirLock) -> Result<Connection> {
         // Each connection the channel makes is a fresh in-memory pipe whose
         // other end goes to the in-process server.
         let (pipes, accepted) = tokio::sync::mpsc::channel::<DuplexStream>(1);
         let (stop, stopping) = watch::channel(false);
-        let router = server::router(&store, stopping.clone());
+        let router = server::local_router(&store, stopping.clone()).await?;
         let served = tokio::spawn(async move {
             let incoming = ReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
             let mut stopping = stopping;
@@ -158,8 +173,8 @@ impl Connection {
     /// Closes the connection; a store opened in-process is shut down
     /// cleanly.
     pub async fn close(self) -> Result<()> {
-        let Connection { kv, local } = self;
-        drop(kv);
+        let Connection { kv, cluster, local } = self;
+        drop((kv, cluster));
         if let Some(local) = local {
             let _ = local.stop.send(true);
             match tokio::time::timeout(Duration::from_secs(10), local.served).await {
@@ -172,6 +187,34 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// A channel to a node's TCP port over mTLS: `config` (see
+/// [`crate::tls::client_config`]) trusts the cluster's CA alone, and the
+/// node must present a manager's certificate.
+pub async fn connect_tls(addr: &str, config: rustls::ClientConfig) -> Result<Channel> {
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let server_name = rustls::pki_types::ServerName::try_from(MANAGER_SERVER_NAME)
+        .context("the managers' server name")?;
+    let target = addr.to_string();
+    // The scheme is http: TLS is this connector's, not tonic's.
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            let server_name = server_name.clone();
+            let target = target.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(channel)
 }
 
 /// A channel over a Unix socket, connected now (so that a missing or dead

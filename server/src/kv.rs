@@ -13,6 +13,8 @@ use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use coffer_vault::SYSTEM_PREFIX;
+
 use crate::pb;
 use crate::status::{from_store, invalid};
 
@@ -59,13 +61,46 @@ fn to_pb(kv: KeyValue) -> pb::KeyValue {
     }
 }
 
-fn key_range(range: Option<pb::KeyRange>) -> Range {
+/// Refuses keys of the vault's reserved namespace: the `Kv` service never
+/// reads or writes the CA key, a secret, or any other vault object.
+fn user_key(key: &[u8]) -> Result<(), Status> {
+    if key.first() == Some(&SYSTEM_PREFIX) {
+        return Err(invalid(
+            "keys starting with a 0x00 byte are reserved for Coffer's own objects",
+        ));
+    }
+    Ok(())
+}
+
+/// The first key outside the reserved namespace.
+const FIRST_USER_KEY: &[u8] = &[SYSTEM_PREFIX + 1];
+
+/// The part of a requested range outside the reserved namespace; `None`
+/// when nothing is left.
+fn key_range(range: Option<pb::KeyRange>) -> Option<Range> {
     let range = range.unwrap_or_default();
-    Range {
-        start: range.start,
+    let start = if range.start.as_slice() < FIRST_USER_KEY {
+        FIRST_USER_KEY.to_vec()
+    } else {
+        range.start
+    };
+    if range
+        .end
+        .as_deref()
+        .is_some_and(|end| end <= start.as_slice())
+    {
+        return None;
+    }
+    Some(Range {
+        start,
         end: range.end,
         ..Range::default()
-    }
+    })
+}
+
+/// Whether a watch event may be delivered: not a vault object's.
+fn user_event(item: &Result<WatchItem, coffer_store::Error>) -> bool {
+    !matches!(item, Ok(WatchItem::Event(e)) if e.kv.key.first() == Some(&SYSTEM_PREFIX))
 }
 
 /// The page a `Range` request gets: its own limit, capped by
@@ -111,6 +146,7 @@ fn cmp_op(op: i32) -> Result<CmpOp, Status> {
 
 fn compare(c: pb::Compare) -> Result<Compare, Status> {
     use pb::compare::Check as C;
+    user_key(&c.key)?;
     let check = match c.check {
         None => return Err(invalid("a compare needs something to check")),
         Some(C::Absent(true)) => Check::Absent,
@@ -124,6 +160,13 @@ fn compare(c: pb::Compare) -> Result<Compare, Status> {
 }
 
 fn op(o: pb::Op) -> Result<Op, Status> {
+    let key = match &o.op {
+        Some(pb::op::Op::Put(p)) => &p.key,
+        Some(pb::op::Op::Delete(d)) => &d.key,
+        Some(pb::op::Op::Get(g)) => &g.key,
+        None => return Err(invalid("a transaction operation is empty")),
+    };
+    user_key(key)?;
     match o.op {
         None => Err(invalid("a transaction operation is empty")),
         Some(pb::op::Op::Put(p)) if p.prev_kv => Err(invalid(
@@ -205,6 +248,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 impl pb::kv_server::Kv for KvService {
     async fn put(&self, r: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let r = r.into_inner();
+        user_key(&r.key)?;
         let options = PutOptions {
             prev_kv: r.prev_kv,
             lease: r.lease,
@@ -222,6 +266,7 @@ impl pb::kv_server::Kv for KvService {
 
     async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let r = r.into_inner();
+        user_key(&r.key)?;
         let kv = self
             .store
             .get_kv(&r.key, consistency(r.stale))
@@ -235,6 +280,7 @@ impl pb::kv_server::Kv for KvService {
         r: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let r = r.into_inner();
+        user_key(&r.key)?;
         let options = DeleteOptions { prev_kv: r.prev_kv };
         let deleted = self
             .store
@@ -254,9 +300,15 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let r = r.into_inner();
         let options = DeleteOptions { prev_kv: r.prev_kv };
+        let Some(range) = key_range(r.range) else {
+            return Ok(Response::new(pb::DeleteRangeResponse {
+                revision: self.store.revision().map_err(from_store)?,
+                ..Default::default()
+            }));
+        };
         let deleted = self
             .store
-            .delete_range(key_range(r.range), options)
+            .delete_range(range, options)
             .await
             .map_err(from_store)?;
         Ok(Response::new(pb::DeleteRangeResponse {
@@ -271,12 +323,18 @@ impl pb::kv_server::Kv for KvService {
         r: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let r = r.into_inner();
+        let Some(range) = key_range(r.range) else {
+            return Ok(Response::new(pb::RangeResponse {
+                revision: self.store.revision().map_err(from_store)?,
+                ..Default::default()
+            }));
+        };
         let range = Range {
             limit: page_limit(r.limit),
             keys_only: r.keys_only,
             count_only: r.count_only,
             revision: r.revision,
-            ..key_range(r.range)
+            ..range
         };
         let result = self
             .store
@@ -329,6 +387,7 @@ impl pb::kv_server::Kv for KvService {
 
     async fn watch(&self, r: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let r = r.into_inner();
+        user_key(&r.prefix)?;
         let options = WatchOptions {
             from: r.from_revision,
             filter: watch_filter(r.filter)?,
@@ -342,6 +401,7 @@ impl pb::kv_server::Kv for KvService {
             .map_err(from_store)?;
         let mut stopping = self.stopping.clone();
         let stream = watch
+            .filter(|item| std::future::ready(user_event(item)))
             .map(|item| item.map(watch_response).map_err(from_store))
             .take_until(async move {
                 // An error means the server is gone: stop as well.
@@ -472,6 +532,32 @@ mod tests {
         let capped = cap_page_bytes(page(vec![kv("a", RANGE_PAGE_BYTES + 1), kv("b", 1)]));
         assert_eq!(capped.kvs.len(), 1);
         assert_eq!(capped.next.as_deref(), Some(&b"b"[..]));
+    }
+
+    #[test]
+    fn the_reserved_namespace_is_out_of_reach() {
+        assert!(user_key(b"\0coffer/cluster").is_err());
+        assert!(user_key(b"app/a").is_ok());
+        let all = key_range(None).unwrap();
+        assert_eq!(all.start, vec![1]);
+        assert_eq!(all.end, None);
+        let reserved = pb::KeyRange {
+            start: vec![],
+            end: Some(vec![0, 0xff]),
+        };
+        assert!(key_range(Some(reserved)).is_none());
+        let straddling = pb::KeyRange {
+            start: vec![0],
+            end: Some(b"b".to_vec()),
+        };
+        assert_eq!(key_range(Some(straddling)).unwrap().start, vec![1]);
+        let op = pb::Op {
+            op: Some(pb::op::Op::Get(pb::GetRequest {
+                key: b"\0coffer/cluster".to_vec(),
+                stale: false,
+            })),
+        };
+        assert!(super::op(op).is_err());
     }
 
     #[test]

@@ -6,11 +6,15 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod cluster;
+pub mod identity;
 pub mod kv;
 pub mod lock;
 pub mod pb;
 pub mod server;
 pub mod signals;
 pub mod status;
+pub mod tls;

@@ -1,8 +1,10 @@
 //! `coffer server`: a node's lifecycle in one place (as mini-redis's
-//! server): take the data directory's lock, open the store, serve the
-//! gRPC services on `<data-dir>/coffer.sock`, and on SIGTERM or SIGINT stop
-//! taking connections, end open watches, let requests in flight finish
-//! (for a bounded time), close the store and remove the socket.
+//! server): take the data directory's lock, open the store, load (or on a
+//! new cluster create) the cluster's CA and this node's certificate, serve
+//! the gRPC services on the node's TCP port (mTLS) and on
+//! `<data-dir>/coffer.sock`, and on SIGTERM or SIGINT stop taking
+//! connections, end open watches, let requests in flight finish (for a
+//! bounded time), close the store and remove the socket.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -11,17 +13,32 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use coffer_store::{Config, Store};
-use tokio::net::UnixListener;
-use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
+use std::sync::Arc;
+
+use coffer_vault::cluster::Cluster;
+use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
-use tracing::{info, warn};
+use tonic_health::pb::health_server::HealthServer;
+use tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer;
+use tracing::{debug, info, warn};
 
+use crate::auth::ManagersOnly;
+use crate::cluster::ClusterService;
+use crate::identity;
 use crate::kv::KvService;
 use crate::lock::DataDirLock;
+use crate::pb;
+use crate::pb::cluster_server::ClusterServer;
 use crate::pb::kv_server::KvServer;
 use crate::signals::Interrupts;
+use crate::tls::{self, NodeCertResolver};
 
 /// The local CLI's socket, in the data directory.
 pub const SOCKET_FILE: &str = "coffer.sock";
@@ -37,21 +54,153 @@ const CONCURRENT_STREAMS_MAX: u32 = 1024;
 /// How long a stopping server waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where `coffer server` listens when `--listen` is not given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6465";
+/// TLS handshakes in progress at once; connections past this wait in the
+/// kernel's backlog.
+const HANDSHAKES_MAX: usize = 256;
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `coffer server`'s settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// The node's TCP port (mTLS): `host:port`; port 0 picks a free one.
+    pub listen: String,
 }
 
-/// Every gRPC service over `store`; `stopping` ends long-lived streams.
-pub fn router(store: &Store, stopping: watch::Receiver<bool>) -> Router {
+/// The services without their transport-specific guards.
+fn services(
+    store: &Store,
+    stopping: watch::Receiver<bool>,
+) -> (KvServer<KvService>, ClusterServer<ClusterService>) {
     let kv = KvServer::new(KvService::new(store.clone(), stopping))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let cluster = ClusterServer::new(ClusterService::new(store.clone()));
+    (kv, cluster)
+}
+
+/// The standard health service (every service reported serving while the
+/// server runs) and server reflection over the `coffer.v1` descriptors.
+async fn health_and_reflection() -> Result<(
+    HealthServer<impl tonic_health::pb::health_server::Health>,
+    ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<KvServer<KvService>>().await;
+    reporter
+        .set_serving::<ClusterServer<ClusterService>>()
+        .await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("loading the API descriptors for reflection")?;
+    Ok((health, reflection))
+}
+
+fn builder() -> Server {
     Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .max_concurrent_streams(CONCURRENT_STREAMS_MAX)
+}
+
+/// Every service for a local caller (the Unix socket, or a command's
+/// in-process server): no certificate checks, the socket's mode is the
+/// guard.
+pub async fn local_router(store: &Store, stopping: watch::Receiver<bool>) -> Result<Router> {
+    let (kv, cluster) = services(store, stopping);
+    let (health, reflection) = health_and_reflection().await?;
+    Ok(builder()
         .add_service(kv)
+        .add_service(cluster)
+        .add_service(health)
+        .add_service(reflection))
+}
+
+/// Every service for the TCP port: the key/value store for this
+/// cluster's managers only ([`ManagersOnly`]), the cluster's CA, health
+/// and reflection for anyone.
+async fn tcp_router(store: &Store, stopping: watch::Receiver<bool>) -> Result<Router> {
+    let (kv, cluster) = services(store, stopping);
+    let (health, reflection) = health_and_reflection().await?;
+    Ok(builder()
+        .add_service(InterceptedService::new(kv, ManagersOnly))
+        .add_service(cluster)
+        .add_service(health)
+        .add_service(reflection))
+}
+
+/// Accepts TCP connections and hands each to `tls` for its handshake;
+/// the finished streams go to `ready`. Ends when `stopping` turns true.
+async fn accept_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    ready: mpsc::Sender<TlsStream<TcpStream>>,
+    stopping: watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    loop {
+        let permit = tokio::select! {
+            () = until_stopped(stopping.clone()) => return,
+            permit = handshakes.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            () = until_stopped(stopping.clone()) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: back off, go on.
+                    warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let _ = ready.send(stream).await;
+                }
+                Ok(Err(e)) => debug!(%peer, "TLS handshake failed: {e}"),
+                Err(_) => debug!(%peer, "TLS handshake timed out"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn until_stopped(mut stopping: watch::Receiver<bool>) {
+    // An error means the sender is gone: stop as well.
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// Serves the node's TCP port (mTLS through `tls`, the services of
+/// [`tcp_router`]) until `stopping` turns true; the returned future runs
+/// it.
+pub async fn serve_port(
+    store: &Store,
+    tls: Arc<rustls::ServerConfig>,
+    tcp: TcpListener,
+    stopping: watch::Receiver<bool>,
+) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>> {
+    let router = tcp_router(store, stopping.clone()).await?;
+    let (ready, handshaken) = mpsc::channel(HANDSHAKES_MAX);
+    tokio::spawn(accept_tls(tcp, tls, ready, stopping.clone()));
+    Ok(router.serve_with_incoming_shutdown(
+        ReceiverStream::new(handshaken).map(Ok::<_, std::io::Error>),
+        until_stopped(stopping),
+    ))
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -64,32 +213,14 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     let store = Store::open(Config::new(dir))
         .await
         .with_context(|| format!("opening the store in {}", dir.display()))?;
-    let socket = dir.join(SOCKET_FILE);
-    let listener = match bind_private(&socket) {
-        Ok(listener) => listener,
+    let started = start(&config, &store).await;
+    let (mut served, socket, stop) = match started {
+        Ok(started) => started,
         Err(e) => {
             store.shutdown().await.ok();
             return Err(e);
         }
     };
-    let (stop, stopping) = watch::channel(false);
-    let mut served = {
-        let mut stopping = stopping.clone();
-        tokio::spawn(
-            router(&store, stopping.clone()).serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
-                async move {
-                    let _ = stopping.wait_for(|stop| *stop).await;
-                },
-            ),
-        )
-    };
-    info!(
-        node = store.node_id(),
-        socket = %socket.display(),
-        "coffer server is up: `coffer --data-dir {}` commands reach it",
-        dir.display()
-    );
 
     let outcome = tokio::select! {
         () = signals.next() => {
@@ -113,6 +244,47 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     drop(lock);
     info!("stopped");
     outcome
+}
+
+type Served = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Loads or creates the cluster and this node's identity, binds the TCP
+/// port and the socket (in that order: once the socket answers, so does
+/// the port), and serves both.
+async fn start(
+    config: &ServerConfig,
+    store: &Store,
+) -> Result<(Served, PathBuf, watch::Sender<bool>)> {
+    let dir = &config.data_dir;
+    let cluster = Cluster::init_or_load(store)
+        .await
+        .context("loading the cluster's CA")?;
+    let identity = identity::load_or_issue(dir, store, &cluster.ca, store.node_id())?;
+    let certs = NodeCertResolver::new(&identity.cert_der, &identity.key)?;
+    let tls = tls::server_config(cluster.ca.cert_der(), certs)?;
+    let tcp = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = tcp.local_addr().context("the listening address")?;
+    let socket = dir.join(SOCKET_FILE);
+    let unix = bind_private(&socket)?;
+
+    let (stop, stopping) = watch::channel(false);
+    let local = local_router(store, stopping.clone()).await?;
+    let on_port = serve_port(store, tls, tcp, stopping.clone()).await?;
+    let on_socket =
+        local.serve_with_incoming_shutdown(UnixListenerStream::new(unix), until_stopped(stopping));
+    let served = tokio::spawn(async move { tokio::try_join!(on_socket, on_port).map(|_| ()) });
+    info!(
+        node = format_args!("{:016x}", store.node_id()),
+        cluster = cluster.ca.cluster_id(),
+        ca_digest = cluster.ca.digest(),
+        listen = %addr,
+        socket = %socket.display(),
+        "coffer server is up: `coffer --data-dir {}` commands reach it",
+        dir.display()
+    );
+    Ok((served, socket, stop))
 }
 
 fn flatten(

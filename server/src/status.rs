@@ -28,6 +28,34 @@ pub fn from_store(e: Error) -> Status {
     Status::new(code, e.to_string())
 }
 
+/// A call the peer's certificate does not allow.
+pub fn from_auth(e: crate::auth::AuthError) -> Status {
+    use crate::auth::AuthError;
+    let code = match e {
+        AuthError::NoCertificate | AuthError::NotANode(_) => Code::Unauthenticated,
+        AuthError::NotAManager { .. } => Code::PermissionDenied,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// A vault error.
+pub fn from_vault(e: coffer_vault::VaultError) -> Status {
+    use coffer_vault::VaultError;
+    match e {
+        VaultError::Store(e) => from_store(e),
+        VaultError::InvalidCertificate(_) => Status::invalid_argument(e.to_string()),
+        VaultError::Corrupt { .. } => Status::data_loss(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+/// The data directory was never initialised by `coffer server`.
+pub fn no_cluster() -> Status {
+    Status::failed_precondition(
+        "this data directory holds no cluster yet: start `coffer server` on it once",
+    )
+}
+
 /// A request the server refuses before it reaches the store.
 pub fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message)

@@ -44,7 +44,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
             .arg("--data-dir")
             .arg(dir)
-            .arg("server")
+            .args(["server", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -168,8 +168,14 @@ fn the_cli_goes_through_the_socket_and_sigterm_stops_cleanly() {
     let holder = std::fs::read_to_string(dir.join("coffer.lock")).unwrap();
     assert_eq!(holder.trim(), server.pid().to_string());
 
-    assert_eq!(ok(coffer(&dir, &["kv", "put", "app/a", "one"])), "1");
-    assert_eq!(ok(coffer(&dir, &["kv", "put", "app/b", "two"])), "2");
+    // The server's own cluster record took the first revision.
+    let first: u64 = ok(coffer(&dir, &["kv", "put", "app/a", "one"]))
+        .parse()
+        .unwrap();
+    let second: u64 = ok(coffer(&dir, &["kv", "put", "app/b", "two"]))
+        .parse()
+        .unwrap();
+    assert_eq!(second, first + 1);
     assert_eq!(ok(coffer(&dir, &["kv", "get", "app/a"])), "one");
     assert_eq!(
         ok(coffer(&dir, &["kv", "ls", "app/"])),
@@ -222,7 +228,9 @@ fn a_killed_server_leaves_nothing_that_blocks_the_next_start() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let server = Server::start(&dir);
-    ok(coffer(&dir, &["kv", "put", "k", "before"]));
+    let before: u64 = ok(coffer(&dir, &["kv", "put", "k", "before"]))
+        .parse()
+        .unwrap();
     let status = server.stop("KILL");
     assert!(!status.success());
     assert!(
@@ -232,7 +240,10 @@ fn a_killed_server_leaves_nothing_that_blocks_the_next_start() {
     // The stale socket answers nobody: the command opens the directory.
     assert_eq!(ok(coffer(&dir, &["kv", "get", "k"])), "before");
     let again = Server::start(&dir);
-    assert_eq!(ok(coffer(&dir, &["kv", "put", "k", "after"])), "2");
+    assert_eq!(
+        ok(coffer(&dir, &["kv", "put", "k", "after"])),
+        (before + 1).to_string()
+    );
     assert!(again.stop("TERM").success());
     assert_eq!(ok(coffer(&dir, &["kv", "get", "k"])), "after");
 }
@@ -246,9 +257,11 @@ async fn grpc_on_the_socket_watches_and_maps_errors() {
     let dir = tmp.path().join("data");
     let server = Server::start(&dir);
     let mut kv = client(&server.socket()).await;
+    // From the first revision, with no prefix: the server's own cluster
+    // record (the first revision) is not shown, only the keys put here.
     let mut watch = kv
         .watch(pb::WatchRequest {
-            prefix: b"w/".to_vec(),
+            prefix: Vec::new(),
             from_revision: 1,
             prev_kv: true,
             ..Default::default()
@@ -278,9 +291,9 @@ async fn grpc_on_the_socket_watches_and_maps_errors() {
     assert_eq!(
         seen,
         vec![
-            (1, Kind::Put as i32, b"1".to_vec(), None),
-            (2, Kind::Put as i32, b"2".to_vec(), Some(b"1".to_vec())),
-            (3, Kind::Delete as i32, vec![], Some(b"2".to_vec())),
+            (2, Kind::Put as i32, b"1".to_vec(), None),
+            (3, Kind::Put as i32, b"2".to_vec(), Some(b"1".to_vec())),
+            (4, Kind::Delete as i32, vec![], Some(b"2".to_vec())),
         ]
     );
 

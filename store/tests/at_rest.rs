@@ -894,3 +894,41 @@ fn key_files_open_to_others_are_refused_and_the_callers_directory_is_left_alone(
     assert_eq!(mode(&theirs.join(keys::KEYS_DIR)), 0o700);
     assert_no_panics("key_files_open_to_others_are_refused");
 }
+
+/// A local record (a node's TLS key) opens only for its purpose, on a
+/// store with the same keyring, and unchanged; it is not its plaintext.
+#[test]
+fn local_records_open_only_for_their_purpose_and_keyring() {
+    let rt = runtime("local_records");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Config::new(dir.path())).await.unwrap();
+        let other = Store::open(Config::new(other_dir.path())).await.unwrap();
+        let secret = b"-----BEGIN PRIVATE KEY----- CANARY-local".to_vec();
+        let sealed = store.seal_local("node-key", &secret).unwrap();
+        assert!(find(&sealed, b"CANARY").is_none());
+        assert_eq!(
+            &*store.open_local("node-key", &sealed).unwrap(),
+            &secret[..]
+        );
+        assert!(store.open_local("other-purpose", &sealed).is_err());
+        assert!(other.open_local("node-key", &sealed).is_err());
+        let mut flipped = sealed.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(
+            store.open_local("node-key", &flipped),
+            Err(coffer_store::Error::Corruption { .. })
+        ));
+        store.shutdown().await.unwrap();
+        let store = Store::open(Config::new(dir.path())).await.unwrap();
+        assert_eq!(
+            &*store.open_local("node-key", &sealed).unwrap(),
+            &secret[..]
+        );
+        store.shutdown().await.unwrap();
+        other.shutdown().await.unwrap();
+    });
+    assert_no_panics("local_records");
+}

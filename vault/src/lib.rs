@@ -1,8 +1,22 @@
-//! coffer-vault: secrets, cluster objects (configuration, root CA, join
-//! tokens, unlock key, nodes), task assignments and secret delivery, kept in
-//! a [`coffer_store::Store`].
+//! coffer-vault: the objects a cluster keeps in its store (DESIGN.md §4),
+//! as typed values over a [`coffer_store::Store`]: so far the cluster
+//! record with its root CA ([`cluster`]), and the certificates the CA
+//! issues to nodes ([`ca`]). Secrets, join tokens, nodes and task
+//! assignments follow.
 //!
-//! This crate is the seam where those objects will live (DESIGN.md §4);
-//! the store it builds on is complete. Nothing is exported yet.
+//! Every object lives under the reserved key prefix [`SYSTEM_PREFIX`]
+//! (a 0x00 byte), which the server's `Kv` service refuses to read or
+//! write: no remote key/value call reaches the CA key or a secret.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod ca;
+pub mod cluster;
+mod error;
+mod record;
+
+pub use error::VaultError;
+
+/// Keys starting with this byte belong to the vault.
+pub const SYSTEM_PREFIX: u8 = 0;

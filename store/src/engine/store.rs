@@ -5,6 +5,7 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::raft::{
@@ -305,6 +306,34 @@ impl Store {
     /// The leader this member knows of, if any.
     pub fn leader(&self) -> Option<NodeId> {
         self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// Seals `plaintext` for a file this member keeps outside the store
+    /// (its TLS key, say) under the store's data keys, bound to `purpose`:
+    /// the record opens only through [`Store::open_local`] with the same
+    /// purpose, on a store with the same keyring. Nothing is written.
+    pub fn seal_local(&self, purpose: &str, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        self.inner
+            .shared
+            .db
+            .cipher
+            .seal(&local_location(purpose), plaintext)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))
+    }
+
+    /// Opens a record from [`Store::seal_local`]. A record that was
+    /// changed, sealed for another purpose or under another keyring is
+    /// `Corruption`.
+    pub fn open_local(&self, purpose: &str, record: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        self.inner
+            .shared
+            .db
+            .cipher
+            .open(&local_location(purpose), record)
+            .map_err(|e| Error::Corruption {
+                location: format!("local record {purpose:?}"),
+                detail: e.to_string(),
+            })
     }
 
     /// The engine state, for the engine's own tests.
@@ -899,4 +928,12 @@ fn unexpected(resp: &Response) -> Error {
     Error::Engine(format!(
         "state machine answered {resp:?} to a different request"
     ))
+}
+
+/// The location a local record is sealed for: a prefix no row location
+/// has, so a local record can never be passed off as a row or back.
+fn local_location(purpose: &str) -> Vec<u8> {
+    let mut location = b"local-file\0".to_vec();
+    location.extend_from_slice(purpose.as_bytes());
+    location
 }

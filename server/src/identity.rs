@@ -1,0 +1,174 @@
+//! The node's own TLS identity on disk: `<data-dir>/identity/node.crt`
+//! (the certificate, PEM: public) and `<data-dir>/identity/node.key` (the
+//! private key, sealed under the store's keys: unreadable without them).
+//! A manager issues its own certificate from the cluster CA when it has
+//! none, when the one it has is not from the current CA, or when it is in
+//! the last third of its validity.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use coffer_store::Store;
+use coffer_vault::ca::{NodeCert, NodeKey, Role, RootCa, NODE_CERT_VALIDITY};
+use tracing::info;
+
+const IDENTITY_DIR: &str = "identity";
+const CERT_FILE: &str = "node.crt";
+const KEY_FILE: &str = "node.key";
+/// What the key is sealed for (see `Store::seal_local`).
+const KEY_PURPOSE: &str = "node-tls-key";
+/// Certificates or keys larger than this are damage, not data.
+const FILE_BYTES_MAX: u64 = 64 << 10;
+
+/// A node's certificate and key.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub cert_der: Vec<u8>,
+    pub key: NodeKey,
+    pub cert: NodeCert,
+}
+
+fn paths(data_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = data_dir.join(IDENTITY_DIR);
+    (dir.join(CERT_FILE), dir.join(KEY_FILE), dir)
+}
+
+fn read_limited(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Ok(m) if m.len() > FILE_BYTES_MAX => {
+            bail!("{} is {} bytes: damaged", path.display(), m.len())
+        }
+        Ok(_) => {}
+    }
+    Ok(Some(
+        fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    ))
+}
+
+/// Writes a file atomically (temporary file, fsync, rename) with `mode`.
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem)
+        .ok()
+        .map(|der| der.to_vec())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Whether a certificate is in the last third of its validity.
+fn due_for_renewal(cert: &NodeCert) -> bool {
+    let third = i64::try_from(NODE_CERT_VALIDITY.as_secs() / 3).unwrap_or(i64::MAX);
+    cert.not_after_unix - unix_now() < third
+}
+
+/// The identity on disk, if it is there and from `ca`.
+fn load(data_dir: &Path, store: &Store, ca: &RootCa) -> Result<Option<Identity>> {
+    let (cert_path, key_path, _) = paths(data_dir);
+    let (Some(cert_pem), Some(sealed)) = (read_limited(&cert_path)?, read_limited(&key_path)?)
+    else {
+        return Ok(None);
+    };
+    let Some(cert_der) = pem_to_der(&cert_pem) else {
+        bail!("{} is not a PEM certificate", cert_path.display());
+    };
+    let cert = match NodeCert::verify(&cert_der, ca) {
+        Ok(cert) => cert,
+        // Issued by an earlier CA: issue a new one.
+        Err(_) => return Ok(None),
+    };
+    let key_der = store
+        .open_local(KEY_PURPOSE, &sealed)
+        .with_context(|| format!("opening {}", key_path.display()))?;
+    let key = NodeKey::from_pkcs8_der(key_der)
+        .with_context(|| format!("reading the key in {}", key_path.display()))?;
+    Ok(Some(Identity {
+        cert_der,
+        key,
+        cert,
+    }))
+}
+
+/// This manager's identity: the one on disk, or a new key and a
+/// certificate issued by `ca` for node `node` (see the module doc).
+pub fn load_or_issue(data_dir: &Path, store: &Store, ca: &RootCa, node: u64) -> Result<Identity> {
+    if let Some(identity) = load(data_dir, store, ca)? {
+        if identity.cert.node == node && !due_for_renewal(&identity.cert) {
+            return Ok(identity);
+        }
+    }
+    let key = NodeKey::generate()?;
+    let cert_der = ca.issue(
+        &key.public_key_der()?,
+        node,
+        Role::Manager,
+        NODE_CERT_VALIDITY,
+    )?;
+    let cert = NodeCert::verify(&cert_der, ca)?;
+    let (cert_path, key_path, dir) = paths(data_dir);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let sealed = store.seal_local(KEY_PURPOSE, key.pkcs8_der())?;
+    // The key first: a certificate on disk always has its key beside it.
+    write_atomic(&key_path, &sealed, 0o600)?;
+    write_atomic(
+        &cert_path,
+        coffer_vault::ca::pem("CERTIFICATE", &cert_der).as_bytes(),
+        0o644,
+    )?;
+    info!(
+        node = format_args!("{node:016x}"),
+        expires_in_days = (cert.not_after_unix - unix_now()) / 86_400,
+        "issued this node's certificate"
+    );
+    Ok(Identity {
+        cert_der,
+        key,
+        cert,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_read_back_from_pem() {
+        let pem = coffer_vault::ca::pem("CERTIFICATE", &[1, 2, 3, 250, 251]);
+        assert_eq!(pem_to_der(pem.as_bytes()).unwrap(), vec![1, 2, 3, 250, 251]);
+        assert!(pem_to_der(b"not pem").is_none());
+    }
+}

@@ -1,0 +1,100 @@
+//! rustls (ring provider) for the node's one TCP port: TLS 1.3 only, h2,
+//! the node's certificate from a resolver that can be swapped while the
+//! server runs (renewal without a restart), and client certificates
+//! verified against the cluster's root CA but not required at the TLS
+//! layer: a joiner has none yet, so every call checks the peer
+//! certificate itself ([`crate::auth`]).
+
+use std::sync::{Arc, RwLock};
+
+use anyhow::{anyhow, Context, Result};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use coffer_vault::ca::NodeKey;
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca_der.to_vec()))
+        .context("the root CA certificate")?;
+    Ok(Arc::new(roots))
+}
+
+fn certified_key(cert_der: &[u8], key: &NodeKey) -> Result<Arc<CertifiedKey>> {
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
+    let certified = CertifiedKey::from_der(
+        vec![CertificateDer::from(cert_der.to_vec())],
+        key_der,
+        &provider(),
+    )
+    .map_err(|e| anyhow!("the node certificate and key do not go together: {e}"))?;
+    Ok(Arc::new(certified))
+}
+
+/// The node's certificate, swappable while connections are served.
+#[derive(Debug)]
+pub struct NodeCertResolver(RwLock<Arc<CertifiedKey>>);
+
+impl NodeCertResolver {
+    pub fn new(cert_der: &[u8], key: &NodeKey) -> Result<Arc<NodeCertResolver>> {
+        Ok(Arc::new(NodeCertResolver(RwLock::new(certified_key(
+            cert_der, key,
+        )?))))
+    }
+
+    /// New handshakes present this certificate from now on.
+    pub fn replace(&self, cert_der: &[u8], key: &NodeKey) -> Result<()> {
+        let next = certified_key(cert_der, key)?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for NodeCertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// The server side of the node's port.
+pub fn server_config(ca_der: &[u8], certs: Arc<NodeCertResolver>) -> Result<Arc<ServerConfig>> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
+        .allow_unauthenticated()
+        .build()
+        .context("building the client certificate verifier")?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with the ring provider")?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client of a node's port: trusts only the cluster's root CA, and
+/// presents `identity` (certificate and key) when given.
+pub fn client_config(ca_der: &[u8], identity: Option<(&[u8], &NodeKey)>) -> Result<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with the ring provider")?
+        .with_root_certificates(roots(ca_der)?);
+    let mut config = match identity {
+        Some((cert_der, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from(cert_der.to_vec())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec())),
+            )
+            .context("the client certificate")?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}

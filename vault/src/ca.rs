@@ -1,0 +1,365 @@
+//! The cluster's root CA and the certificates it issues (rcgen, ECDSA
+//! P-256), after SwarmKit's `ca/`: a node certificate names the node in its
+//! common name (16 hex digits), its role in its organizational unit
+//! (`coffer-manager` or `coffer-worker`) and the cluster in its
+//! organization; its DNS names are the role's (`coffer-manager`, what
+//! peers verify when they dial a manager, whatever its address) and the
+//! node's own (`coffer-node-<id>`).
+//!
+//! Private keys live in [`Zeroizing`] buffers (PKCS#8 DER) whose `Debug`
+//! prints `[redacted]`; rcgen's key pair is built from them only for the
+//! moment a signature needs it.
+
+use std::fmt;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SubjectPublicKeyInfo,
+    PKCS_ECDSA_P256_SHA256,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::VaultError;
+
+/// How long a node certificate is valid (SwarmKit's default too).
+pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How long the generated root CA is valid.
+pub const ROOT_CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
+/// Certificates start this long before they are issued, for clocks that
+/// run a little behind the CA's.
+const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+const ROOT_CA_NAME: &str = "coffer root CA";
+
+/// What a node may do: a manager holds a replica of the store and votes; a
+/// worker holds only its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Manager,
+    Worker,
+}
+
+impl Role {
+    /// The certificate's organizational unit, and its role DNS name.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Role::Manager => "coffer-manager",
+            Role::Worker => "coffer-worker",
+        }
+    }
+
+    fn from_unit(unit: &str) -> Option<Role> {
+        match unit {
+            "coffer-manager" => Some(Role::Manager),
+            "coffer-worker" => Some(Role::Worker),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        })
+    }
+}
+
+/// The DNS name a client verifies when it dials a manager.
+pub const MANAGER_SERVER_NAME: &str = "coffer-manager";
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    // Positive, as DER integers for serials must be.
+    bytes[0] &= 0x7f;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn key_pair(der: &[u8]) -> Result<KeyPair, VaultError> {
+    KeyPair::try_from(der).map_err(|e| VaultError::Certificate(format!("loading a key: {e}")))
+}
+
+/// A node's private key (ECDSA P-256, PKCS#8 DER).
+#[derive(Clone)]
+pub struct NodeKey(Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NodeKey([redacted])")
+    }
+}
+
+impl NodeKey {
+    pub fn generate() -> Result<NodeKey, VaultError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        Ok(NodeKey(Zeroizing::new(key.serialize_der())))
+    }
+
+    pub fn from_pkcs8_der(der: Zeroizing<Vec<u8>>) -> Result<NodeKey, VaultError> {
+        key_pair(&der)?;
+        Ok(NodeKey(der))
+    }
+
+    /// The PKCS#8 DER, for TLS and for sealing.
+    pub fn pkcs8_der(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The public half, for the CA to certify.
+    pub fn public_key_der(&self) -> Result<Vec<u8>, VaultError> {
+        Ok(key_pair(&self.0)?.subject_public_key_info())
+    }
+}
+
+/// The cluster's root CA: its certificate and its private key.
+#[derive(Clone)]
+pub struct RootCa {
+    cluster_id: String,
+    cert_der: Vec<u8>,
+    key_der: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for RootCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RootCa")
+            .field("cluster_id", &self.cluster_id)
+            .field("digest", &self.digest())
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl RootCa {
+    /// A new root CA for cluster `cluster_id`.
+    pub fn generate(cluster_id: &str) -> Result<RootCa, VaultError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, ROOT_CA_NAME);
+        name.push(DnType::OrganizationName, cluster_id);
+        params.distinguished_name = name;
+        // It signs node certificates only, never another CA.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = now() - CLOCK_SKEW;
+        params.not_after = now() + ROOT_CA_VALIDITY;
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key)?;
+        Ok(RootCa {
+            cluster_id: cluster_id.to_string(),
+            cert_der: cert.der().to_vec(),
+            key_der: Zeroizing::new(key.serialize_der()),
+        })
+    }
+
+    pub(crate) fn from_parts(
+        cluster_id: String,
+        cert_der: Vec<u8>,
+        key_der: Zeroizing<Vec<u8>>,
+    ) -> Result<RootCa, VaultError> {
+        let ca = RootCa {
+            cluster_id,
+            cert_der,
+            key_der,
+        };
+        ca.issuer()?;
+        Ok(ca)
+    }
+
+    pub(crate) fn key_der(&self) -> &[u8] {
+        &self.key_der
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    pub fn cert_pem(&self) -> String {
+        pem("CERTIFICATE", &self.cert_der)
+    }
+
+    /// The SHA-256 of the certificate (DER), in hex: what join tokens carry
+    /// so that a joiner can pin the CA before it trusts anything.
+    pub fn digest(&self) -> String {
+        cert_digest(&self.cert_der)
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, VaultError> {
+        let cert = CertificateDer::from(self.cert_der.clone());
+        Issuer::from_ca_cert_der(&cert, key_pair(&self.key_der)?)
+            .map_err(|e| VaultError::Certificate(format!("loading the root CA: {e}")))
+    }
+
+    /// Issues a certificate for `node` in `role` over the public key
+    /// `public_key_der` (a SubjectPublicKeyInfo), valid for `validity`.
+    pub fn issue(
+        &self,
+        public_key_der: &[u8],
+        node: u64,
+        role: Role,
+        validity: Duration,
+    ) -> Result<Vec<u8>, VaultError> {
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, format!("{node:016x}"));
+        name.push(DnType::OrganizationalUnitName, role.unit());
+        name.push(DnType::OrganizationName, self.cluster_id.as_str());
+        params.distinguished_name = name;
+        params.subject_alt_names = vec![
+            SanType::DnsName(role.unit().try_into()?),
+            SanType::DnsName(format!("coffer-node-{node:016x}").try_into()?),
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = now() - CLOCK_SKEW;
+        params.not_after = now() + validity;
+        params.serial_number = Some(random_serial());
+        let public_key = SubjectPublicKeyInfo::from_der(public_key_der)
+            .map_err(|e| VaultError::InvalidCertificate(format!("the public key: {e}")))?;
+        let cert = params.signed_by(&public_key, &self.issuer()?)?;
+        Ok(cert.der().to_vec())
+    }
+}
+
+/// The SHA-256 of a certificate's DER, in hex.
+pub fn cert_digest(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// PEM armour around DER.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), config)
+}
+
+/// What a node certificate says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCert {
+    pub node: u64,
+    pub role: Role,
+    pub cluster_id: String,
+    /// Seconds since the Unix epoch.
+    pub not_after_unix: i64,
+}
+
+impl NodeCert {
+    /// Reads a certificate after checking that `ca` signed it.
+    pub fn verify(der: &[u8], ca: &RootCa) -> Result<NodeCert, VaultError> {
+        let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der())
+            .map_err(|e| VaultError::InvalidCertificate(format!("the root CA: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| VaultError::InvalidCertificate(e.to_string()))?;
+        cert.verify_signature(Some(ca_cert.public_key()))
+            .map_err(|_| {
+                VaultError::InvalidCertificate("not signed by this cluster's CA".into())
+            })?;
+        let parsed = NodeCert::parse(der)?;
+        if parsed.cluster_id != ca.cluster_id() {
+            return Err(VaultError::InvalidCertificate(
+                "issued for another cluster".into(),
+            ));
+        }
+        Ok(parsed)
+    }
+
+    /// Reads a certificate this cluster's CA issued (the caller has
+    /// verified its signature, as TLS does): its node id, role, cluster and
+    /// expiry.
+    pub fn parse(der: &[u8]) -> Result<NodeCert, VaultError> {
+        let invalid = |m: &str| VaultError::InvalidCertificate(m.to_string());
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| VaultError::InvalidCertificate(e.to_string()))?;
+        let subject = cert.subject();
+        let one = |values: Vec<&str>, what: &str| match values.as_slice() {
+            [v] => Ok(v.to_string()),
+            _ => Err(invalid(&format!("the subject needs exactly one {what}"))),
+        };
+        let cn = one(
+            subject
+                .iter_common_name()
+                .filter_map(|a| a.as_str().ok())
+                .collect(),
+            "common name",
+        )?;
+        let unit = one(
+            subject
+                .iter_organizational_unit()
+                .filter_map(|a| a.as_str().ok())
+                .collect(),
+            "organizational unit",
+        )?;
+        let cluster_id = one(
+            subject
+                .iter_organization()
+                .filter_map(|a| a.as_str().ok())
+                .collect(),
+            "organization",
+        )?;
+        let node = match u64::from_str_radix(&cn, 16) {
+            Ok(n) if cn.len() == 16 && n != 0 => n,
+            _ => return Err(invalid("the common name is not a node id")),
+        };
+        let role = Role::from_unit(&unit).ok_or_else(|| invalid("unknown role"))?;
+        Ok(NodeCert {
+            node,
+            role,
+            cluster_id,
+            not_after_unix: cert.validity().not_after.timestamp(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_name_node_role_and_cluster() {
+        let ca = RootCa::generate("c0ffee").unwrap();
+        let key = NodeKey::generate().unwrap();
+        let der = ca
+            .issue(
+                &key.public_key_der().unwrap(),
+                0x2a,
+                Role::Manager,
+                NODE_CERT_VALIDITY,
+            )
+            .unwrap();
+        let cert = NodeCert::parse(&der).unwrap();
+        assert_eq!(cert.node, 0x2a);
+        assert_eq!(cert.role, Role::Manager);
+        assert_eq!(cert.cluster_id, "c0ffee");
+        let days = (cert.not_after_unix - now().unix_timestamp()) / 86_400;
+        assert!((89..=90).contains(&days), "{days} days");
+        // The CA's own certificate is no node certificate.
+        assert!(NodeCert::parse(ca.cert_der()).is_err());
+        assert_eq!(ca.digest().len(), 64);
+        assert!(!format!("{ca:?} {key:?}").contains("BEGIN"));
+        assert_eq!(NodeCert::verify(&der, &ca).unwrap(), cert);
+        let other = RootCa::generate("c0ffee").unwrap();
+        assert!(NodeCert::verify(&der, &other).is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! The vault's errors. None carries key material or secret data.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    #[error(transparent)]
+    Store(#[from] coffer_store::Error),
+    /// Making or signing a certificate failed.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// A stored object did not decode.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    /// A certificate that is not one this cluster's CA issues.
+    #[error("invalid certificate: {0}")]
+    InvalidCertificate(String),
+}
+
+impl From<rcgen::Error> for VaultError {
+    fn from(e: rcgen::Error) -> Self {
+        VaultError::Certificate(e.to_string())
+    }
+}
