@@ -14,9 +14,15 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = decode_legacy_kv_row(data);
     if let Ok(ttl) = decode_lease_row(data) {
-        assert_eq!(encode_lease_row(ttl).expect("a decoded row re-encodes"), data);
+        assert_eq!(
+            encode_lease_row(ttl).expect("a decoded row re-encodes"),
+            data
+        );
     }
     if let Ok(revision) = decode_reads_from(data) {
-        assert_eq!(encode_reads_from(revision).expect("a decoded row re-encodes"), data);
+        assert_eq!(
+            encode_reads_from(revision).expect("a decoded row re-encodes"),
+            data
+        );
     }
 });

@@ -35,6 +35,9 @@ internal_modules!(
 pub mod range;
 
 pub use codec::{DecodeError, EncodeError};
+
+/// The wire encoding of the Raft RPCs between members, for transports.
+pub mod wire;
 pub use command::{
     Check, CmpOp, Command, Compare, KeyMeta, KeyValue, Op, OpResult, Rejection, Request, Response,
     Txn, Value, MAX_DELETE_RANGE_KEYS, MAX_KEY_BYTES, MAX_LEASE_TTL_SECS, MAX_REQUEST_BYTES,

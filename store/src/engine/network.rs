@@ -32,6 +32,10 @@ pub enum TransportError {
     /// The request reached the target and failed there.
     #[error("remote: {0}")]
     Remote(String),
+    /// The append-entries request is larger than the transport carries;
+    /// openraft retries with at most `entries_hint` entries.
+    #[error("payload too large: send at most {entries_hint} entries")]
+    PayloadTooLarge { entries_hint: u64 },
 }
 
 /// Carries Raft RPCs to other members.
@@ -147,6 +151,9 @@ fn rpc_err<E: std::error::Error>(e: TransportError) -> RPCError<NodeId, BasicNod
     match e {
         TransportError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
         TransportError::Remote(_) => RPCError::Network(NetworkError::new(&e)),
+        TransportError::PayloadTooLarge { entries_hint } => RPCError::PayloadTooLarge(
+            openraft::error::PayloadTooLarge::new_entries_hint(entries_hint.max(1)),
+        ),
     }
 }
 
@@ -187,7 +194,9 @@ impl RaftNetwork<TypeConfig> for Network {
             closed = cancel => Err(StreamingError::Closed(closed)),
             res = send => res.map_err(|e| match e {
                 TransportError::Unreachable(_) => StreamingError::Unreachable(Unreachable::new(&e)),
-                TransportError::Remote(_) => StreamingError::Network(NetworkError::new(&e)),
+                TransportError::Remote(_) | TransportError::PayloadTooLarge { .. } => {
+                    StreamingError::Network(NetworkError::new(&e))
+                }
             }),
         }
     }
