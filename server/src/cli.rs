@@ -55,6 +55,10 @@ pub enum Command {
         /// any free one (the log says which).
         #[arg(long, value_name = "ADDR", default_value = server::DEFAULT_LISTEN)]
         listen: String,
+        /// The address other nodes reach this one at, HOST:PORT (default:
+        /// the address --listen bound; give it when listening on 0.0.0.0).
+        #[arg(long, value_name = "ADDR")]
+        advertise: Option<String>,
         /// Log lines as text (for people) or JSON (for log collectors).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -165,11 +169,16 @@ fn parse_lease_id(s: &str) -> Result<u64, String> {
 /// Runs one command line.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Server { listen, log_format } => {
+        Command::Server {
+            listen,
+            advertise,
+            log_format,
+        } => {
             init_logs(log_format);
             server::run(server::ServerConfig {
                 data_dir: cli.data_dir,
                 listen,
+                advertise,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -189,32 +189,63 @@ impl Connection {
     }
 }
 
-/// A channel to a node's TCP port over mTLS: `config` (see
-/// [`crate::tls::client_config`]) trusts the cluster's CA alone, and the
-/// node must present a manager's certificate.
-pub async fn connect_tls(addr: &str, config: rustls::ClientConfig) -> Result<Channel> {
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+/// An endpoint for a node's TCP port and the connector that dials it over
+/// mTLS with `config` (see [`crate::tls::client_config`]): it trusts the
+/// cluster's CA alone, and the node must present a manager's certificate.
+fn tls_endpoint(
+    addr: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<(
+    Endpoint,
+    impl tower::Service<
+            Uri,
+            Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+            Error = std::io::Error,
+            Future = impl Send,
+        > + Send
+        + Clone
+        + 'static,
+)> {
+    let connector = tokio_rustls::TlsConnector::from(config);
     let server_name = rustls::pki_types::ServerName::try_from(MANAGER_SERVER_NAME)
         .context("the managers' server name")?;
     let target = addr.to_string();
     // The scheme is http: TLS is this connector's, not tonic's.
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    let dial = tower::service_fn(move |_: Uri| {
+        let connector = connector.clone();
+        let server_name = server_name.clone();
+        let target = target.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&target).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Ok((endpoint, dial))
+}
+
+/// A channel to a node's TCP port over mTLS, connected now.
+pub async fn connect_tls(addr: &str, config: rustls::ClientConfig) -> Result<Channel> {
+    let (endpoint, dial) = tls_endpoint(addr, std::sync::Arc::new(config))?;
+    endpoint
         .timeout(REQUEST_TIMEOUT)
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            let server_name = server_name.clone();
-            let target = target.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&target).await?;
-                tcp.set_nodelay(true)?;
-                let tls = connector.connect(server_name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
+        .connect_with_connector(dial)
         .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    Ok(channel)
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+/// A channel to a node's TCP port over mTLS that connects on first use
+/// and reconnects after failures (for the Raft transport).
+pub fn lazy_tls_channel(
+    addr: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<Channel> {
+    let (endpoint, dial) = tls_endpoint(addr, config)?;
+    Ok(endpoint.connect_with_connector_lazy(dial))
 }
 
 /// A channel over a Unix socket, connected now (so that a missing or dead

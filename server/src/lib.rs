@@ -14,6 +14,7 @@ pub mod identity;
 pub mod kv;
 pub mod lock;
 pub mod pb;
+pub mod raft;
 pub mod server;
 pub mod signals;
 pub mod status;

@@ -37,6 +37,8 @@ use crate::lock::DataDirLock;
 use crate::pb;
 use crate::pb::cluster_server::ClusterServer;
 use crate::pb::kv_server::KvServer;
+use crate::pb::raft_server::RaftServer;
+use crate::raft::{GrpcTransport, RaftService, RAFT_MESSAGE_BYTES_MAX};
 use crate::signals::Interrupts;
 use crate::tls::{self, NodeCertResolver};
 
@@ -68,6 +70,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The node's TCP port (mTLS): `host:port`; port 0 picks a free one.
     pub listen: String,
+    /// The address other nodes reach this one at (default: the address
+    /// `listen` bound).
+    pub advertise: Option<String>,
 }
 
 /// The services without their transport-specific guards.
@@ -122,14 +127,18 @@ pub async fn local_router(store: &Store, stopping: watch::Receiver<bool>) -> Res
         .add_service(reflection))
 }
 
-/// Every service for the TCP port: the key/value store for this
+/// Every service for the TCP port: the key/value store and Raft for this
 /// cluster's managers only ([`ManagersOnly`]), the cluster's CA, health
 /// and reflection for anyone.
 async fn tcp_router(store: &Store, stopping: watch::Receiver<bool>) -> Result<Router> {
     let (kv, cluster) = services(store, stopping);
     let (health, reflection) = health_and_reflection().await?;
+    let raft = RaftServer::new(RaftService::new(store.clone()))
+        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     Ok(builder()
         .add_service(InterceptedService::new(kv, ManagersOnly))
+        .add_service(InterceptedService::new(raft, ManagersOnly))
         .add_service(cluster)
         .add_service(health)
         .add_service(reflection))
@@ -210,10 +219,20 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     // stops the server cleanly once it is open.
     let mut signals = Interrupts::listen()?;
     let lock = DataDirLock::acquire(dir).context("refusing to start a second server")?;
-    let store = Store::open(Config::new(dir))
+    // The port first: its address is what the store's membership records.
+    let tcp = TcpListener::bind(&config.listen)
         .await
-        .with_context(|| format!("opening the store in {}", dir.display()))?;
-    let started = start(&config, &store).await;
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = tcp.local_addr().context("the listening address")?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let transport = GrpcTransport::new();
+    let store = Store::open_with_transport(
+        Config::new(dir).advertise_addr(advertise.clone()),
+        Arc::new(transport.clone()),
+    )
+    .await
+    .with_context(|| format!("opening the store in {}", dir.display()))?;
+    let started = start(&config, &store, tcp, &advertise, &transport).await;
     let (mut served, socket, stop) = match started {
         Ok(started) => started,
         Err(e) => {
@@ -248,24 +267,28 @@ pub async fn run(config: ServerConfig) -> Result<()> {
 
 type Served = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 
-/// Loads or creates the cluster and this node's identity, binds the TCP
-/// port and the socket (in that order: once the socket answers, so does
-/// the port), and serves both.
+/// Loads or creates the cluster and this node's identity, then serves the
+/// TCP port and binds and serves the socket (once the socket answers, so
+/// does the port).
 async fn start(
     config: &ServerConfig,
     store: &Store,
+    tcp: TcpListener,
+    advertise: &str,
+    transport: &GrpcTransport,
 ) -> Result<(Served, PathBuf, watch::Sender<bool>)> {
     let dir = &config.data_dir;
+    let addr = tcp.local_addr().context("the listening address")?;
     let cluster = Cluster::init_or_load(store)
         .await
         .context("loading the cluster's CA")?;
     let identity = identity::load_or_issue(dir, store, &cluster.ca, store.node_id())?;
+    transport.set_client_config(tls::client_config(
+        cluster.ca.cert_der(),
+        Some((&identity.cert_der, &identity.key)),
+    )?);
     let certs = NodeCertResolver::new(&identity.cert_der, &identity.key)?;
     let tls = tls::server_config(cluster.ca.cert_der(), certs)?;
-    let tcp = TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let addr = tcp.local_addr().context("the listening address")?;
     let socket = dir.join(SOCKET_FILE);
     let unix = bind_private(&socket)?;
 
@@ -280,6 +303,7 @@ async fn start(
         cluster = cluster.ca.cluster_id(),
         ca_digest = cluster.ca.digest(),
         listen = %addr,
+        advertise,
         socket = %socket.display(),
         "coffer server is up: `coffer --data-dir {}` commands reach it",
         dir.display()
