@@ -33,7 +33,7 @@ fn caller<T>(request: &Request<T>) -> Result<NodeCert, AuthError> {
 }
 
 /// Admits managers of this cluster only.
-pub fn managers(request: &Request<()>) -> Result<NodeCert, AuthError> {
+pub fn managers<T>(request: &Request<T>) -> Result<NodeCert, AuthError> {
     let node = caller(request)?;
     match node.role {
         Role::Manager => Ok(node),

@@ -59,6 +59,20 @@ pub enum Command {
         /// the address --listen bound; give it when listening on 0.0.0.0).
         #[arg(long, value_name = "ADDR")]
         advertise: Option<String>,
+        /// Join the cluster of the manager at HOST:PORT (on a new data
+        /// directory), with --token.
+        #[arg(long, value_name = "HOST:PORT", requires = "token")]
+        join: Option<String>,
+        /// The join token (`coffer join-token manager` on a manager prints
+        /// it).
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "COFFER_JOIN_TOKEN",
+            requires = "join",
+            hide_env_values = true
+        )]
+        token: Option<String>,
         /// Log lines as text (for people) or JSON (for log collectors).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -68,6 +82,18 @@ pub enum Command {
     Kv(KvCommand),
     /// Prints the cluster's root CA certificate (PEM).
     Ca,
+    /// Prints the command that joins a node to this cluster as ROLE
+    /// (worker or manager), with its join token.
+    JoinToken {
+        /// Replace the token first: the old one stops working at once.
+        #[arg(long)]
+        rotate: bool,
+        /// Print the token alone.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(value_parser = ["worker", "manager"])]
+        role: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,19 +198,34 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Server {
             listen,
             advertise,
+            join,
+            token,
             log_format,
         } => {
             init_logs(log_format);
+            let join = match (join, token) {
+                (Some(addr), Some(token)) => Some(server::JoinConfig { addr, token }),
+                _ => None,
+            };
             server::run(server::ServerConfig {
                 data_dir: cli.data_dir,
                 listen,
                 advertise,
+                join,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Kv(cmd) => kv::run(&target(cli.host.as_deref(), cli.data_dir)?, cmd).await,
         Command::Ca => ca(&target(cli.host.as_deref(), cli.data_dir)?).await,
+        Command::JoinToken {
+            rotate,
+            quiet,
+            role,
+        } => {
+            let target = target(cli.host.as_deref(), cli.data_dir)?;
+            join_token(&target, rotate, quiet, role).await
+        }
     }
 }
 
@@ -204,6 +245,29 @@ async fn ca(target: &Target) -> Result<ExitCode> {
         .map_err(crate::status::failed);
     connection.close().await?;
     print!("{}", answer?.into_inner().certificate_pem);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn join_token(target: &Target, rotate: bool, quiet: bool, role: String) -> Result<ExitCode> {
+    let mut connection = crate::client::Connection::open(target).await?;
+    let answer = connection
+        .cluster
+        .join_token(crate::pb::JoinTokenRequest {
+            role: role.clone(),
+            rotate,
+        })
+        .await
+        .map_err(crate::status::failed);
+    connection.close().await?;
+    let answer = answer?.into_inner();
+    if quiet {
+        println!("{}", answer.token);
+    } else {
+        println!(
+            "To add a {role} to this cluster, run on the new node:\n\n    coffer server --data-dir DIR --join {} --token {}\n",
+            answer.join_addr, answer.token
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -118,7 +118,10 @@ impl Connection {
     }
 
     async fn serve_in_process(dir: &Path, lock: DataDirLock) -> Result<Connection> {
-        let store = Store::open(Config::new(dir))
+        // A node that joined a cluster has its own id, which its
+        // certificate names.
+        let node = crate::identity::on_disk(dir)?.map_or(1, |(cert, _)| cert.node);
+        let store = Store::open(Config::new(dir).node_id(node))
             .await
             .with_context(|| format!("opening the store in {}", dir.display()))?;
         match Connection::serve_store(store.clone(), lock).await {

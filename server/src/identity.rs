@@ -1,9 +1,14 @@
 //! The node's own TLS identity on disk: `<data-dir>/identity/node.crt`
-//! (the certificate, PEM: public) and `<data-dir>/identity/node.key` (the
-//! private key, sealed under the store's keys: unreadable without them).
-//! A manager issues its own certificate from the cluster CA when it has
-//! none, when the one it has is not from the current CA, or when it is in
-//! the last third of its validity.
+//! (the certificate, PEM: public), `<data-dir>/identity/ca.crt` (the
+//! cluster's root CA certificate, PEM: public) and
+//! `<data-dir>/identity/node.key` (the private key, sealed under the
+//! store's keys: unreadable without them). The public files tell a
+//! restarting node who it is before it opens its store.
+//!
+//! The first node of a cluster issues its own certificate from the CA it
+//! created, again when the one it has is not from the current CA or is in
+//! the last third of its validity; a joining node gets its certificate
+//! from the cluster it joins.
 
 use std::fs;
 use std::io::Write;
@@ -13,11 +18,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use coffer_store::Store;
-use coffer_vault::ca::{NodeCert, NodeKey, Role, RootCa, NODE_CERT_VALIDITY};
+use coffer_vault::ca::{pem, NodeCert, NodeKey, Role, RootCa, NODE_CERT_VALIDITY};
 use tracing::info;
 
 const IDENTITY_DIR: &str = "identity";
 const CERT_FILE: &str = "node.crt";
+const CA_FILE: &str = "ca.crt";
 const KEY_FILE: &str = "node.key";
 /// What the key is sealed for (see `Store::seal_local`).
 const KEY_PURPOSE: &str = "node-tls-key";
@@ -92,37 +98,102 @@ fn due_for_renewal(cert: &NodeCert) -> bool {
     cert.not_after_unix - unix_now() < third
 }
 
-/// The identity on disk, if it is there and from `ca`.
-fn load(data_dir: &Path, store: &Store, ca: &RootCa) -> Result<Option<Identity>> {
-    let (cert_path, key_path, _) = paths(data_dir);
-    let (Some(cert_pem), Some(sealed)) = (read_limited(&cert_path)?, read_limited(&key_path)?)
+fn read_pem(path: &Path) -> Result<Option<Vec<u8>>> {
+    match read_limited(path)? {
+        None => Ok(None),
+        Some(pem) => match pem_to_der(&pem) {
+            Some(der) => Ok(Some(der)),
+            None => bail!("{} is not a PEM certificate", path.display()),
+        },
+    }
+}
+
+/// Who this data directory's node is, from its public files: its
+/// certificate and the root CA's, or `None` before it has an identity.
+pub fn on_disk(data_dir: &Path) -> Result<Option<(NodeCert, Vec<u8>)>> {
+    let (cert_path, _, dir) = paths(data_dir);
+    let (Some(cert_der), Some(ca_der)) = (read_pem(&cert_path)?, read_pem(&dir.join(CA_FILE))?)
     else {
         return Ok(None);
     };
-    let Some(cert_der) = pem_to_der(&cert_pem) else {
-        bail!("{} is not a PEM certificate", cert_path.display());
+    let cert =
+        NodeCert::parse(&cert_der).with_context(|| format!("reading {}", cert_path.display()))?;
+    Ok(Some((cert, ca_der)))
+}
+
+/// The identity on disk, if it is there and from `ca`.
+fn load_from(data_dir: &Path, store: &Store, ca: &RootCa) -> Result<Option<Identity>> {
+    let (cert_path, key_path, _) = paths(data_dir);
+    let (Some(cert_der), Some(sealed)) = (read_pem(&cert_path)?, read_limited(&key_path)?) else {
+        return Ok(None);
     };
     let cert = match NodeCert::verify(&cert_der, ca) {
         Ok(cert) => cert,
         // Issued by an earlier CA: issue a new one.
         Err(_) => return Ok(None),
     };
+    open_key(&key_path, &sealed, store, cert_der, cert).map(Some)
+}
+
+/// The identity on disk (see [`on_disk`] for who it is).
+pub fn load(data_dir: &Path, store: &Store) -> Result<Identity> {
+    let (cert_path, key_path, _) = paths(data_dir);
+    let (Some(cert_der), Some(sealed)) = (read_pem(&cert_path)?, read_limited(&key_path)?) else {
+        bail!("{} holds no identity", data_dir.display());
+    };
+    let cert = NodeCert::parse(&cert_der)?;
+    open_key(&key_path, &sealed, store, cert_der, cert)
+}
+
+fn open_key(
+    key_path: &Path,
+    sealed: &[u8],
+    store: &Store,
+    cert_der: Vec<u8>,
+    cert: NodeCert,
+) -> Result<Identity> {
     let key_der = store
-        .open_local(KEY_PURPOSE, &sealed)
+        .open_local(KEY_PURPOSE, sealed)
         .with_context(|| format!("opening {}", key_path.display()))?;
     let key = NodeKey::from_pkcs8_der(key_der)
         .with_context(|| format!("reading the key in {}", key_path.display()))?;
-    Ok(Some(Identity {
+    Ok(Identity {
         cert_der,
         key,
         cert,
-    }))
+    })
+}
+
+/// Writes a node's identity: the key sealed first, so that a certificate
+/// on disk always has its key beside it.
+pub fn save(
+    data_dir: &Path,
+    store: &Store,
+    cert_der: &[u8],
+    key: &NodeKey,
+    ca_der: &[u8],
+) -> Result<()> {
+    let (cert_path, key_path, dir) = paths(data_dir);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let sealed = store.seal_local(KEY_PURPOSE, key.pkcs8_der())?;
+    write_atomic(&key_path, &sealed, 0o600)?;
+    write_atomic(
+        &dir.join(CA_FILE),
+        pem("CERTIFICATE", ca_der).as_bytes(),
+        0o644,
+    )?;
+    write_atomic(&cert_path, pem("CERTIFICATE", cert_der).as_bytes(), 0o644)?;
+    Ok(())
 }
 
 /// This manager's identity: the one on disk, or a new key and a
 /// certificate issued by `ca` for node `node` (see the module doc).
 pub fn load_or_issue(data_dir: &Path, store: &Store, ca: &RootCa, node: u64) -> Result<Identity> {
-    if let Some(identity) = load(data_dir, store, ca)? {
+    if let Some(identity) = load_from(data_dir, store, ca)? {
         if identity.cert.node == node && !due_for_renewal(&identity.cert) {
             return Ok(identity);
         }
@@ -135,20 +206,7 @@ pub fn load_or_issue(data_dir: &Path, store: &Store, ca: &RootCa, node: u64) -> 
         NODE_CERT_VALIDITY,
     )?;
     let cert = NodeCert::verify(&cert_der, ca)?;
-    let (cert_path, key_path, dir) = paths(data_dir);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let sealed = store.seal_local(KEY_PURPOSE, key.pkcs8_der())?;
-    // The key first: a certificate on disk always has its key beside it.
-    write_atomic(&key_path, &sealed, 0o600)?;
-    write_atomic(
-        &cert_path,
-        coffer_vault::ca::pem("CERTIFICATE", &cert_der).as_bytes(),
-        0o644,
-    )?;
+    save(data_dir, store, &cert_der, &key, ca.cert_der())?;
     info!(
         node = format_args!("{node:016x}"),
         expires_in_days = (cert.not_after_unix - unix_now()) / 86_400,

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod identity;
+pub mod join;
 pub mod kv;
 pub mod lock;
 pub mod pb;

@@ -15,7 +15,10 @@ use anyhow::{bail, Context, Result};
 use coffer_store::{Config, Store};
 use std::sync::Arc;
 
+use coffer_store::Bootstrap;
+use coffer_vault::ca::Role;
 use coffer_vault::cluster::Cluster;
+use coffer_vault::tokens::JoinTokens;
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::server::TlsStream;
@@ -73,17 +76,50 @@ pub struct ServerConfig {
     /// The address other nodes reach this one at (default: the address
     /// `listen` bound).
     pub advertise: Option<String>,
+    /// Join the cluster of the node at this address, with this token (on
+    /// a data directory that holds no identity yet).
+    pub join: Option<JoinConfig>,
+}
+
+/// `--join ADDR --token T`.
+#[derive(Clone)]
+pub struct JoinConfig {
+    pub addr: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for JoinConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinConfig")
+            .field("addr", &self.addr)
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+/// How long a joining manager keeps asking to become a voter.
+const BECOME_VOTER_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Who this node is at start-up.
+enum Start {
+    /// It has an identity: a restart.
+    Known { node: u64, ca_der: Vec<u8> },
+    /// It just joined a cluster.
+    Joined(crate::join::Joined),
+    /// A new cluster (or a data directory from before identities).
+    First,
 }
 
 /// The services without their transport-specific guards.
 fn services(
     store: &Store,
     stopping: watch::Receiver<bool>,
+    local: bool,
 ) -> (KvServer<KvService>, ClusterServer<ClusterService>) {
     let kv = KvServer::new(KvService::new(store.clone(), stopping))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let cluster = ClusterServer::new(ClusterService::new(store.clone()));
+    let cluster = ClusterServer::new(ClusterService::new(store.clone(), local));
     (kv, cluster)
 }
 
@@ -118,7 +154,7 @@ fn builder() -> Server {
 /// in-process server): no certificate checks, the socket's mode is the
 /// guard.
 pub async fn local_router(store: &Store, stopping: watch::Receiver<bool>) -> Result<Router> {
-    let (kv, cluster) = services(store, stopping);
+    let (kv, cluster) = services(store, stopping, true);
     let (health, reflection) = health_and_reflection().await?;
     Ok(builder()
         .add_service(kv)
@@ -131,7 +167,7 @@ pub async fn local_router(store: &Store, stopping: watch::Receiver<bool>) -> Res
 /// cluster's managers only ([`ManagersOnly`]), the cluster's CA, health
 /// and reflection for anyone.
 async fn tcp_router(store: &Store, stopping: watch::Receiver<bool>) -> Result<Router> {
-    let (kv, cluster) = services(store, stopping);
+    let (kv, cluster) = services(store, stopping, false);
     let (health, reflection) = health_and_reflection().await?;
     let raft = RaftServer::new(RaftService::new(store.clone()))
         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -225,14 +261,39 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = tcp.local_addr().context("the listening address")?;
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let start_as = match (identity::on_disk(dir)?, &config.join) {
+        (Some((cert, ca_der)), join) => {
+            if join.is_some() {
+                warn!("this data directory already belongs to a cluster: --join is ignored");
+            }
+            Start::Known {
+                node: cert.node,
+                ca_der,
+            }
+        }
+        (None, Some(join)) => {
+            let joined = crate::join::join(&join.addr, &join.token).await?;
+            crate::join::check_role(joined.cert.role)?;
+            Start::Joined(joined)
+        }
+        (None, None) => Start::First,
+    };
+    let (node, bootstrap) = match &start_as {
+        Start::Known { node, .. } => (*node, Bootstrap::Join),
+        Start::Joined(joined) => (joined.cert.node, Bootstrap::Join),
+        Start::First => (1, Bootstrap::SingleNode),
+    };
     let transport = GrpcTransport::new();
     let store = Store::open_with_transport(
-        Config::new(dir).advertise_addr(advertise.clone()),
+        Config::new(dir)
+            .node_id(node)
+            .bootstrap(bootstrap)
+            .advertise_addr(advertise.clone()),
         Arc::new(transport.clone()),
     )
     .await
     .with_context(|| format!("opening the store in {}", dir.display()))?;
-    let started = start(&config, &store, tcp, &advertise, &transport).await;
+    let started = start(&config, &store, tcp, &advertise, &transport, start_as).await;
     let (mut served, socket, stop) = match started {
         Ok(started) => started,
         Err(e) => {
@@ -276,19 +337,41 @@ async fn start(
     tcp: TcpListener,
     advertise: &str,
     transport: &GrpcTransport,
+    start_as: Start,
 ) -> Result<(Served, PathBuf, watch::Sender<bool>)> {
     let dir = &config.data_dir;
     let addr = tcp.local_addr().context("the listening address")?;
-    let cluster = Cluster::init_or_load(store)
-        .await
-        .context("loading the cluster's CA")?;
-    let identity = identity::load_or_issue(dir, store, &cluster.ca, store.node_id())?;
-    transport.set_client_config(tls::client_config(
-        cluster.ca.cert_der(),
-        Some((&identity.cert_der, &identity.key)),
-    )?);
+    let mut voter_via = None;
+    let (identity, ca_der) = match start_as {
+        Start::Known { ca_der, .. } => (identity::load(dir, store)?, ca_der),
+        Start::Joined(joined) => {
+            identity::save(dir, store, &joined.cert_der, &joined.key, &joined.ca_der)?;
+            voter_via = config.join.as_ref().map(|j| j.addr.clone());
+            (identity::load(dir, store)?, joined.ca_der)
+        }
+        Start::First => {
+            let cluster = Cluster::init_or_load(store)
+                .await
+                .context("creating the cluster's CA")?;
+            let tokens = JoinTokens::init_or_load(store)
+                .await
+                .context("creating the join tokens")?;
+            let identity = identity::load_or_issue(dir, store, &cluster.ca, store.node_id())?;
+            let token = tokens.token(Role::Manager, &cluster.ca).to_token_string();
+            // As `docker swarm init` does: the command that adds a manager,
+            // on standard output (the token is a secret: never in the log).
+            println!(
+                "This node leads cluster {}. To add a manager to it, run on the new node:\n\n    coffer server --data-dir DIR --join {advertise} --token {}\n",
+                cluster.ca.cluster_id(),
+                token.as_str()
+            );
+            (identity, cluster.ca.cert_der().to_vec())
+        }
+    };
+    let client_tls = tls::client_config(&ca_der, Some((&identity.cert_der, &identity.key)))?;
+    transport.set_client_config(client_tls.clone());
     let certs = NodeCertResolver::new(&identity.cert_der, &identity.key)?;
-    let tls = tls::server_config(cluster.ca.cert_der(), certs)?;
+    let tls = tls::server_config(&ca_der, certs)?;
     let socket = dir.join(SOCKET_FILE);
     let unix = bind_private(&socket)?;
 
@@ -298,10 +381,20 @@ async fn start(
     let on_socket =
         local.serve_with_incoming_shutdown(UnixListenerStream::new(unix), until_stopped(stopping));
     let served = tokio::spawn(async move { tokio::try_join!(on_socket, on_port).map(|_| ()) });
+    if let Some(via) = voter_via {
+        let advertise = advertise.to_string();
+        tokio::spawn(async move {
+            if let Err(e) =
+                crate::join::become_voter(&via, &advertise, client_tls, BECOME_VOTER_PATIENCE).await
+            {
+                tracing::error!("{e:#}");
+            }
+        });
+    }
     info!(
         node = format_args!("{:016x}", store.node_id()),
-        cluster = cluster.ca.cluster_id(),
-        ca_digest = cluster.ca.digest(),
+        cluster = identity.cert.cluster_id,
+        ca_digest = coffer_vault::ca::cert_digest(&ca_der),
         listen = %addr,
         advertise,
         socket = %socket.display(),

@@ -44,6 +44,7 @@ pub fn from_vault(e: coffer_vault::VaultError) -> Status {
     match e {
         VaultError::Store(e) => from_store(e),
         VaultError::InvalidCertificate(_) => Status::invalid_argument(e.to_string()),
+        VaultError::Denied(_) => Status::permission_denied(e.to_string()),
         VaultError::Corrupt { .. } => Status::data_loss(e.to_string()),
         _ => Status::internal(e.to_string()),
     }

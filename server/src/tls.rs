@@ -98,3 +98,68 @@ pub fn client_config(ca_der: &[u8], identity: Option<(&[u8], &NodeKey)>) -> Resu
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
+
+/// Accepts any server certificate. Used for one call only: a joiner
+/// fetching the root CA before it has any trust root, after which it
+/// compares the CA's digest with its join token's and trusts nothing
+/// that does not chain to it (SwarmKit does the same).
+#[derive(Debug)]
+struct DangerAcceptAnyServer(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for DangerAcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client that trusts any server, presenting no certificate: for a
+/// joiner's root CA fetch alone (see [`DangerAcceptAnyServer`]).
+pub fn danger_unverified_client_config() -> Result<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with the ring provider")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(DangerAcceptAnyServer(provider())))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}

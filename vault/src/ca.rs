@@ -240,6 +240,36 @@ impl RootCa {
     }
 }
 
+impl RootCa {
+    /// Issues a certificate for `node` in `role` over the key of a PKCS#10
+    /// request, whose signature proves the requester holds that key. The
+    /// request's own subject is ignored: the CA names the node.
+    pub fn issue_for_csr(
+        &self,
+        csr_der: &[u8],
+        node: u64,
+        role: Role,
+        validity: Duration,
+    ) -> Result<Vec<u8>, VaultError> {
+        let csr = rustls_pki_types::CertificateSigningRequestDer::from(csr_der);
+        let request = rcgen::CertificateSigningRequestParams::from_der(&csr)
+            .map_err(|e| VaultError::InvalidCertificate(format!("the signing request: {e}")))?;
+        self.issue(
+            &request.public_key.subject_public_key_info(),
+            node,
+            role,
+            validity,
+        )
+    }
+}
+
+/// A PKCS#10 request for `key` (its subject is ignored by the CA).
+pub fn signing_request(key: &NodeKey) -> Result<Vec<u8>, VaultError> {
+    let pair = key_pair(key.pkcs8_der())?;
+    let request = CertificateParams::default().serialize_request(&pair)?;
+    Ok(request.der().to_vec())
+}
+
 /// The SHA-256 of a certificate's DER, in hex.
 pub fn cert_digest(der: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, der)
@@ -268,7 +298,13 @@ pub struct NodeCert {
 impl NodeCert {
     /// Reads a certificate after checking that `ca` signed it.
     pub fn verify(der: &[u8], ca: &RootCa) -> Result<NodeCert, VaultError> {
-        let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der())
+        NodeCert::verify_with(der, ca.cert_der())
+    }
+
+    /// Reads a certificate after checking that the CA certificate
+    /// `ca_der` signed it, for that CA's cluster.
+    pub fn verify_with(der: &[u8], ca_der: &[u8]) -> Result<NodeCert, VaultError> {
+        let (_, ca_cert) = x509_parser::parse_x509_certificate(ca_der)
             .map_err(|e| VaultError::InvalidCertificate(format!("the root CA: {e}")))?;
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| VaultError::InvalidCertificate(e.to_string()))?;
@@ -277,7 +313,11 @@ impl NodeCert {
                 VaultError::InvalidCertificate("not signed by this cluster's CA".into())
             })?;
         let parsed = NodeCert::parse(der)?;
-        if parsed.cluster_id != ca.cluster_id() {
+        let ca_cluster = ca_cert
+            .subject()
+            .iter_organization()
+            .find_map(|a| a.as_str().ok());
+        if ca_cluster != Some(parsed.cluster_id.as_str()) {
             return Err(VaultError::InvalidCertificate(
                 "issued for another cluster".into(),
             ));
@@ -361,5 +401,22 @@ mod tests {
         assert_eq!(NodeCert::verify(&der, &ca).unwrap(), cert);
         let other = RootCa::generate("c0ffee").unwrap();
         assert!(NodeCert::verify(&der, &other).is_err());
+
+        let joiner = NodeKey::generate().unwrap();
+        let csr = signing_request(&joiner).unwrap();
+        let issued = ca
+            .issue_for_csr(&csr, 7, Role::Worker, NODE_CERT_VALIDITY)
+            .unwrap();
+        let cert = NodeCert::verify(&issued, &ca).unwrap();
+        assert_eq!((cert.node, cert.role), (7, Role::Worker));
+        let mut forged = csr.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(ca
+            .issue_for_csr(&forged, 7, Role::Worker, NODE_CERT_VALIDITY)
+            .is_err());
+        assert!(ca
+            .issue_for_csr(b"junk", 7, Role::Worker, NODE_CERT_VALIDITY)
+            .is_err());
     }
 }

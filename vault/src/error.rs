@@ -13,6 +13,9 @@ pub enum VaultError {
     /// A stored object did not decode.
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// A join token or request this cluster does not accept.
+    #[error("{0}")]
+    Denied(String),
     /// A certificate that is not one this cluster's CA issues.
     #[error("invalid certificate: {0}")]
     InvalidCertificate(String),

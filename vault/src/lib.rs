@@ -14,7 +14,9 @@
 pub mod ca;
 pub mod cluster;
 mod error;
+pub mod join;
 mod record;
+pub mod tokens;
 
 pub use error::VaultError;
 

@@ -694,6 +694,18 @@ impl Store {
             .map_err(membership_err)
     }
 
+    /// Records `addr` as the address member `id` is reached at (a member
+    /// that restarted on another port, say). Leader only.
+    pub async fn set_member_addr(&self, id: NodeId, addr: &str) -> Result<(), Error> {
+        let nodes = std::collections::BTreeMap::from([(id, BasicNode::new(addr))]);
+        self.inner
+            .raft
+            .change_membership(openraft::ChangeMembers::SetNodes(nodes), false)
+            .await
+            .map(|_| ())
+            .map_err(membership_err)
+    }
+
     /// Builds a snapshot now (and lets openraft purge the log behind it).
     pub async fn trigger_snapshot(&self) -> Result<(), Error> {
         self.inner

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+
 use anyhow::{bail, Context, Result};
 use prost::Message;
 
@@ -19,7 +20,13 @@ fn main() -> Result<()> {
         Some("--check") => true,
         Some(other) => bail!("unknown argument {other:?}; usage: coffer-protogen [--check]"),
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // The repository is the working directory (scripts/protogen runs from
+    // there); not this crate's build-time path, which a binary built from
+    // another checkout sharing the target directory would carry.
+    let root = std::env::current_dir().context("the working directory")?;
+    if !root.join("proto/coffer/v1").is_dir() {
+        bail!("run from the repository root (scripts/protogen does)");
+    }
     let proto_dir = root.join("proto");
     let committed = root.join("server/src/pb");
     let protos = proto_files(&proto_dir.join("coffer/v1"))?;

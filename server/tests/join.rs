@@ -1,0 +1,274 @@
+//! Three `coffer server` processes form a cluster from join tokens over
+//! mTLS; writes reach every member; bad, tampered, rotated and foreign
+//! tokens are refused with a clear error and join nothing; the cluster
+//! survives its first leader's stop and takes it back. Every wait polls
+//! observable state (log lines, command output) under a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Node {
+    child: Option<Child>,
+    dir: PathBuf,
+    log: PathBuf,
+    addr: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool, log: &Path) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log {}:\n{}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn spawn(dir: &Path, log: &Path, listen: &str, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["server", "--listen", listen])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+impl Node {
+    /// Starts a server and waits until it serves (its log names the
+    /// address it listens on and its socket answers).
+    fn start(root: &Path, name: &str, listen: &str, extra: &[&str]) -> Node {
+        let dir = root.join(name);
+        let log = root.join(format!("{name}.log"));
+        let child = spawn(&dir, &log, listen, extra);
+        let mut node = Node {
+            child: Some(child),
+            dir,
+            log,
+            addr: String::new(),
+        };
+        wait_for(
+            &format!("{name} to serve"),
+            || {
+                let text = read(&node.log);
+                match text
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("listen="))
+                {
+                    Some(addr) => {
+                        node.addr = addr.to_string();
+                        std::os::unix::net::UnixStream::connect(node.dir.join("coffer.sock"))
+                            .is_ok()
+                    }
+                    None => false,
+                }
+            },
+            &node.log.clone(),
+        );
+        node
+    }
+
+    fn coffer(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn stop(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "exit {status:?}: {}", read(&self.log));
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stale_get(&self, key: &str) -> Option<String> {
+        let out = self.coffer(&["kv", "get", "--stale", key]);
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap())
+    }
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// A server that must refuse to join: exits 2 quickly, says `expect`,
+/// and leaves no identity behind.
+fn refused_join(root: &Path, name: &str, join: &str, token: &str, expect: &str) {
+    let dir = root.join(name);
+    let log = root.join(format!("{name}.log"));
+    let mut child = spawn(
+        &dir,
+        &log,
+        "127.0.0.1:0",
+        &["--join", join, "--token", token],
+    );
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{name} did not give up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = read(&log);
+    assert_eq!(status.code(), Some(2), "{name}: {text}");
+    assert!(
+        text.contains(expect),
+        "{name}: expected {expect:?} in:\n{text}"
+    );
+    assert!(
+        !dir.join("identity/node.crt").exists(),
+        "{name} kept a certificate"
+    );
+}
+
+#[test]
+fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut n1 = Node::start(root, "n1", "127.0.0.1:0", &[]);
+    let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
+    assert!(token.starts_with("CFTKN-1-"), "{token}");
+    let shown = ok(n1.coffer(&["join-token", "manager"]));
+    assert!(
+        shown.contains(&format!("--join {} --token {token}", n1.addr)),
+        "{shown}"
+    );
+
+    let n2 = Node::start(
+        root,
+        "n2",
+        "127.0.0.1:0",
+        &["--join", &n1.addr, "--token", &token],
+    );
+    let n3 = Node::start(
+        root,
+        "n3",
+        "127.0.0.1:0",
+        &["--join", &n1.addr, "--token", &token],
+    );
+    for n in [&n2, &n3] {
+        wait_for(
+            "a voting member",
+            || read(&n.log).contains("this node is a voting member"),
+            &n.log,
+        );
+    }
+
+    ok(n1.coffer(&["kv", "put", "app/a", "one"]));
+    for n in [&n2, &n3] {
+        wait_for(
+            "the put on every member",
+            || n.stale_get("app/a").as_deref() == Some("one"),
+            &n.log,
+        );
+    }
+
+    // Tokens that must not admit anyone.
+    let digest_len = 64;
+    let secret_start = "CFTKN-1-".len() + digest_len + 1;
+    let mut tampered = token.clone();
+    let last = if tampered.ends_with('0') { "1" } else { "0" };
+    tampered.replace_range(tampered.len() - 1.., last);
+    refused_join(root, "tampered", &n1.addr, &tampered, "invalid join token");
+    let foreign = format!(
+        "CFTKN-1-{}-{}",
+        "0".repeat(digest_len),
+        &token[secret_start..]
+    );
+    refused_join(root, "foreign", &n1.addr, &foreign, "refusing to trust it");
+    refused_join(
+        root,
+        "garbage",
+        &n1.addr,
+        "SWMTKN-1-xyz",
+        "not a Coffer join token",
+    );
+    let worker = ok(n1.coffer(&["join-token", "-q", "worker"]));
+    refused_join(root, "worker", &n1.addr, &worker, "worker nodes");
+    let rotated = ok(n1.coffer(&["join-token", "--rotate", "-q", "manager"]));
+    assert_ne!(rotated, token);
+    refused_join(root, "rotated", &n1.addr, &token, "invalid join token");
+
+    // The first leader stops: the other two elect a leader and commit.
+    let n1_addr = n1.addr.clone();
+    n1.stop();
+    let started = Instant::now();
+    let mut committed_on = None;
+    wait_for(
+        "a write through a new leader",
+        || {
+            for n in [&n2, &n3] {
+                if n.coffer(&["kv", "put", "app/b", "two"]).status.success() {
+                    committed_on = Some(n.dir.clone());
+                    return true;
+                }
+            }
+            false
+        },
+        &n2.log,
+    );
+    eprintln!(
+        "a write committed {:?} after the leader stopped (through {})",
+        started.elapsed(),
+        committed_on.unwrap().display()
+    );
+    // It comes back at its address and catches up.
+    let n1 = Node::start(root, "n1", &n1_addr, &[]);
+    wait_for(
+        "the restarted node to catch up",
+        || n1.stale_get("app/b").as_deref() == Some("two"),
+        &n1.log,
+    );
+    assert_eq!(n1.stale_get("app/a").as_deref(), Some("one"));
+}
