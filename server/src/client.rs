@@ -138,7 +138,7 @@ impl Connection {
         // other end goes to the in-process server.
         let (pipes, accepted) = tokio::sync::mpsc::channel::<DuplexStream>(1);
         let (stop, stopping) = watch::channel(false);
-        let router = server::local_router(&store, stopping.clone()).await?;
+        let router = server::local_router(&store, stopping.clone(), None).await?;
         let served = tokio::spawn(async move {
             let incoming = ReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
             let mut stopping = stopping;

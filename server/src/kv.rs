@@ -15,7 +15,12 @@ use tonic::{Request, Response, Status};
 
 use coffer_vault::SYSTEM_PREFIX;
 
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::Channel;
+
 use crate::pb;
+use crate::raft::GrpcTransport;
+use crate::server::MAX_MESSAGE_BYTES;
 use crate::status::{from_store, invalid};
 
 /// At most this many keys in one `Range` answer, whatever the request's
@@ -32,11 +37,63 @@ pub struct KvService {
     /// Becomes true when the server stops: open watch streams end then, so
     /// that their connections can close.
     stopping: watch::Receiver<bool>,
+    /// How a member reaches the leader with what it cannot serve itself:
+    /// writes and linearizable reads (none for a store a command opened).
+    leader: Option<GrpcTransport>,
+}
+
+/// Marks a request one member forwarded to the leader; it is never
+/// forwarded again (a leader that changed meanwhile answers UNAVAILABLE
+/// and the client retries).
+const FORWARDED: &str = "coffer-forwarded";
+
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, MetadataValue::from_static("1"));
+    request
 }
 
 impl KvService {
     pub fn new(store: Store, stopping: watch::Receiver<bool>) -> KvService {
-        KvService { store, stopping }
+        KvService {
+            store,
+            stopping,
+            leader: None,
+        }
+    }
+
+    /// Forwards what only the leader serves through `transport`.
+    pub fn forwarding(mut self, transport: GrpcTransport) -> KvService {
+        self.leader = Some(transport);
+        self
+    }
+
+    /// The leader's `Kv` client when `error` says another member leads and
+    /// this request may go there; otherwise the error's status.
+    fn to_leader(
+        &self,
+        metadata: &MetadataMap,
+        error: coffer_store::Error,
+    ) -> Result<pb::kv_client::KvClient<Channel>, Status> {
+        match (&self.leader, &error) {
+            (
+                Some(transport),
+                coffer_store::Error::NotLeader {
+                    leader_addr: Some(addr),
+                    ..
+                },
+            ) if !metadata.contains_key(FORWARDED) => {
+                let channel = transport.channel(addr).map_err(|e| {
+                    Status::unavailable(format!("forwarding to the leader at {addr}: {e}"))
+                })?;
+                Ok(pb::kv_client::KvClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES))
+            }
+            _ => Err(from_store(error)),
+        }
     }
 }
 
@@ -247,83 +304,79 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn put(&self, r: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let r = r.into_inner();
+        let (metadata, _, r) = r.into_parts();
         user_key(&r.key)?;
         let options = PutOptions {
             prev_kv: r.prev_kv,
             lease: r.lease,
         };
-        let put = self
-            .store
-            .put_with(&r.key, &r.value, options)
-            .await
-            .map_err(from_store)?;
-        Ok(Response::new(pb::PutResponse {
-            revision: put.revision,
-            prev_kv: put.prev_kv.map(to_pb),
-        }))
+        match self.store.put_with(&r.key, &r.value, options).await {
+            Ok(put) => Ok(Response::new(pb::PutResponse {
+                revision: put.revision,
+                prev_kv: put.prev_kv.map(to_pb),
+            })),
+            Err(e) => self.to_leader(&metadata, e)?.put(forwarded(r)).await,
+        }
     }
 
     async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let r = r.into_inner();
+        let (metadata, _, r) = r.into_parts();
         user_key(&r.key)?;
-        let kv = self
-            .store
-            .get_kv(&r.key, consistency(r.stale))
-            .await
-            .map_err(from_store)?;
-        Ok(Response::new(pb::GetResponse { kv: kv.map(to_pb) }))
+        match self.store.get_kv(&r.key, consistency(r.stale)).await {
+            Ok(kv) => Ok(Response::new(pb::GetResponse { kv: kv.map(to_pb) })),
+            Err(e) => self.to_leader(&metadata, e)?.get(forwarded(r)).await,
+        }
     }
 
     async fn delete(
         &self,
         r: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let r = r.into_inner();
+        let (metadata, _, r) = r.into_parts();
         user_key(&r.key)?;
         let options = DeleteOptions { prev_kv: r.prev_kv };
-        let deleted = self
-            .store
-            .delete_with(&r.key, options)
-            .await
-            .map_err(from_store)?;
-        Ok(Response::new(pb::DeleteResponse {
-            deleted: deleted.deleted,
-            revision: deleted.revision,
-            prev_kv: deleted.prev_kv.map(to_pb),
-        }))
+        match self.store.delete_with(&r.key, options).await {
+            Ok(deleted) => Ok(Response::new(pb::DeleteResponse {
+                deleted: deleted.deleted,
+                revision: deleted.revision,
+                prev_kv: deleted.prev_kv.map(to_pb),
+            })),
+            Err(e) => self.to_leader(&metadata, e)?.delete(forwarded(r)).await,
+        }
     }
 
     async fn delete_range(
         &self,
         r: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let r = r.into_inner();
+        let (metadata, _, r) = r.into_parts();
         let options = DeleteOptions { prev_kv: r.prev_kv };
-        let Some(range) = key_range(r.range) else {
+        let Some(range) = key_range(r.range.clone()) else {
             return Ok(Response::new(pb::DeleteRangeResponse {
                 revision: self.store.revision().map_err(from_store)?,
                 ..Default::default()
             }));
         };
-        let deleted = self
-            .store
-            .delete_range(range, options)
-            .await
-            .map_err(from_store)?;
-        Ok(Response::new(pb::DeleteRangeResponse {
-            revision: deleted.revision,
-            deleted: deleted.deleted,
-            prev_kvs: deleted.prev_kvs.into_iter().map(to_pb).collect(),
-        }))
+        match self.store.delete_range(range, options).await {
+            Ok(deleted) => Ok(Response::new(pb::DeleteRangeResponse {
+                revision: deleted.revision,
+                deleted: deleted.deleted,
+                prev_kvs: deleted.prev_kvs.into_iter().map(to_pb).collect(),
+            })),
+            Err(e) => {
+                self.to_leader(&metadata, e)?
+                    .delete_range(forwarded(r))
+                    .await
+            }
+        }
     }
 
     async fn range(
         &self,
         r: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        let r = r.into_inner();
-        let Some(range) = key_range(r.range) else {
+        let (metadata, _, r) = r.into_parts();
+        let Some(range) = key_range(r.range.clone()) else {
             return Ok(Response::new(pb::RangeResponse {
                 revision: self.store.revision().map_err(from_store)?,
                 ..Default::default()
@@ -336,51 +389,68 @@ impl pb::kv_server::Kv for KvService {
             revision: r.revision,
             ..range
         };
-        let result = self
-            .store
-            .range(range, consistency(r.stale))
-            .await
-            .map_err(from_store)?;
-        let result = cap_page_bytes(result);
-        Ok(Response::new(pb::RangeResponse {
-            kvs: result.kvs.into_iter().map(to_pb).collect(),
-            count: result.count,
-            more: result.more,
-            next: result.next,
-            revision: result.revision,
-        }))
+        match self.store.range(range, consistency(r.stale)).await {
+            Ok(result) => {
+                let result = cap_page_bytes(result);
+                Ok(Response::new(pb::RangeResponse {
+                    kvs: result.kvs.into_iter().map(to_pb).collect(),
+                    count: result.count,
+                    more: result.more,
+                    next: result.next,
+                    revision: result.revision,
+                }))
+            }
+            Err(e) => self.to_leader(&metadata, e)?.range(forwarded(r)).await,
+        }
     }
 
     async fn txn(&self, r: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let r = r.into_inner();
+        let (metadata, _, r) = r.into_parts();
         let txn = Txn {
             compares: r
                 .compares
-                .into_iter()
+                .iter()
+                .cloned()
                 .map(compare)
                 .collect::<Result<_, _>>()?,
-            success: r.success.into_iter().map(op).collect::<Result<_, _>>()?,
-            failure: r.failure.into_iter().map(op).collect::<Result<_, _>>()?,
+            success: r
+                .success
+                .iter()
+                .cloned()
+                .map(op)
+                .collect::<Result<_, _>>()?,
+            failure: r
+                .failure
+                .iter()
+                .cloned()
+                .map(op)
+                .collect::<Result<_, _>>()?,
         };
-        let done = self.store.txn(txn).await.map_err(from_store)?;
-        Ok(Response::new(pb::TxnResponse {
-            succeeded: done.succeeded,
-            revision: done.revision,
-            results: done
-                .results
-                .into_iter()
-                .map(|result| op_result(result, done.revision))
-                .collect(),
-        }))
+        match self.store.txn(txn).await {
+            Ok(done) => Ok(Response::new(pb::TxnResponse {
+                succeeded: done.succeeded,
+                revision: done.revision,
+                results: done
+                    .results
+                    .into_iter()
+                    .map(|result| op_result(result, done.revision))
+                    .collect(),
+            })),
+            Err(e) => self.to_leader(&metadata, e)?.txn(forwarded(r)).await,
+        }
     }
 
     async fn compact(
         &self,
         r: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
-        let revision = r.into_inner().revision;
-        self.store.compact(revision).await.map_err(from_store)?;
-        Ok(Response::new(pb::CompactResponse { revision }))
+        let (metadata, _, r) = r.into_parts();
+        match self.store.compact(r.revision).await {
+            Ok(()) => Ok(Response::new(pb::CompactResponse {
+                revision: r.revision,
+            })),
+            Err(e) => self.to_leader(&metadata, e)?.compact(forwarded(r)).await,
+        }
     }
 
     type WatchStream = WatchStream;
@@ -414,68 +484,79 @@ impl pb::kv_server::Kv for KvService {
         &self,
         r: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
-        let r = r.into_inner();
+        let (metadata, _, r) = r.into_parts();
         let ttl = Duration::from_secs(r.ttl_seconds);
-        let lease = match r.id {
+        let granted = match r.id {
             0 => self.store.lease_grant(ttl).await,
             id => self.store.lease_grant_with_id(id, ttl).await,
+        };
+        match granted {
+            Ok(lease) => Ok(Response::new(pb::LeaseGrantResponse {
+                id: lease.id,
+                ttl_seconds: lease.ttl.as_secs(),
+            })),
+            Err(e) => {
+                self.to_leader(&metadata, e)?
+                    .lease_grant(forwarded(r))
+                    .await
+            }
         }
-        .map_err(from_store)?;
-        Ok(Response::new(pb::LeaseGrantResponse {
-            id: lease.id,
-            ttl_seconds: lease.ttl.as_secs(),
-        }))
     }
 
     async fn lease_revoke(
         &self,
         r: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        let revoked = self
-            .store
-            .lease_revoke(r.into_inner().id)
-            .await
-            .map_err(from_store)?;
-        Ok(Response::new(pb::LeaseRevokeResponse {
-            revision: revoked.revision,
-            deleted: revoked.deleted,
-        }))
+        let (metadata, _, r) = r.into_parts();
+        match self.store.lease_revoke(r.id).await {
+            Ok(revoked) => Ok(Response::new(pb::LeaseRevokeResponse {
+                revision: revoked.revision,
+                deleted: revoked.deleted,
+            })),
+            Err(e) => {
+                self.to_leader(&metadata, e)?
+                    .lease_revoke(forwarded(r))
+                    .await
+            }
+        }
     }
 
     async fn lease_keep_alive(
         &self,
         r: Request<pb::LeaseKeepAliveRequest>,
     ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
-        let ttl = self
-            .store
-            .lease_keep_alive(r.into_inner().id)
-            .await
-            .map_err(from_store)?;
-        Ok(Response::new(pb::LeaseKeepAliveResponse {
-            ttl_seconds: ttl.as_secs(),
-        }))
+        let (metadata, _, r) = r.into_parts();
+        match self.store.lease_keep_alive(r.id).await {
+            Ok(ttl) => Ok(Response::new(pb::LeaseKeepAliveResponse {
+                ttl_seconds: ttl.as_secs(),
+            })),
+            Err(e) => {
+                self.to_leader(&metadata, e)?
+                    .lease_keep_alive(forwarded(r))
+                    .await
+            }
+        }
     }
 
     async fn lease_list(
         &self,
         r: Request<pb::LeaseListRequest>,
     ) -> Result<Response<pb::LeaseListResponse>, Status> {
-        let leases = self
-            .store
-            .leases(consistency(r.into_inner().stale))
-            .await
-            .map_err(from_store)?;
-        Ok(Response::new(pb::LeaseListResponse {
-            leases: leases
-                .into_iter()
-                .map(|l| pb::lease_list_response::Lease {
-                    id: l.id,
-                    ttl_seconds: l.ttl.as_secs(),
-                    remaining_seconds: l.remaining.as_secs(),
-                    keys: l.keys,
-                })
-                .collect(),
-        }))
+        let (metadata, _, r) = r.into_parts();
+        match self.store.leases(consistency(r.stale)).await {
+            Ok(leases) => Ok(Response::new(pb::LeaseListResponse {
+                leases: leases
+                    .into_iter()
+                    .map(|l| pb::lease_list_response::Lease {
+                        id: l.id,
+                        ttl_seconds: l.ttl.as_secs(),
+                        remaining_seconds: l.remaining.as_secs(),
+                        keys: l.keys,
+                    })
+                    .collect(),
+            })),
+            Err(e) => self.to_leader(&metadata, e)?.lease_list(forwarded(r)).await,
+        }
     }
 }
 

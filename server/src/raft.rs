@@ -171,7 +171,7 @@ type Dialer = Arc<RwLock<Option<Arc<rustls::ClientConfig>>>>;
 #[derive(Debug, Clone, Default)]
 pub struct GrpcTransport {
     dialer: Dialer,
-    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl GrpcTransport {
@@ -189,30 +189,33 @@ impl GrpcTransport {
             .clear();
     }
 
+    /// A lazily connected mTLS channel to the member at `addr`, shared by
+    /// Raft and by requests forwarded to the leader.
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let config = self
+            .dialer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| "this node has no certificate yet".to_string())?;
+        let channel =
+            crate::client::lazy_tls_channel(addr, config).map_err(|e| format!("{e:#}"))?;
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
     fn client(
         &self,
         target: NodeId,
         node: &BasicNode,
     ) -> Result<RaftClient<Channel>, TransportError> {
-        let key = (target, node.addr.clone());
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        let channel = match channels.get(&key) {
-            Some(channel) => channel.clone(),
-            None => {
-                let config = self
-                    .dialer
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                    .ok_or_else(|| {
-                        TransportError::Unreachable("this node has no certificate yet".into())
-                    })?;
-                let channel = crate::client::lazy_tls_channel(&node.addr, config)
-                    .map_err(|e| TransportError::Unreachable(format!("node {target}: {e:#}")))?;
-                channels.insert(key, channel.clone());
-                channel
-            }
-        };
+        let channel = self
+            .channel(&node.addr)
+            .map_err(|e| TransportError::Unreachable(format!("node {target}: {e}")))?;
         Ok(RaftClient::new(channel)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX))

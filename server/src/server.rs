@@ -115,8 +115,13 @@ fn services(
     store: &Store,
     stopping: watch::Receiver<bool>,
     local: bool,
+    leader: Option<GrpcTransport>,
 ) -> (KvServer<KvService>, ClusterServer<ClusterService>) {
-    let kv = KvServer::new(KvService::new(store.clone(), stopping))
+    let mut kv = KvService::new(store.clone(), stopping);
+    if let Some(transport) = leader {
+        kv = kv.forwarding(transport);
+    }
+    let kv = KvServer::new(kv)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let cluster = ClusterServer::new(ClusterService::new(store.clone(), local));
@@ -153,8 +158,12 @@ fn builder() -> Server {
 /// Every service for a local caller (the Unix socket, or a command's
 /// in-process server): no certificate checks, the socket's mode is the
 /// guard.
-pub async fn local_router(store: &Store, stopping: watch::Receiver<bool>) -> Result<Router> {
-    let (kv, cluster) = services(store, stopping, true);
+pub async fn local_router(
+    store: &Store,
+    stopping: watch::Receiver<bool>,
+    leader: Option<GrpcTransport>,
+) -> Result<Router> {
+    let (kv, cluster) = services(store, stopping, true, leader);
     let (health, reflection) = health_and_reflection().await?;
     Ok(builder()
         .add_service(kv)
@@ -166,8 +175,12 @@ pub async fn local_router(store: &Store, stopping: watch::Receiver<bool>) -> Res
 /// Every service for the TCP port: the key/value store and Raft for this
 /// cluster's managers only ([`ManagersOnly`]), the cluster's CA, health
 /// and reflection for anyone.
-async fn tcp_router(store: &Store, stopping: watch::Receiver<bool>) -> Result<Router> {
-    let (kv, cluster) = services(store, stopping, false);
+async fn tcp_router(
+    store: &Store,
+    stopping: watch::Receiver<bool>,
+    leader: Option<GrpcTransport>,
+) -> Result<Router> {
+    let (kv, cluster) = services(store, stopping, false, leader);
     let (health, reflection) = health_and_reflection().await?;
     let raft = RaftServer::new(RaftService::new(store.clone()))
         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -232,14 +245,16 @@ async fn until_stopped(mut stopping: watch::Receiver<bool>) {
 
 /// Serves the node's TCP port (mTLS through `tls`, the services of
 /// [`tcp_router`]) until `stopping` turns true; the returned future runs
-/// it.
+/// it. With `leader`, writes and linearizable reads this member cannot
+/// serve go to the leader through it.
 pub async fn serve_port(
     store: &Store,
     tls: Arc<rustls::ServerConfig>,
     tcp: TcpListener,
     stopping: watch::Receiver<bool>,
+    leader: Option<GrpcTransport>,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>> {
-    let router = tcp_router(store, stopping.clone()).await?;
+    let router = tcp_router(store, stopping.clone(), leader).await?;
     let (ready, handshaken) = mpsc::channel(HANDSHAKES_MAX);
     tokio::spawn(accept_tls(tcp, tls, ready, stopping.clone()));
     Ok(router.serve_with_incoming_shutdown(
@@ -376,8 +391,8 @@ async fn start(
     let unix = bind_private(&socket)?;
 
     let (stop, stopping) = watch::channel(false);
-    let local = local_router(store, stopping.clone()).await?;
-    let on_port = serve_port(store, tls, tcp, stopping.clone()).await?;
+    let local = local_router(store, stopping.clone(), Some(transport.clone())).await?;
+    let on_port = serve_port(store, tls, tcp, stopping.clone(), Some(transport.clone())).await?;
     let on_socket =
         local.serve_with_incoming_shutdown(UnixListenerStream::new(unix), until_stopped(stopping));
     let served = tokio::spawn(async move { tokio::try_join!(on_socket, on_port).map(|_| ()) });

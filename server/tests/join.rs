@@ -214,6 +214,17 @@ fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
         );
     }
 
+    // A follower forwards writes and linearizable reads to the leader.
+    let leader_rev: u64 = ok(n2.coffer(&["kv", "put", "app/f", "through n2"]))
+        .parse()
+        .unwrap();
+    assert!(leader_rev > 0);
+    assert_eq!(ok(n3.coffer(&["kv", "get", "app/f"])), "through n2");
+    assert_eq!(
+        ok(n3.coffer(&["kv", "ls", "--keys-only", "app/"])),
+        "app/a\napp/f"
+    );
+
     // Tokens that must not admit anyone.
     let digest_len = 64;
     let secret_start = "CFTKN-1-".len() + digest_len + 1;

@@ -61,7 +61,7 @@ async fn node(id: u64, ca: &RootCa, bootstrap: Bootstrap) -> Node {
     let resolver = tls::NodeCertResolver::new(&cert, &key).unwrap();
     let server_tls = tls::server_config(ca.cert_der(), resolver).unwrap();
     let (stop, stopping) = watch::channel(false);
-    let served = server::serve_port(&store, server_tls, tcp, stopping)
+    let served = server::serve_port(&store, server_tls, tcp, stopping, Some(transport))
         .await
         .unwrap();
     Node {

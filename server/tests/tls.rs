@@ -72,7 +72,7 @@ async fn only_this_clusters_managers_reach_the_store() {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap().to_string();
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let served = coffer_server::server::serve_port(&store, server_tls, tcp, stopping)
+    let served = coffer_server::server::serve_port(&store, server_tls, tcp, stopping, None)
         .await
         .unwrap();
     let served = tokio::spawn(served);
