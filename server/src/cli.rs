@@ -82,6 +82,9 @@ pub enum Command {
     Kv(KvCommand),
     /// Prints the cluster's root CA certificate (PEM).
     Ca,
+    /// The cluster's nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Prints the command that joins a node to this cluster as ROLE
     /// (worker or manager), with its join token.
     JoinToken {
@@ -173,6 +176,23 @@ pub enum LeaseCommand {
     Ls,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Lists the nodes as the leader sees them: id, address, role,
+    /// membership (voter or learner), whether it answers now, and which
+    /// one leads.
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -218,6 +238,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Kv(cmd) => kv::run(&target(cli.host.as_deref(), cli.data_dir)?, cmd).await,
         Command::Ca => ca(&target(cli.host.as_deref(), cli.data_dir)?).await,
+        Command::Node(NodeCommand::Ls { format }) => {
+            node_ls(&target(cli.host.as_deref(), cli.data_dir)?, format).await
+        }
         Command::JoinToken {
             rotate,
             quiet,
@@ -245,6 +268,54 @@ async fn ca(target: &Target) -> Result<ExitCode> {
         .map_err(crate::status::failed);
     connection.close().await?;
     print!("{}", answer?.into_inner().certificate_pem);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn node_ls(target: &Target, format: Format) -> Result<ExitCode> {
+    let mut connection = crate::client::Connection::open(target).await?;
+    let answer = connection
+        .cluster
+        .list_nodes(crate::pb::ListNodesRequest {})
+        .await
+        .map_err(crate::status::failed);
+    connection.close().await?;
+    let mut nodes = answer?.into_inner().nodes;
+    nodes.sort_by_key(|n| n.id);
+    match format {
+        Format::Json => {
+            let rows: Vec<serde_json::Value> = nodes
+                .iter()
+                .map(|n| {
+                    serde_json::json!({
+                        "id": format!("{:016x}", n.id),
+                        "address": n.address,
+                        "role": n.role,
+                        "membership": n.membership,
+                        "reachable": n.reachable,
+                        "leader": n.leader,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(rows));
+        }
+        Format::Table => {
+            println!(
+                "{:<16}  {:<21}  {:<7}  {:<10}  {:<11}  LEADER",
+                "ID", "ADDRESS", "ROLE", "MEMBERSHIP", "REACHABLE"
+            );
+            for n in &nodes {
+                println!(
+                    "{:016x}  {:<21}  {:<7}  {:<10}  {:<11}  {}",
+                    n.id,
+                    n.address,
+                    n.role,
+                    n.membership,
+                    if n.reachable { "yes" } else { "no" },
+                    if n.leader { "*" } else { "" }
+                );
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::pb;
+use crate::raft::GrpcTransport;
 use crate::status::{from_store, from_vault, no_cluster};
 
 /// How long `AddMember` waits for a new member to catch up before it
@@ -25,11 +26,44 @@ pub struct ClusterService {
     /// Served on the Unix socket (or in-process): the caller is the
     /// server's own user, and every call is allowed.
     local: bool,
+    /// How this member reaches the others (none for a store a command
+    /// opened): health checks, and calls only the leader answers.
+    peers: Option<GrpcTransport>,
 }
 
+/// How long a node has to answer `node ls`'s health check.
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Marks a call one member forwarded to the leader.
+const FORWARDED: &str = "coffer-forwarded";
+
 impl ClusterService {
-    pub fn new(store: Store, local: bool) -> ClusterService {
-        ClusterService { store, local }
+    pub fn new(store: Store, local: bool, peers: Option<GrpcTransport>) -> ClusterService {
+        ClusterService {
+            store,
+            local,
+            peers,
+        }
+    }
+
+    /// Whether the member at `addr` answers a health check now.
+    async fn reachable(&self, addr: &str) -> bool {
+        let Some(peers) = &self.peers else {
+            return false;
+        };
+        let Ok(channel) = peers.channel(addr) else {
+            return false;
+        };
+        let mut request = Request::new(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        request.set_timeout(HEALTH_CHECK_TIMEOUT);
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let check = client.check(request);
+        matches!(
+            tokio::time::timeout(HEALTH_CHECK_TIMEOUT, check).await,
+            Ok(Ok(answer)) if answer.get_ref().status()
+                == tonic_health::pb::health_check_response::ServingStatus::Serving
+        )
     }
 
     async fn cluster(&self) -> Result<Cluster, Status> {
@@ -163,6 +197,65 @@ impl pb::cluster_server::Cluster for ClusterService {
             tracing::info!(node = format_args!("{id:016x}"), %addr, "a manager joined as a voter");
         }
         Ok(Response::new(pb::AddMemberResponse {}))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        if !self.local {
+            auth::managers(&request).map_err(crate::status::from_auth)?;
+        }
+        let me = self.store.node_id();
+        let metrics = self.store.metrics();
+        let leader = metrics.current_leader;
+        if leader != Some(me) {
+            // The leader's view, so that every member shows the same one.
+            let forwarded = request.metadata().contains_key(FORWARDED);
+            let addr = leader.and_then(|l| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            });
+            return match (&self.peers, addr) {
+                (Some(peers), Some(addr)) if !forwarded => {
+                    let channel = peers.channel(&addr).map_err(|e| {
+                        Status::unavailable(format!("reaching the leader at {addr}: {e}"))
+                    })?;
+                    let mut call = Request::new(pb::ListNodesRequest {});
+                    call.metadata_mut()
+                        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                    pb::cluster_client::ClusterClient::new(channel)
+                        .list_nodes(call)
+                        .await
+                }
+                _ => Err(Status::unavailable(
+                    "no leader is known: the cluster has no quorum now",
+                )),
+            };
+        }
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let mut nodes = Vec::new();
+        for (id, node) in membership.nodes() {
+            let reachable = *id == me || self.reachable(&node.addr).await;
+            nodes.push(pb::Node {
+                id: *id,
+                address: node.addr.clone(),
+                role: Role::Manager.to_string(),
+                membership: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
+                leader: *id == me,
+                reachable,
+            });
+        }
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
     async fn join_token(

@@ -118,13 +118,13 @@ fn services(
     leader: Option<GrpcTransport>,
 ) -> (KvServer<KvService>, ClusterServer<ClusterService>) {
     let mut kv = KvService::new(store.clone(), stopping);
-    if let Some(transport) = leader {
+    if let Some(transport) = leader.clone() {
         kv = kv.forwarding(transport);
     }
     let kv = KvServer::new(kv)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let cluster = ClusterServer::new(ClusterService::new(store.clone(), local));
+    let cluster = ClusterServer::new(ClusterService::new(store.clone(), local, leader));
     (kv, cluster)
 }
 

@@ -214,6 +214,28 @@ fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
         );
     }
 
+    // Every member shows the same nodes: the leader's view.
+    let views: Vec<serde_json::Value> = [&n1, &n2, &n3]
+        .iter()
+        .map(|n| serde_json::from_str(&ok(n.coffer(&["node", "ls", "--format", "json"]))).unwrap())
+        .collect();
+    assert_eq!(views[0], views[1]);
+    assert_eq!(views[0], views[2]);
+    let nodes = views[0].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    for node in nodes {
+        assert_eq!(node["membership"], "voter", "{node}");
+        assert_eq!(node["reachable"], true, "{node}");
+        assert_eq!(node["role"], "manager", "{node}");
+    }
+    let leaders: Vec<_> = nodes.iter().filter(|n| n["leader"] == true).collect();
+    assert_eq!(leaders.len(), 1);
+    assert_eq!(leaders[0]["id"], "0000000000000001");
+    assert_eq!(leaders[0]["address"], n1.addr.as_str());
+    let table = ok(n2.coffer(&["node", "ls"]));
+    assert!(table.starts_with("ID"), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+
     // A follower forwards writes and linearizable reads to the leader.
     let leader_rev: u64 = ok(n2.coffer(&["kv", "put", "app/f", "through n2"]))
         .parse()
@@ -274,6 +296,18 @@ fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
         started.elapsed(),
         committed_on.unwrap().display()
     );
+    // The stopped node shows as unreachable, and no longer leads.
+    let after: serde_json::Value =
+        serde_json::from_str(&ok(n2.coffer(&["node", "ls", "--format", "json"]))).unwrap();
+    let first = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "0000000000000001")
+        .unwrap();
+    assert_eq!(first["reachable"], false, "{after}");
+    assert_eq!(first["leader"], false, "{after}");
+
     // It comes back at its address and catches up.
     let n1 = Node::start(root, "n1", &n1_addr, &[]);
     wait_for(
