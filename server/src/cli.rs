@@ -141,6 +141,10 @@ pub enum KvCommand {
         /// history still holds it).
         #[arg(long = "rev", value_name = "R", default_value_t = 0)]
         revision: u64,
+        /// List this member's applied state instead of a linearizable read
+        /// (no quorum needed; may be behind).
+        #[arg(long)]
+        stale: bool,
         #[arg(default_value = "")]
         prefix: String,
     },

@@ -116,11 +116,29 @@ async fn command(c: &mut Connection, cmd: KvCommand) -> Result<ExitCode> {
             limit,
             keys_only,
             revision,
+            stale,
             prefix,
-        } => ls(c, &mut out, limit, keys_only, revision, prefix).await?,
+        } => {
+            let listing = Listing {
+                limit,
+                keys_only,
+                revision,
+                stale,
+            };
+            ls(c, &mut out, listing, prefix).await?
+        }
         KvCommand::Lease(cmd) => return lease(c, cmd, &mut out).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `kv ls` was asked for.
+#[derive(Debug)]
+struct Listing {
+    limit: usize,
+    keys_only: bool,
+    revision: u64,
+    stale: bool,
 }
 
 /// Lists a prefix page by page, every page at the first one's revision so
@@ -128,11 +146,15 @@ async fn command(c: &mut Connection, cmd: KvCommand) -> Result<ExitCode> {
 async fn ls(
     c: &mut Connection,
     out: &mut impl Write,
-    limit: usize,
-    keys_only: bool,
-    mut revision: u64,
+    listing: Listing,
     prefix: String,
 ) -> Result<()> {
+    let Listing {
+        limit,
+        keys_only,
+        mut revision,
+        stale,
+    } = listing;
     let prefix = prefix.into_bytes();
     let end = coffer_store::prefix_end(&prefix);
     let mut start = prefix;
@@ -148,7 +170,7 @@ async fn ls(
             keys_only,
             count_only: false,
             revision,
-            stale: false,
+            stale,
         };
         let page = c.kv.range(request).await.map_err(failed)?.into_inner();
         revision = page.revision;

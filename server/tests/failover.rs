@@ -1,0 +1,254 @@
+//! SIGKILL the leader of a three-process cluster, round after round, while
+//! a client per node writes continuously: a new leader commits within
+//! seconds, the killed node restarts and catches up, and every write that
+//! was acknowledged is on every member at the end. Every wait polls
+//! observable state under a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const ROUNDS: usize = 10;
+
+struct Node {
+    child: Option<Child>,
+    dir: PathBuf,
+    log: PathBuf,
+    addr: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn coffer_at(socket: &Path, args: &[&str]) -> Output {
+    // Through the socket only: a command must never open a killed node's
+    // directory itself (it would hold the lock the restart needs).
+    Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .arg("--host")
+        .arg(format!("unix://{}", socket.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+impl Node {
+    fn start(dir: PathBuf, log: PathBuf, listen: &str, extra: &[&str]) -> Node {
+        let _ = std::fs::remove_file(&log);
+        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["server", "--listen", listen])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut node = Node {
+            child: Some(child),
+            dir,
+            log,
+            addr: String::new(),
+        };
+        wait_for("a node to serve", || {
+            let text = read(&node.log);
+            match text
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("listen="))
+            {
+                Some(addr) => {
+                    node.addr = addr.to_string();
+                    std::os::unix::net::UnixStream::connect(node.socket()).is_ok()
+                }
+                None => false,
+            }
+        });
+        node
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("coffer.sock")
+    }
+
+    fn coffer(&self, args: &[&str]) -> Output {
+        coffer_at(&self.socket(), args)
+    }
+
+    fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn restart(&mut self) {
+        let dir = self.dir.clone();
+        let log = self.log.clone();
+        let addr = self.addr.clone();
+        *self = Node::start(dir, log, &addr, &[]);
+    }
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// The leader's address as `node ls` on `via` reports it.
+fn leader_addr(via: &Node) -> Option<String> {
+    let out = via.coffer(&["node", "ls", "--format", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let all = nodes.as_array()?;
+    if all.iter().any(|n| n["reachable"] != true) {
+        return None;
+    }
+    all.iter()
+        .find(|n| n["leader"] == true)
+        .and_then(|n| n["address"].as_str().map(str::to_string))
+}
+
+#[test]
+fn acknowledged_writes_survive_leader_kills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let n1 = Node::start(root.join("n1"), root.join("n1.log"), "127.0.0.1:0", &[]);
+    let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
+    let join = ["--join", n1.addr.as_str(), "--token", token.as_str()];
+    let n2 = Node::start(root.join("n2"), root.join("n2.log"), "127.0.0.1:0", &join);
+    let n3 = Node::start(root.join("n3"), root.join("n3.log"), "127.0.0.1:0", &join);
+    for n in [&n2, &n3] {
+        wait_for("a voting member", || {
+            read(&n.log).contains("this node is a voting member")
+        });
+    }
+    let nodes = Arc::new(Mutex::new(vec![n1, n2, n3]));
+    let sockets: Vec<PathBuf> = nodes.lock().unwrap().iter().map(Node::socket).collect();
+
+    // One client per node, each through that node's socket.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let clients: Vec<_> = sockets
+        .iter()
+        .enumerate()
+        .map(|(c, socket)| {
+            let (socket, stop, acked) = (socket.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("c{c}/{i:06}");
+                    if coffer_at(&socket, &["kv", "put", &key, "v"])
+                        .status
+                        .success()
+                    {
+                        acked.lock().unwrap().insert(key);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+
+    let mut failovers = Vec::new();
+    for round in 0..ROUNDS {
+        // The clients make progress between kills.
+        let progress = acked.lock().unwrap().len() + 20;
+        wait_for("writes between kills", || {
+            acked.lock().unwrap().len() >= progress
+        });
+        // Find the leader (every node reachable: the last restart caught up).
+        let mut leader = String::new();
+        wait_for("a leader with every node reachable", || {
+            let nodes = nodes.lock().unwrap();
+            match leader_addr(&nodes[round % 3]) {
+                Some(addr) => {
+                    leader = addr;
+                    true
+                }
+                None => false,
+            }
+        });
+        let before = acked.lock().unwrap().len();
+        let victim = {
+            let mut nodes = nodes.lock().unwrap();
+            let victim = nodes.iter().position(|n| n.addr == leader).unwrap();
+            nodes[victim].kill();
+            victim
+        };
+        let killed = Instant::now();
+        // A new leader commits: a write through a survivor succeeds.
+        let survivor = sockets[(victim + 1) % 3].clone();
+        wait_for("a write through a new leader", || {
+            coffer_at(&survivor, &["kv", "put", &format!("probe/{round}"), "x"])
+                .status
+                .success()
+        });
+        failovers.push(killed.elapsed());
+        nodes.lock().unwrap()[victim].restart();
+        let after = acked.lock().unwrap().len();
+        assert!(after >= before, "acknowledgements went backwards");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+
+    // Every acknowledged write is on every member.
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > ROUNDS * 10,
+        "only {} writes were acknowledged",
+        acked.len()
+    );
+    let nodes = nodes.lock().unwrap();
+    for node in nodes.iter() {
+        wait_for("every acknowledged write on every member", || {
+            let listed = node.coffer(&["kv", "ls", "--keys-only", "--stale", "c"]);
+            if !listed.status.success() {
+                return false;
+            }
+            let present: BTreeSet<String> = String::from_utf8_lossy(&listed.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            acked.is_subset(&present)
+        });
+    }
+    failovers.sort();
+    eprintln!(
+        "{ROUNDS} leader kills, {} acknowledged writes all present; a write through a survivor committed after: min {:?}, median {:?}, max {:?}",
+        acked.len(),
+        failovers[0],
+        failovers[failovers.len() / 2],
+        failovers[failovers.len() - 1]
+    );
+}
