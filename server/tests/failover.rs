@@ -5,125 +5,21 @@
 //! observable state under a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+use support::{coffer_at, ok, read, wait_for, Server};
+
 const ROUNDS: usize = 10;
 
-struct Node {
-    child: Option<Child>,
-    dir: PathBuf,
-    log: PathBuf,
-    addr: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn coffer_at(socket: &Path, args: &[&str]) -> Output {
-    // Through the socket only: a command must never open a killed node's
-    // directory itself (it would hold the lock the restart needs).
-    Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .arg("--host")
-        .arg(format!("unix://{}", socket.display()))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-impl Node {
-    fn start(dir: PathBuf, log: PathBuf, listen: &str, extra: &[&str]) -> Node {
-        let _ = std::fs::remove_file(&log);
-        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["server", "--listen", listen])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut node = Node {
-            child: Some(child),
-            dir,
-            log,
-            addr: String::new(),
-        };
-        wait_for("a node to serve", || {
-            let text = read(&node.log);
-            match text
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("listen="))
-            {
-                Some(addr) => {
-                    node.addr = addr.to_string();
-                    std::os::unix::net::UnixStream::connect(node.socket()).is_ok()
-                }
-                None => false,
-            }
-        });
-        node
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("coffer.sock")
-    }
-
-    fn coffer(&self, args: &[&str]) -> Output {
-        coffer_at(&self.socket(), args)
-    }
-
-    fn kill(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    fn restart(&mut self) {
-        let dir = self.dir.clone();
-        let log = self.log.clone();
-        let addr = self.addr.clone();
-        *self = Node::start(dir, log, &addr, &[]);
-    }
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
-}
-
 /// The leader's address as `node ls` on `via` reports it.
-fn leader_addr(via: &Node) -> Option<String> {
-    let out = via.coffer(&["node", "ls", "--format", "json"]);
+fn leader_addr(via: &Server) -> Option<String> {
+    let out = via.coffer_at(&["node", "ls", "--format", "json"]);
     if !out.status.success() {
         return None;
     }
@@ -141,18 +37,21 @@ fn leader_addr(via: &Node) -> Option<String> {
 fn acknowledged_writes_survive_leader_kills() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let n1 = Node::start(root.join("n1"), root.join("n1.log"), "127.0.0.1:0", &[]);
+    let n1 = Server::start_in(root, "n1", "127.0.0.1:0", &[]);
     let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
     let join = ["--join", n1.addr.as_str(), "--token", token.as_str()];
-    let n2 = Node::start(root.join("n2"), root.join("n2.log"), "127.0.0.1:0", &join);
-    let n3 = Node::start(root.join("n3"), root.join("n3.log"), "127.0.0.1:0", &join);
+    let n2 = Server::start_in(root, "n2", "127.0.0.1:0", &join);
+    let n3 = Server::start_in(root, "n3", "127.0.0.1:0", &join);
     for n in [&n2, &n3] {
-        wait_for("a voting member", || {
+        wait_for("a voting member", &n.log, || {
             read(&n.log).contains("this node is a voting member")
         });
     }
+    // Where a failed wait shows the story: the other nodes' logs are
+    // beside it.
+    let log = n2.log.clone();
     let nodes = Arc::new(Mutex::new(vec![n1, n2, n3]));
-    let sockets: Vec<PathBuf> = nodes.lock().unwrap().iter().map(Node::socket).collect();
+    let sockets: Vec<PathBuf> = nodes.lock().unwrap().iter().map(Server::socket).collect();
 
     // One client per node, each through that node's socket.
     let stop = Arc::new(AtomicBool::new(false));
@@ -182,12 +81,12 @@ fn acknowledged_writes_survive_leader_kills() {
     for round in 0..ROUNDS {
         // The clients make progress between kills.
         let progress = acked.lock().unwrap().len() + 20;
-        wait_for("writes between kills", || {
+        wait_for("writes between kills", &log, || {
             acked.lock().unwrap().len() >= progress
         });
         // Find the leader (every node reachable: the last restart caught up).
         let mut leader = String::new();
-        wait_for("a leader with every node reachable", || {
+        wait_for("a leader with every node reachable", &log, || {
             let nodes = nodes.lock().unwrap();
             match leader_addr(&nodes[round % 3]) {
                 Some(addr) => {
@@ -201,13 +100,13 @@ fn acknowledged_writes_survive_leader_kills() {
         let victim = {
             let mut nodes = nodes.lock().unwrap();
             let victim = nodes.iter().position(|n| n.addr == leader).unwrap();
-            nodes[victim].kill();
+            nodes[victim].stop("KILL");
             victim
         };
         let killed = Instant::now();
         // A new leader commits: a write through a survivor succeeds.
         let survivor = sockets[(victim + 1) % 3].clone();
-        wait_for("a write through a new leader", || {
+        wait_for("a write through a new leader", &log, || {
             coffer_at(&survivor, &["kv", "put", &format!("probe/{round}"), "x"])
                 .status
                 .success()
@@ -231,17 +130,21 @@ fn acknowledged_writes_survive_leader_kills() {
     );
     let nodes = nodes.lock().unwrap();
     for node in nodes.iter() {
-        wait_for("every acknowledged write on every member", || {
-            let listed = node.coffer(&["kv", "ls", "--keys-only", "--stale", "c"]);
-            if !listed.status.success() {
-                return false;
-            }
-            let present: BTreeSet<String> = String::from_utf8_lossy(&listed.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect();
-            acked.is_subset(&present)
-        });
+        wait_for(
+            "every acknowledged write on every member",
+            &node.log,
+            || {
+                let listed = node.coffer_at(&["kv", "ls", "--keys-only", "--stale", "c"]);
+                if !listed.status.success() {
+                    return false;
+                }
+                let present: BTreeSet<String> = String::from_utf8_lossy(&listed.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                acked.is_subset(&present)
+            },
+        );
     }
     failovers.sort();
     eprintln!(

@@ -5,140 +5,19 @@
 //! observable state (log lines, command output) under a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+use std::path::Path;
+use std::time::Instant;
 
-struct Node {
-    child: Option<Child>,
-    dir: PathBuf,
-    log: PathBuf,
-    addr: String,
-}
+use support::{ok, read, wait_for, Server};
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn wait_for(what: &str, mut check: impl FnMut() -> bool, log: &Path) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; log {}:\n{}",
-            log.display(),
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn spawn(dir: &Path, log: &Path, listen: &str, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["server", "--listen", listen])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-impl Node {
-    /// Starts a server and waits until it serves (its log names the
-    /// address it listens on and its socket answers).
-    fn start(root: &Path, name: &str, listen: &str, extra: &[&str]) -> Node {
-        let dir = root.join(name);
-        let log = root.join(format!("{name}.log"));
-        let child = spawn(&dir, &log, listen, extra);
-        let mut node = Node {
-            child: Some(child),
-            dir,
-            log,
-            addr: String::new(),
-        };
-        wait_for(
-            &format!("{name} to serve"),
-            || {
-                let text = read(&node.log);
-                match text
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("listen="))
-                {
-                    Some(addr) => {
-                        node.addr = addr.to_string();
-                        std::os::unix::net::UnixStream::connect(node.dir.join("coffer.sock"))
-                            .is_ok()
-                    }
-                    None => false,
-                }
-            },
-            &node.log.clone(),
-        );
-        node
-    }
-
-    fn coffer(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_coffer"))
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn stop(&mut self) {
-        let mut child = self.child.take().unwrap();
-        let pid = child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "exit {status:?}: {}", read(&self.log));
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stale_get(&self, key: &str) -> Option<String> {
-        let out = self.coffer(&["kv", "get", "--stale", key]);
-        out.status
-            .success()
-            .then(|| String::from_utf8(out.stdout).unwrap())
-    }
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
+/// A linearizability-free read of `key` on `node` (`--stale`), if there.
+fn stale_get(node: &Server, key: &str) -> Option<String> {
+    let out = node.coffer(&["kv", "get", "--stale", key]);
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap())
 }
 
 /// A server that must refuse to join: exits 2 quickly, says `expect`,
@@ -146,20 +25,13 @@ fn ok(output: Output) -> String {
 fn refused_join(root: &Path, name: &str, join: &str, token: &str, expect: &str) {
     let dir = root.join(name);
     let log = root.join(format!("{name}.log"));
-    let mut child = spawn(
+    let mut server = Server::spawn(
         &dir,
         &log,
         "127.0.0.1:0",
         &["--join", join, "--token", token],
     );
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "{name} did not give up");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = server.wait();
     let text = read(&log);
     assert_eq!(status.code(), Some(2), "{name}: {text}");
     assert!(
@@ -176,7 +48,7 @@ fn refused_join(root: &Path, name: &str, join: &str, token: &str, expect: &str) 
 fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let mut n1 = Node::start(root, "n1", "127.0.0.1:0", &[]);
+    let mut n1 = Server::start_in(root, "n1", "127.0.0.1:0", &[]);
     let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
     assert!(token.starts_with("CFTKN-1-"), "{token}");
     let shown = ok(n1.coffer(&["join-token", "manager"]));
@@ -185,33 +57,29 @@ fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
         "{shown}"
     );
 
-    let n2 = Node::start(
+    let n2 = Server::start_in(
         root,
         "n2",
         "127.0.0.1:0",
         &["--join", &n1.addr, "--token", &token],
     );
-    let n3 = Node::start(
+    let n3 = Server::start_in(
         root,
         "n3",
         "127.0.0.1:0",
         &["--join", &n1.addr, "--token", &token],
     );
     for n in [&n2, &n3] {
-        wait_for(
-            "a voting member",
-            || read(&n.log).contains("this node is a voting member"),
-            &n.log,
-        );
+        wait_for("a voting member", &n.log, || {
+            read(&n.log).contains("this node is a voting member")
+        });
     }
 
     ok(n1.coffer(&["kv", "put", "app/a", "one"]));
     for n in [&n2, &n3] {
-        wait_for(
-            "the put on every member",
-            || n.stale_get("app/a").as_deref() == Some("one"),
-            &n.log,
-        );
+        wait_for("the put on every member", &n.log, || {
+            stale_get(n, "app/a").as_deref() == Some("one")
+        });
     }
 
     // Every member shows the same nodes: the leader's view.
@@ -275,22 +143,18 @@ fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
 
     // The first leader stops: the other two elect a leader and commit.
     let n1_addr = n1.addr.clone();
-    n1.stop();
+    assert!(n1.stop("TERM").success());
     let started = Instant::now();
     let mut committed_on = None;
-    wait_for(
-        "a write through a new leader",
-        || {
-            for n in [&n2, &n3] {
-                if n.coffer(&["kv", "put", "app/b", "two"]).status.success() {
-                    committed_on = Some(n.dir.clone());
-                    return true;
-                }
+    wait_for("a write through a new leader", &n2.log, || {
+        for n in [&n2, &n3] {
+            if n.coffer(&["kv", "put", "app/b", "two"]).status.success() {
+                committed_on = Some(n.dir.clone());
+                return true;
             }
-            false
-        },
-        &n2.log,
-    );
+        }
+        false
+    });
     eprintln!(
         "a write committed {:?} after the leader stopped (through {})",
         started.elapsed(),
@@ -309,11 +173,9 @@ fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
     assert_eq!(first["leader"], false, "{after}");
 
     // It comes back at its address and catches up.
-    let n1 = Node::start(root, "n1", &n1_addr, &[]);
-    wait_for(
-        "the restarted node to catch up",
-        || n1.stale_get("app/b").as_deref() == Some("two"),
-        &n1.log,
-    );
-    assert_eq!(n1.stale_get("app/a").as_deref(), Some("one"));
+    let n1 = Server::start_in(root, "n1", &n1_addr, &[]);
+    wait_for("the restarted node to catch up", &n1.log, || {
+        stale_get(&n1, "app/b").as_deref() == Some("two")
+    });
+    assert_eq!(stale_get(&n1, "app/a").as_deref(), Some("one"));
 }

@@ -4,140 +4,19 @@
 //! wait polls observable state under a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use coffer_server::pb;
 use coffer_server::pb::kv_client::KvClient;
+use support::{coffer, ok, Server, DEADLINE};
 use tonic::transport::{Channel, Endpoint};
 
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A `coffer server` process on a data directory, killed if the test
-/// ends without stopping it.
-struct Server {
-    child: Option<Child>,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Starts a server and waits until its socket answers.
-    fn start(dir: &Path) -> Server {
-        let server = Server::spawn(dir);
-        let deadline = Instant::now() + DEADLINE;
-        while std::os::unix::net::UnixStream::connect(server.socket()).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the server did not open its socket; log:\n{}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    fn spawn(dir: &Path) -> Server {
-        let log = dir.with_extension(format!("log.{}", rand_suffix()));
-        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["server", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Server {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-            log,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("coffer.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, name: &str) {
-        let sent = Command::new("kill")
-            .args([format!("-{name}"), self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    }
-
-    /// Sends the signal and waits for the process to exit.
-    fn stop(mut self, signal: &str) -> ExitStatus {
-        self.signal(signal);
-        self.wait()
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let child = self.child.as_mut().unwrap();
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
-fn coffer(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .trim_end()
-        .to_string()
+/// A server on `root/data`, on any free port.
+fn server(root: &Path) -> Server {
+    Server::start_in(root, "data", "127.0.0.1:0", &[])
 }
 
 fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code {
@@ -157,7 +36,7 @@ async fn client(socket: &Path) -> KvClient<Channel> {
 fn the_cli_goes_through_the_socket_and_sigterm_stops_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let server = Server::start(&dir);
+    let mut server = server(tmp.path());
     let mode = std::fs::metadata(server.socket())
         .unwrap()
         .permissions()
@@ -181,12 +60,7 @@ fn the_cli_goes_through_the_socket_and_sigterm_stops_cleanly() {
         ok(coffer(&dir, &["kv", "ls", "app/"])),
         "app/a\tone\napp/b\ttwo"
     );
-    let host = format!("unix://{}", server.socket().display());
-    let via_host = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(["--host", &host, "kv", "get", "app/b"])
-        .output()
-        .unwrap();
-    assert_eq!(ok(via_host), "two");
+    assert_eq!(ok(server.coffer_at(&["kv", "get", "app/b"])), "two");
 
     let status = server.stop("TERM");
     assert!(status.success(), "exit {status:?}");
@@ -205,9 +79,9 @@ fn the_cli_goes_through_the_socket_and_sigterm_stops_cleanly() {
 fn a_second_server_on_the_same_data_dir_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let first = Server::start(&dir);
+    let mut first = server(tmp.path());
     ok(coffer(&dir, &["kv", "put", "k", "v"]));
-    let mut second = Server::spawn(&dir);
+    let mut second = Server::spawn(&dir, &tmp.path().join("second.log"), "127.0.0.1:0", &[]);
     let status = second.wait();
     assert_eq!(status.code(), Some(2));
     let log = second.log();
@@ -227,7 +101,7 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
 fn a_killed_server_leaves_nothing_that_blocks_the_next_start() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let server = Server::start(&dir);
+    let mut server = server(tmp.path());
     let before: u64 = ok(coffer(&dir, &["kv", "put", "k", "before"]))
         .parse()
         .unwrap();
@@ -239,7 +113,7 @@ fn a_killed_server_leaves_nothing_that_blocks_the_next_start() {
     );
     // The stale socket answers nobody: the command opens the directory.
     assert_eq!(ok(coffer(&dir, &["kv", "get", "k"])), "before");
-    let again = Server::start(&dir);
+    let mut again = Server::start_in(tmp.path(), "data", "127.0.0.1:0", &[]);
     assert_eq!(
         ok(coffer(&dir, &["kv", "put", "k", "after"])),
         (before + 1).to_string()
@@ -255,7 +129,7 @@ fn a_killed_server_leaves_nothing_that_blocks_the_next_start() {
 async fn grpc_on_the_socket_watches_and_maps_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let server = Server::start(&dir);
+    let mut server = server(tmp.path());
     let mut kv = client(&server.socket()).await;
     // From the first revision, with no prefix: the server's own cluster
     // record (the first revision) is not shown, only the keys put here.

@@ -3,9 +3,9 @@
 //! from) and against a real `coffer server` process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::time::Duration;
 
 use coffer_server::client::connect_tls;
 use coffer_server::pb;
@@ -15,13 +15,12 @@ use coffer_server::tls;
 use coffer_store::{Config, Store};
 use coffer_vault::ca::{NodeCert, NodeKey, Role, RootCa, NODE_CERT_VALIDITY};
 use coffer_vault::cluster::Cluster;
+use support::{Server, DEADLINE};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A certificate and key for `node` in `role`, from `ca`.
 fn identity(ca: &RootCa, node: u64, role: Role) -> (Vec<u8>, NodeKey) {
@@ -167,63 +166,6 @@ async fn only_this_clusters_managers_reach_the_store() {
     store.shutdown().await.unwrap();
 }
 
-struct Server {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// Starts `coffer server` on port 0 and waits for the line that says
-    /// where it listens.
-    fn start(dir: &Path, log: &Path) -> (Server, String) {
-        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["server", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            log: log.to_path_buf(),
-        };
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let text = std::fs::read_to_string(&server.log).unwrap_or_default();
-            if let Some(addr) = text
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("listen="))
-            {
-                return (server, addr.to_string());
-            }
-            assert!(Instant::now() < deadline, "no listen line; log:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + DEADLINE;
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the server did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 /// `coffer server` on an empty directory creates the CA and its own
 /// certificate, serves mTLS on `--listen`, and keeps both across a restart;
 /// the key on disk is sealed.
@@ -232,21 +174,12 @@ fn a_server_keeps_its_ca_and_identity_across_restarts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let log = tmp.path().join("server.log");
-    let (server, addr) = Server::start(&dir, &log);
-    let ca_pem = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .arg("--data-dir")
-        .arg(&dir)
-        .arg("ca")
-        .output()
-        .unwrap();
-    assert!(
-        ca_pem.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ca_pem.stderr)
-    );
+    let mut server = Server::start(&dir, &log, "127.0.0.1:0", &[]);
+    let addr = server.addr.clone();
+    let ca_pem = support::ok(server.coffer(&["ca"]));
     let ca_der = {
         use rustls::pki_types::pem::PemObject;
-        rustls::pki_types::CertificateDer::from_pem_slice(&ca_pem.stdout)
+        rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
             .unwrap()
             .to_vec()
     };
@@ -280,9 +213,9 @@ fn a_server_keeps_its_ca_and_identity_across_restarts() {
     };
     let ca = NodeCert::parse(&cert_der).unwrap();
     assert_eq!((ca.node, ca.role), (1, Role::Manager));
-    server.stop();
+    assert!(server.stop("TERM").success());
 
-    let (again, _) = Server::start(&dir, &log);
+    let mut again = Server::start(&dir, &log, "127.0.0.1:0", &[]);
     assert_eq!(
         std::fs::read(&cert_file).unwrap(),
         cert_pem,
@@ -294,5 +227,5 @@ fn a_server_keeps_its_ca_and_identity_across_restarts() {
         "a new key on restart"
     );
     assert!(std::fs::read_to_string(&log).unwrap().contains(&digest));
-    again.stop();
+    assert!(again.stop("TERM").success());
 }

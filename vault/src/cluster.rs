@@ -5,10 +5,11 @@
 //! on disk like every other record, created with a compare-and-swap so
 //! that two racing initialisations cannot both win.
 
-use coffer_store::{Check, Compare, Op, Store, Txn, Value};
+use coffer_store::Store;
 use zeroize::Zeroizing;
 
 use crate::ca::RootCa;
+use crate::objects::load_or_create;
 use crate::record::{Reader, Writer};
 use crate::VaultError;
 
@@ -25,44 +26,27 @@ impl Cluster {
     /// The cluster this store holds, created (with a new root CA) if it
     /// holds none yet.
     pub async fn init_or_load(store: &Store) -> Result<Cluster, VaultError> {
-        if let Some(cluster) = Cluster::load(store).await? {
-            return Ok(cluster);
-        }
-        let id: [u8; 16] = rand::random();
-        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        let cluster = Cluster {
-            ca: RootCa::generate(&id)?,
-        };
-        let created = store
-            .txn(Txn {
-                compares: vec![Compare {
-                    key: CLUSTER_KEY.to_vec(),
-                    check: Check::Absent,
-                }],
-                success: vec![Op::Put {
-                    key: CLUSTER_KEY.to_vec(),
-                    value: Value(cluster.encode()),
-                    lease: 0,
-                }],
-                failure: vec![],
-            })
-            .await?;
-        if created.succeeded {
-            return Ok(cluster);
-        }
-        // Another initialisation won: use its CA.
-        Cluster::load(store).await?.ok_or(VaultError::Corrupt {
-            what: "cluster record",
-            detail: "present for the compare, gone for the read".into(),
-        })
+        load_or_create(
+            store,
+            CLUSTER_KEY,
+            "cluster record",
+            Cluster::decode,
+            || {
+                let id: [u8; 16] = rand::random();
+                let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                let cluster = Cluster {
+                    ca: RootCa::generate(&id)?,
+                };
+                let encoded = cluster.encode();
+                Ok((cluster, encoded))
+            },
+        )
+        .await
     }
 
     /// The cluster this store holds, if any (a linearizable read).
     pub async fn load(store: &Store) -> Result<Option<Cluster>, VaultError> {
-        match store.get(CLUSTER_KEY).await? {
-            Some(value) => Ok(Some(Cluster::decode(&value)?)),
-            None => Ok(None),
-        }
+        crate::objects::load(store, CLUSTER_KEY, Cluster::decode).await
     }
 
     fn encode(&self) -> Vec<u8> {

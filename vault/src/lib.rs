@@ -15,6 +15,7 @@ pub mod ca;
 pub mod cluster;
 mod error;
 pub mod join;
+mod objects;
 mod record;
 pub mod tokens;
 

@@ -7,12 +7,13 @@
 
 use std::fmt;
 
-use coffer_store::{Check, Compare, Op, Store, Txn, Value};
+use coffer_store::Store;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::ca::{Role, RootCa};
+use crate::objects::load_or_create;
 use crate::record::{Reader, Writer};
 use crate::VaultError;
 
@@ -162,38 +163,16 @@ impl JoinTokens {
 
     /// The cluster's tokens, created if it has none yet.
     pub async fn init_or_load(store: &Store) -> Result<JoinTokens, VaultError> {
-        if let Some(tokens) = JoinTokens::load(store).await? {
-            return Ok(tokens);
-        }
-        let tokens = JoinTokens::generate();
-        let created = store
-            .txn(Txn {
-                compares: vec![Compare {
-                    key: TOKENS_KEY.to_vec(),
-                    check: Check::Absent,
-                }],
-                success: vec![Op::Put {
-                    key: TOKENS_KEY.to_vec(),
-                    value: Value(tokens.encode()),
-                    lease: 0,
-                }],
-                failure: vec![],
-            })
-            .await?;
-        if created.succeeded {
-            return Ok(tokens);
-        }
-        JoinTokens::load(store).await?.ok_or(VaultError::Corrupt {
-            what: "join tokens",
-            detail: "present for the compare, gone for the read".into(),
+        load_or_create(store, TOKENS_KEY, "join tokens", JoinTokens::decode, || {
+            let tokens = JoinTokens::generate();
+            let encoded = tokens.encode();
+            Ok((tokens, encoded))
         })
+        .await
     }
 
     pub async fn load(store: &Store) -> Result<Option<JoinTokens>, VaultError> {
-        match store.get(TOKENS_KEY).await? {
-            Some(value) => Ok(Some(JoinTokens::decode(&value)?)),
-            None => Ok(None),
-        }
+        crate::objects::load(store, TOKENS_KEY, JoinTokens::decode).await
     }
 
     /// Replaces `role`'s secret: the old token stops working at once.

@@ -1,0 +1,187 @@
+//! What the process tests share: a `coffer server` child process and the
+//! `coffer` command, with every wait bounded by a deadline and polling
+//! observable state (a log line, a socket that answers, an exit status).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Polls `check` until it holds; fails after [`DEADLINE`], showing `log`.
+pub fn wait_for(what: &str, log: &Path, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log {}:\n{}",
+            log.display(),
+            read(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Standard output of a command that must succeed, trimmed.
+pub fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
+/// `coffer --data-dir DIR ARGS...`.
+pub fn coffer(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `coffer --host unix://SOCKET ARGS...`: through the socket only, never
+/// opening the directory (which would take the lock a restart needs).
+pub fn coffer_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .arg("--host")
+        .arg(format!("unix://{}", socket.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A `coffer server` process, killed if the test ends without stopping it.
+pub struct Server {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    /// The address its port listens on (from its log).
+    pub addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Server {
+    /// Starts `coffer --data-dir DIR server --listen LISTEN EXTRA...`,
+    /// logging to `log`, without waiting.
+    pub fn spawn(dir: &Path, log: &Path, listen: &str, extra: &[&str]) -> Server {
+        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["server", "--listen", listen])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Server {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            log: log.to_path_buf(),
+            addr: String::new(),
+        }
+    }
+
+    /// Starts a server and waits until it serves: its log names the
+    /// address it listens on, and its socket answers.
+    pub fn start(dir: &Path, log: &Path, listen: &str, extra: &[&str]) -> Server {
+        let mut server = Server::spawn(dir, log, listen, extra);
+        let (log, socket) = (server.log.clone(), server.socket());
+        let mut addr = None;
+        wait_for("the server to serve", &log, || {
+            addr = read(&log)
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("listen="))
+                .map(str::to_string);
+            addr.is_some() && std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        server.addr = addr.unwrap();
+        server
+    }
+
+    /// A server in `root/NAME` logging to `root/NAME.log`.
+    pub fn start_in(root: &Path, name: &str, listen: &str, extra: &[&str]) -> Server {
+        Server::start(
+            &root.join(name),
+            &root.join(format!("{name}.log")),
+            listen,
+            extra,
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("coffer.sock")
+    }
+
+    pub fn log(&self) -> String {
+        read(&self.log)
+    }
+
+    /// `coffer --data-dir` this server's directory.
+    pub fn coffer(&self, args: &[&str]) -> Output {
+        coffer(&self.dir, args)
+    }
+
+    /// `coffer --host` this server's socket.
+    pub fn coffer_at(&self, args: &[&str]) -> Output {
+        coffer_at(&self.socket(), args)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        let log = self.log.clone();
+        let child = self.child.as_mut().unwrap();
+        let mut status = None;
+        wait_for("the server to exit", &log, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        self.child = None;
+        status.unwrap()
+    }
+
+    /// Sends the signal and waits for the process to exit.
+    pub fn stop(&mut self, signal: &str) -> ExitStatus {
+        self.signal(signal);
+        self.wait()
+    }
+
+    /// Starts it again on the same directory and address.
+    pub fn restart(&mut self) {
+        let (dir, log, addr) = (self.dir.clone(), self.log.clone(), self.addr.clone());
+        *self = Server::start(&dir, &log, &addr, &[]);
+    }
+}
