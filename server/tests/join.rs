@@ -179,3 +179,58 @@ fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
     });
     assert_eq!(stale_get(&n1, "app/a").as_deref(), Some("one"));
 }
+
+/// All three members stopped, then started again from their data
+/// directories: the same members, the same data, a leader, and writes.
+#[test]
+fn a_whole_cluster_restarts_from_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut n1 = Server::start_in(root, "n1", "127.0.0.1:0", &[]);
+    let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
+    let join = ["--join", n1.addr.as_str(), "--token", token.as_str()];
+    let mut n2 = Server::start_in(root, "n2", "127.0.0.1:0", &join);
+    let mut n3 = Server::start_in(root, "n3", "127.0.0.1:0", &join);
+    for n in [&n2, &n3] {
+        wait_for("a voting member", &n.log, || {
+            read(&n.log).contains("this node is a voting member")
+        });
+    }
+    ok(n2.coffer(&["kv", "put", "kept", "across restarts"]));
+    let before = ok(n1.coffer(&["node", "ls", "--format", "json"]));
+
+    for n in [&mut n1, &mut n2, &mut n3] {
+        assert!(n.stop("TERM").success());
+    }
+    // Each restarts alone first: none may need the others to start.
+    for n in [&mut n1, &mut n2, &mut n3] {
+        n.restart();
+    }
+    wait_for("a write after the restart", &n1.log, || {
+        n3.coffer(&["kv", "put", "after", "restart"])
+            .status
+            .success()
+    });
+    for n in [&n1, &n2, &n3] {
+        wait_for("the data on every member", &n.log, || {
+            stale_get(n, "kept").as_deref() == Some("across restarts")
+                && stale_get(n, "after").as_deref() == Some("restart")
+        });
+    }
+    let members = |listing: &str| -> Vec<(String, String)> {
+        let nodes: serde_json::Value = serde_json::from_str(listing).unwrap();
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["id"].to_string(), n["address"].to_string()))
+            .collect()
+    };
+    let mut after = String::new();
+    wait_for("every member reachable again", &n1.log, || {
+        let out = n2.coffer(&["node", "ls", "--format", "json"]);
+        after = String::from_utf8_lossy(&out.stdout).to_string();
+        out.status.success() && !after.contains("\"reachable\":false")
+    });
+    assert_eq!(members(&before), members(&after));
+}
