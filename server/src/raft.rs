@@ -127,11 +127,15 @@ impl pb::raft_server::Raft for RaftService {
             .map_err(crate::status::from_store)?;
         // Any early return drops `receiver`, which discards what arrived
         // and ends its lease renewals.
+        let started = std::time::Instant::now();
+        let (mut frames, mut bytes) = (0u64, 0u64);
         loop {
             match next_chunk(&mut chunks).await? {
                 Some(pb::snapshot_chunk::Chunk::Frame(frame)) => {
                     tokio::task::block_in_place(|| receiver.write_frame(&frame))
                         .map_err(crate::status::from_store)?;
+                    frames += 1;
+                    bytes += frame.len() as u64;
                 }
                 Some(pb::snapshot_chunk::Chunk::Vote(_)) => {
                     return Err(bad_message("a second vote in a snapshot stream"))
@@ -140,6 +144,13 @@ impl pb::raft_server::Raft for RaftService {
             }
         }
         let answer = receiver.finish().await.map_err(crate::status::from_store)?;
+        tracing::info!(
+            from = format_args!("{:016x}", vote.leader_id.node_id),
+            frames,
+            bytes,
+            elapsed = ?started.elapsed(),
+            "installed a snapshot"
+        );
         let payload = wire::encode_snapshot_response(&answer).map_err(encode_failed)?;
         Ok(Response::new(pb::RaftMessage { payload }))
     }
