@@ -18,6 +18,8 @@ use coffer_vault::ca::{NodeKey, Role, RootCa, NODE_CERT_VALIDITY};
 use tokio::sync::watch;
 
 const DEADLINE: Duration = Duration::from_secs(60);
+/// How often a wait looks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 struct Node {
     id: u64,
@@ -86,7 +88,7 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: imp
     let deadline = Instant::now() + DEADLINE;
     while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 

@@ -8,6 +8,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
+/// How often a wait looks again.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
@@ -23,7 +25,7 @@ pub fn wait_for(what: &str, log: &Path, mut check: impl FnMut() -> bool) {
             log.display(),
             read(log)
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(POLL_INTERVAL);
     }
 }
 
