@@ -11,7 +11,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::client::Target;
+use crate::pb::cluster_client::ClusterClient;
 use crate::server;
+use tonic::transport::Channel;
 
 /// Coffer: a replicated, encrypted-at-rest state store and secrets vault.
 #[derive(Debug, Parser)]
@@ -263,27 +265,34 @@ fn target(host: Option<&str>, data_dir: PathBuf) -> Result<Target> {
     }
 }
 
-async fn ca(target: &Target) -> Result<ExitCode> {
-    let mut connection = crate::client::Connection::open(target).await?;
-    let answer = connection
-        .cluster
-        .root_ca(crate::pb::RootCaRequest {})
-        .await
-        .map_err(crate::status::failed);
+/// Opens a connection, makes one `Cluster` call, closes the connection
+/// (a store opened in-process too), and gives the answer.
+async fn cluster_call<T, F, Fut>(target: &Target, call: F) -> Result<T>
+where
+    F: FnOnce(ClusterClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let connection = crate::client::Connection::open(target).await?;
+    let answer = call(connection.cluster.clone()).await;
     connection.close().await?;
-    print!("{}", answer?.into_inner().certificate_pem);
+    Ok(answer.map_err(crate::status::failed)?.into_inner())
+}
+
+async fn ca(target: &Target) -> Result<ExitCode> {
+    let answer = cluster_call(target, |mut c| async move {
+        c.root_ca(crate::pb::RootCaRequest {}).await
+    })
+    .await?;
+    print!("{}", answer.certificate_pem);
     Ok(ExitCode::SUCCESS)
 }
 
 async fn node_ls(target: &Target, format: Format) -> Result<ExitCode> {
-    let mut connection = crate::client::Connection::open(target).await?;
-    let answer = connection
-        .cluster
-        .list_nodes(crate::pb::ListNodesRequest {})
-        .await
-        .map_err(crate::status::failed);
-    connection.close().await?;
-    let mut nodes = answer?.into_inner().nodes;
+    let answer = cluster_call(target, |mut c| async move {
+        c.list_nodes(crate::pb::ListNodesRequest {}).await
+    })
+    .await?;
+    let mut nodes = answer.nodes;
     nodes.sort_by_key(|n| n.id);
     match format {
         Format::Json => {
@@ -324,17 +333,11 @@ async fn node_ls(target: &Target, format: Format) -> Result<ExitCode> {
 }
 
 async fn join_token(target: &Target, rotate: bool, quiet: bool, role: String) -> Result<ExitCode> {
-    let mut connection = crate::client::Connection::open(target).await?;
-    let answer = connection
-        .cluster
-        .join_token(crate::pb::JoinTokenRequest {
-            role: role.clone(),
-            rotate,
-        })
-        .await
-        .map_err(crate::status::failed);
-    connection.close().await?;
-    let answer = answer?.into_inner();
+    let request = crate::pb::JoinTokenRequest {
+        role: role.clone(),
+        rotate,
+    };
+    let answer = cluster_call(target, |mut c| async move { c.join_token(request).await }).await?;
     if quiet {
         println!("{}", answer.token);
     } else {

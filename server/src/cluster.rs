@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::pb;
-use crate::raft::GrpcTransport;
+use crate::raft::{forwarded, member_addr, was_forwarded, GrpcTransport};
 use crate::status::{from_store, from_vault, no_cluster};
 
 /// How long `AddMember` waits for a new member to catch up before it
@@ -33,8 +33,6 @@ pub struct ClusterService {
 
 /// How long a node has to answer `node ls`'s health check.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
-/// Marks a call one member forwarded to the leader.
-const FORWARDED: &str = "coffer-forwarded";
 
 impl ClusterService {
     pub fn new(store: Store, local: bool, peers: Option<GrpcTransport>) -> ClusterService {
@@ -79,14 +77,7 @@ impl ClusterService {
         match self.store.leader() {
             Some(leader) if leader == self.store.node_id() => Ok(()),
             Some(leader) => {
-                let addr = self
-                    .store
-                    .metrics()
-                    .membership_config
-                    .membership()
-                    .get_node(&leader)
-                    .map(|n| n.addr.clone())
-                    .unwrap_or_default();
+                let addr = member_addr(&self.store, leader).unwrap_or_default();
                 Err(Status::unavailable(format!(
                     "this node is not the leader; the leader is node {leader:016x} at {addr}"
                 )))
@@ -161,12 +152,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             return Err(Status::invalid_argument("advertise_addr must be HOST:PORT"));
         }
         let id = caller.node;
-        let membership = self.store.metrics().membership_config;
-        let known = membership
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone());
-        match known {
+        match member_addr(&self.store, id) {
             Some(known) if known == addr => {}
             Some(_) => self
                 .store
@@ -211,24 +197,14 @@ impl pb::cluster_server::Cluster for ClusterService {
         let leader = metrics.current_leader;
         if leader != Some(me) {
             // The leader's view, so that every member shows the same one.
-            let forwarded = request.metadata().contains_key(FORWARDED);
-            let addr = leader.and_then(|l| {
-                metrics
-                    .membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-            });
+            let addr = leader.and_then(|l| member_addr(&self.store, l));
             return match (&self.peers, addr) {
-                (Some(peers), Some(addr)) if !forwarded => {
+                (Some(peers), Some(addr)) if !was_forwarded(request.metadata()) => {
                     let channel = peers.channel(&addr).map_err(|e| {
                         Status::unavailable(format!("reaching the leader at {addr}: {e}"))
                     })?;
-                    let mut call = Request::new(pb::ListNodesRequest {});
-                    call.metadata_mut()
-                        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
                     pb::cluster_client::ClusterClient::new(channel)
-                        .list_nodes(call)
+                        .list_nodes(forwarded(pb::ListNodesRequest {}))
                         .await
                 }
                 _ => Err(Status::unavailable(
@@ -275,15 +251,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         .map_err(from_vault)?;
         let token = tokens.token(role, &cluster.ca).to_token_string();
-        let me = self.store.node_id();
-        let join_addr = self
-            .store
-            .metrics()
-            .membership_config
-            .membership()
-            .get_node(&me)
-            .map(|n| n.addr.clone())
-            .unwrap_or_default();
+        let join_addr = member_addr(&self.store, self.store.node_id()).unwrap_or_default();
         Ok(Response::new(pb::JoinTokenResponse {
             token: token.to_string(),
             join_addr,

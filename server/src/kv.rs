@@ -15,11 +15,11 @@ use tonic::{Request, Response, Status};
 
 use coffer_vault::SYSTEM_PREFIX;
 
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 
 use crate::pb;
-use crate::raft::GrpcTransport;
+use crate::raft::{forwarded, was_forwarded, GrpcTransport};
 use crate::server::MAX_MESSAGE_BYTES;
 use crate::status::{from_store, invalid};
 
@@ -40,19 +40,6 @@ pub struct KvService {
     /// How a member reaches the leader with what it cannot serve itself:
     /// writes and linearizable reads (none for a store a command opened).
     leader: Option<GrpcTransport>,
-}
-
-/// Marks a request one member forwarded to the leader; it is never
-/// forwarded again (a leader that changed meanwhile answers UNAVAILABLE
-/// and the client retries).
-const FORWARDED: &str = "coffer-forwarded";
-
-fn forwarded<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(FORWARDED, MetadataValue::from_static("1"));
-    request
 }
 
 impl KvService {
@@ -84,7 +71,7 @@ impl KvService {
                     leader_addr: Some(addr),
                     ..
                 },
-            ) if !metadata.contains_key(FORWARDED) => {
+            ) if !was_forwarded(metadata) => {
                 let channel = transport.channel(addr).map_err(|e| {
                     Status::unavailable(format!("forwarding to the leader at {addr}: {e}"))
                 })?;

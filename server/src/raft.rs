@@ -173,6 +173,35 @@ async fn next_chunk(
     }
 }
 
+/// Marks a request one member forwarded to the leader; it is never
+/// forwarded again (a leader that changed meanwhile answers UNAVAILABLE
+/// and the client retries).
+const FORWARDED: &str = "coffer-forwarded";
+
+/// `message` as a request forwarded to the leader.
+pub fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+/// Whether a request came forwarded from another member.
+pub fn was_forwarded(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata.contains_key(FORWARDED)
+}
+
+/// The address member `id` is reached at, as `store`'s membership has it.
+pub fn member_addr(store: &Store, id: NodeId) -> Option<String> {
+    store
+        .metrics()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.addr.clone())
+}
+
 /// How a member dials another: the mTLS client configuration (this node's
 /// certificate), set once the identity is loaded and swapped on renewal.
 type Dialer = Arc<RwLock<Option<Arc<rustls::ClientConfig>>>>;
