@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use coffer_vault::ca::Role;
 
 use crate::client::Target;
 use crate::pb::cluster_client::ClusterClient;
@@ -185,11 +186,34 @@ pub enum LeaseCommand {
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Lists the nodes as the leader sees them: id, address, role,
-    /// membership (voter or learner), whether it answers now, and which
-    /// one leads.
+    /// membership (voter, learner, or none for a worker), whether it
+    /// answers now, and which one leads.
     Ls {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+    /// Removes a node for good: its id and certificate are refused from
+    /// then on. A manager must be demoted first; a worker that still
+    /// answers needs --force.
+    Rm {
+        /// Remove a worker that still answers.
+        #[arg(long)]
+        force: bool,
+        /// The node's id, or a prefix of it that names one node.
+        node: String,
+    },
+    /// Makes a worker a manager: it gets a manager certificate and a
+    /// replica of the store, and votes.
+    Promote {
+        /// The node's id, or a prefix of it that names one node.
+        node: String,
+    },
+    /// Makes a manager a worker: it stops voting at once and drops its
+    /// replica. Refused for the last manager, or when the managers left
+    /// would not have a reachable quorum.
+    Demote {
+        /// The node's id, or a prefix of it that names one node.
+        node: String,
     },
 }
 
@@ -244,9 +268,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Kv(cmd) => kv::run(&target(cli.host.as_deref(), cli.data_dir)?, cmd).await,
         Command::Ca => ca(&target(cli.host.as_deref(), cli.data_dir)?).await,
-        Command::Node(NodeCommand::Ls { format }) => {
-            node_ls(&target(cli.host.as_deref(), cli.data_dir)?, format).await
-        }
+        Command::Node(cmd) => node(&target(cli.host.as_deref(), cli.data_dir)?, cmd).await,
         Command::JoinToken {
             rotate,
             quiet,
@@ -284,6 +306,32 @@ async fn ca(target: &Target) -> Result<ExitCode> {
     })
     .await?;
     print!("{}", answer.certificate_pem);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn node(target: &Target, cmd: NodeCommand) -> Result<ExitCode> {
+    let (node, role) = match cmd {
+        NodeCommand::Ls { format } => return node_ls(target, format).await,
+        NodeCommand::Rm { force, node } => {
+            let request = crate::pb::RemoveNodeRequest { node, force };
+            let answer =
+                cluster_call(target, |mut c| async move { c.remove_node(request).await }).await?;
+            println!("{:016x}", answer.id);
+            return Ok(ExitCode::SUCCESS);
+        }
+        NodeCommand::Promote { node } => (node, Role::Manager),
+        NodeCommand::Demote { node } => (node, Role::Worker),
+    };
+    let request = crate::pb::SetRoleRequest {
+        node,
+        role: role.to_string(),
+    };
+    let answer = cluster_call(target, |mut c| async move { c.set_role(request).await }).await?;
+    if answer.previous_role == role.to_string() {
+        println!("node {:016x} is already a {role}", answer.id);
+    } else {
+        println!("node {:016x} is now a {role}", answer.id);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -194,10 +194,12 @@ impl Connection {
 
 /// An endpoint for a node's TCP port and the connector that dials it over
 /// mTLS with `config` (see [`crate::tls::client_config`]): it trusts the
-/// cluster's CA alone, and the node must present a manager's certificate.
+/// cluster's CA alone, and the node must present a certificate for
+/// `server_name` ([`MANAGER_SERVER_NAME`] for any manager).
 fn tls_endpoint(
     addr: &str,
     config: std::sync::Arc<rustls::ClientConfig>,
+    server_name: &str,
 ) -> Result<(
     Endpoint,
     impl tower::Service<
@@ -210,8 +212,8 @@ fn tls_endpoint(
         + 'static,
 )> {
     let connector = tokio_rustls::TlsConnector::from(config);
-    let server_name = rustls::pki_types::ServerName::try_from(MANAGER_SERVER_NAME)
-        .context("the managers' server name")?;
+    let server_name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .context("the node's server name")?;
     let target = addr.to_string();
     // The scheme is http: TLS is this connector's, not tonic's.
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
@@ -233,7 +235,7 @@ fn tls_endpoint(
 
 /// A channel to a node's TCP port over mTLS, connected now.
 pub async fn connect_tls(addr: &str, config: rustls::ClientConfig) -> Result<Channel> {
-    let (endpoint, dial) = tls_endpoint(addr, std::sync::Arc::new(config))?;
+    let (endpoint, dial) = tls_endpoint(addr, std::sync::Arc::new(config), MANAGER_SERVER_NAME)?;
     endpoint
         .timeout(REQUEST_TIMEOUT)
         .connect_with_connector(dial)
@@ -241,13 +243,15 @@ pub async fn connect_tls(addr: &str, config: rustls::ClientConfig) -> Result<Cha
         .with_context(|| format!("connecting to {addr}"))
 }
 
-/// A channel to a node's TCP port over mTLS that connects on first use
-/// and reconnects after failures (for the Raft transport).
+/// A channel to the port of a node that presents a certificate for
+/// `server_name`, over mTLS; it connects on first use and reconnects after
+/// failures (for the Raft transport).
 pub fn lazy_tls_channel(
     addr: &str,
     config: std::sync::Arc<rustls::ClientConfig>,
+    server_name: &str,
 ) -> Result<Channel> {
-    let (endpoint, dial) = tls_endpoint(addr, config)?;
+    let (endpoint, dial) = tls_endpoint(addr, config, server_name)?;
     Ok(endpoint.connect_with_connector_lazy(dial))
 }
 

@@ -2,16 +2,17 @@
 //! the digest in its token), joining with a token, managers adding
 //! themselves as voting members, and the join tokens.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use coffer_store::Store;
+use coffer_store::{Consistency, Store};
 use coffer_vault::ca::Role;
 use coffer_vault::cluster::Cluster;
+use coffer_vault::nodes::{self, NodeRecord, NodeState};
 use coffer_vault::tokens::JoinTokens;
 use tonic::{Request, Response, Status};
 
-use crate::auth;
+use crate::auth::Guard;
 use crate::pb;
 use crate::raft::{forwarded, member_addr, was_forwarded, GrpcTransport};
 use crate::status::{from_store, from_vault, no_cluster};
@@ -29,26 +30,131 @@ pub struct ClusterService {
     /// How this member reaches the others (none for a store a command
     /// opened): health checks, and calls only the leader answers.
     peers: Option<GrpcTransport>,
+    guard: Guard,
 }
 
 /// How long a node has to answer `node ls`'s health check.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl ClusterService {
-    pub fn new(store: Store, local: bool, peers: Option<GrpcTransport>) -> ClusterService {
+    pub fn new(
+        store: Store,
+        local: bool,
+        peers: Option<GrpcTransport>,
+        guard: Guard,
+    ) -> ClusterService {
         ClusterService {
             store,
             local,
             peers,
+            guard,
         }
     }
 
-    /// Whether the member at `addr` answers a health check now.
-    async fn reachable(&self, addr: &str) -> bool {
+    /// Whether node `id` is in the Raft membership (voter or learner).
+    fn is_member(&self, id: u64) -> bool {
+        let membership = self.store.metrics().membership_config;
+        membership.membership().get_node(&id).is_some()
+    }
+
+    /// Admits a local caller, or a manager of this cluster.
+    fn managers_or_local<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if !self.local {
+            self.guard
+                .managers(request)
+                .map_err(crate::status::from_auth)?;
+        }
+        Ok(())
+    }
+
+    /// A client of the leader when this member does not lead and the call
+    /// was not already forwarded to it (`None`: answer here).
+    fn leader_client(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Option<pb::cluster_client::ClusterClient<tonic::transport::Channel>>, Status> {
+        let leader = self.store.leader();
+        if leader == Some(self.store.node_id()) {
+            return Ok(None);
+        }
+        let addr = leader.and_then(|l| member_addr(&self.store, l));
+        match (&self.peers, addr) {
+            (Some(peers), Some(addr)) if !was_forwarded(metadata) => {
+                let channel = peers.channel(&addr).map_err(|e| {
+                    Status::unavailable(format!("reaching the leader at {addr}: {e}"))
+                })?;
+                Ok(Some(pb::cluster_client::ClusterClient::new(channel)))
+            }
+            _ => Err(Status::unavailable(
+                "no leader is known: the cluster has no quorum now",
+            )),
+        }
+    }
+
+    /// The cluster's nodes (removed ones left out): every node record, and
+    /// any Raft member that has none (a manager from before node records),
+    /// at the address the membership has for members.
+    async fn nodes(&self) -> Result<BTreeMap<u64, NodeRecord>, Status> {
+        let mut nodes: BTreeMap<u64, NodeRecord> =
+            NodeRecord::list(&self.store, Consistency::Linearizable)
+                .await
+                .map_err(from_vault)?
+                .into_iter()
+                .filter(|n| !n.is_removed())
+                .map(|n| (n.id, n))
+                .collect();
+        let membership = self.store.metrics().membership_config;
+        for (id, member) in membership.membership().nodes() {
+            let node = nodes.entry(*id).or_insert_with(|| NodeRecord {
+                id: *id,
+                role: Role::Manager,
+                addr: String::new(),
+                state: NodeState::Active,
+            });
+            node.addr.clone_from(&member.addr);
+        }
+        Ok(nodes)
+    }
+
+    /// The node `text` names: its id in hex, or a prefix of one id's 16
+    /// digits.
+    async fn resolve(&self, text: &str) -> Result<NodeRecord, Status> {
+        let wanted = text.trim().to_ascii_lowercase();
+        if wanted.is_empty() || wanted.len() > 16 || !wanted.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(Status::invalid_argument(format!(
+                "{text:?} is not a node id: `coffer node ls` shows them (hex)"
+            )));
+        }
+        let mut nodes = self.nodes().await?;
+        // The id itself, leading zeros or not; else a prefix of its 16
+        // digits.
+        if let Some(node) = u64::from_str_radix(&wanted, 16)
+            .ok()
+            .and_then(|id| nodes.remove(&id))
+        {
+            return Ok(node);
+        }
+        let mut found = nodes
+            .into_values()
+            .filter(|n| format!("{:016x}", n.id).starts_with(&wanted));
+        match (found.next(), found.next()) {
+            (Some(node), None) => Ok(node),
+            (None, _) => Err(Status::not_found(format!(
+                "no node {wanted} in this cluster"
+            ))),
+            (Some(_), Some(_)) => Err(Status::invalid_argument(format!(
+                "{wanted} names more than one node: give more of the id"
+            ))),
+        }
+    }
+
+    /// Whether node `id` answers a health check at `addr` now.
+    async fn reachable(&self, id: u64, addr: &str) -> bool {
         let Some(peers) = &self.peers else {
             return false;
         };
-        let Ok(channel) = peers.channel(addr) else {
+        let Ok(channel) = peers.node_channel(addr, id) else {
             return false;
         };
         let mut request = Request::new(tonic_health::pb::HealthCheckRequest {
@@ -83,6 +189,74 @@ impl ClusterService {
                 )))
             }
             None => Err(Status::unavailable("no leader is known yet; try again")),
+        }
+    }
+}
+
+impl ClusterService {
+    /// Refuses SwarmKit's unsafe demotions: the last manager, and a
+    /// change that leaves the remaining voters without a reachable
+    /// quorum.
+    async fn check_demotion(&self, id: u64) -> Result<(), Status> {
+        let managers: Vec<NodeRecord> = self
+            .nodes()
+            .await?
+            .into_values()
+            .filter(|n| n.role == Role::Manager)
+            .collect();
+        if managers.iter().all(|n| n.id == id) {
+            return Err(Status::failed_precondition(format!(
+                "node {id:016x} is the last manager: promote another node first"
+            )));
+        }
+        let membership = self.store.metrics().membership_config.membership().clone();
+        let remaining: Vec<(u64, String)> = membership
+            .voter_ids()
+            .filter(|v| *v != id)
+            .filter_map(|v| membership.get_node(&v).map(|n| (v, n.addr.clone())))
+            .collect();
+        if remaining.len() == membership.voter_ids().count() {
+            // Not a voter: its leaving changes no quorum.
+            return Ok(());
+        }
+        let me = self.store.node_id();
+        let mut reachable = 0;
+        for (voter, addr) in &remaining {
+            if *voter == me || self.reachable(*voter, addr).await {
+                reachable += 1;
+            }
+        }
+        let quorum = remaining.len() / 2 + 1;
+        if reachable < quorum {
+            return Err(Status::failed_precondition(format!(
+                "demoting node {id:016x} would leave {} managers of which {reachable} answer, fewer than the {quorum} a quorum needs: bring the others back first",
+                remaining.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Keeps the record of manager `id` current with the address it
+    /// gives, and refuses a manager the cluster has demoted (its manager
+    /// certificate outlives the role until it renews).
+    async fn record_manager(&self, id: u64, addr: &str) -> Result<(), Status> {
+        let record = NodeRecord::load(&self.store, id)
+            .await
+            .map_err(from_vault)?;
+        match record {
+            Some(node) if node.is_removed() => Err(crate::status::from_auth(
+                crate::auth::AuthError::Removed(id),
+            )),
+            Some(node) if node.role != Role::Manager => Err(Status::failed_precondition(format!(
+                "node {id:016x} was demoted to {}: it cannot become a voter",
+                node.role
+            ))),
+            Some(node) if node.addr == addr => Ok(()),
+            _ => NodeRecord::active(id, Role::Manager, addr)
+                .map_err(from_vault)?
+                .save(&self.store)
+                .await
+                .map_err(from_vault),
         }
     }
 }
@@ -124,10 +298,16 @@ impl pb::cluster_server::Cluster for ClusterService {
             .map_err(from_vault)?
             .ok_or_else(no_cluster)?;
         let membership = self.store.metrics().membership_config;
-        let taken: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+        let mut taken = nodes::ids_taken(&self.store).await.map_err(from_vault)?;
+        taken.extend(membership.nodes().map(|(id, _)| *id));
         let admitted =
             coffer_vault::join::admit(&cluster, &tokens, &request.token, &request.csr, &taken)
                 .map_err(from_vault)?;
+        NodeRecord::active(admitted.node, admitted.role, &request.advertise_addr)
+            .map_err(from_vault)?
+            .save(&self.store)
+            .await
+            .map_err(from_vault)?;
         tracing::info!(
             node = format_args!("{:016x}", admitted.node),
             role = %admitted.role,
@@ -145,13 +325,17 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
-        let caller = auth::managers(&request).map_err(crate::status::from_auth)?;
+        let caller = self
+            .guard
+            .managers(&request)
+            .map_err(crate::status::from_auth)?;
         self.leading()?;
         let addr = request.into_inner().advertise_addr;
-        if addr.is_empty() || addr.len() > 1024 {
+        if addr.is_empty() || addr.len() > nodes::ADDR_BYTES_MAX {
             return Err(Status::invalid_argument("advertise_addr must be HOST:PORT"));
         }
         let id = caller.node;
+        self.record_manager(id, &addr).await?;
         match member_addr(&self.store, id) {
             Some(known) if known == addr => {}
             Some(_) => self
@@ -189,58 +373,101 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        if !self.local {
-            auth::managers(&request).map_err(crate::status::from_auth)?;
+        self.managers_or_local(&request)?;
+        // The leader's view, so that every member shows the same one.
+        if let Some(mut leader) = self.leader_client(request.metadata())? {
+            return leader.list_nodes(forwarded(pb::ListNodesRequest {})).await;
         }
         let me = self.store.node_id();
-        let metrics = self.store.metrics();
-        let leader = metrics.current_leader;
-        if leader != Some(me) {
-            // The leader's view, so that every member shows the same one.
-            let addr = leader.and_then(|l| member_addr(&self.store, l));
-            return match (&self.peers, addr) {
-                (Some(peers), Some(addr)) if !was_forwarded(request.metadata()) => {
-                    let channel = peers.channel(&addr).map_err(|e| {
-                        Status::unavailable(format!("reaching the leader at {addr}: {e}"))
-                    })?;
-                    pb::cluster_client::ClusterClient::new(channel)
-                        .list_nodes(forwarded(pb::ListNodesRequest {}))
-                        .await
-                }
-                _ => Err(Status::unavailable(
-                    "no leader is known: the cluster has no quorum now",
-                )),
-            };
-        }
-        let membership = metrics.membership_config.membership().clone();
+        let membership = self.store.metrics().membership_config.membership().clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let mut nodes = Vec::new();
-        for (id, node) in membership.nodes() {
-            let reachable = *id == me || self.reachable(&node.addr).await;
+        for node in self.nodes().await?.into_values() {
+            let reachable = node.id == me || self.reachable(node.id, &node.addr).await;
+            let membership = if voters.contains(&node.id) {
+                "voter"
+            } else if membership.get_node(&node.id).is_some() {
+                "learner"
+            } else {
+                "none"
+            };
             nodes.push(pb::Node {
-                id: *id,
-                address: node.addr.clone(),
-                role: Role::Manager.to_string(),
-                membership: if voters.contains(id) {
-                    "voter"
-                } else {
-                    "learner"
-                }
-                .into(),
-                leader: *id == me,
+                id: node.id,
+                address: node.addr,
+                role: node.role.to_string(),
+                membership: membership.into(),
+                leader: node.id == me,
                 reachable,
             });
         }
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        self.managers_or_local(&request)?;
+        if let Some(mut leader) = self.leader_client(request.metadata())? {
+            return leader.remove_node(forwarded(request.into_inner())).await;
+        }
+        let request = request.into_inner();
+        let mut node = self.resolve(&request.node).await?;
+        let id = node.id;
+        let member = self.is_member(id);
+        if node.role == Role::Manager || member {
+            return Err(Status::failed_precondition(format!(
+                "node {id:016x} is a manager: demote it first (coffer node demote {id:016x})"
+            )));
+        }
+        if !request.force && self.reachable(id, &node.addr).await {
+            return Err(Status::failed_precondition(format!(
+                "node {id:016x} is up and answering: stop it first, or remove it anyway with --force"
+            )));
+        }
+        node.state = NodeState::Removed;
+        node.save(&self.store).await.map_err(from_vault)?;
+        tracing::info!(node = format_args!("{id:016x}"), "removed a node");
+        Ok(Response::new(pb::RemoveNodeResponse { id }))
+    }
+
+    async fn set_role(
+        &self,
+        request: Request<pb::SetRoleRequest>,
+    ) -> Result<Response<pb::SetRoleResponse>, Status> {
+        self.managers_or_local(&request)?;
+        if let Some(mut leader) = self.leader_client(request.metadata())? {
+            return leader.set_role(forwarded(request.into_inner())).await;
+        }
+        let request = request.into_inner();
+        let wanted = role(&request.role)?;
+        let mut node = self.resolve(&request.node).await?;
+        let (id, previous) = (node.id, node.role);
+        if wanted == Role::Worker {
+            self.check_demotion(id).await?;
+        }
+        if previous != wanted {
+            node.role = wanted;
+            node.save(&self.store).await.map_err(from_vault)?;
+            tracing::info!(node = format_args!("{id:016x}"), role = %wanted, "changed a node's role");
+        }
+        let member = self.is_member(id);
+        if wanted == Role::Worker && member {
+            // Out of the membership at once: the node's vote no longer
+            // counts, and it drops its replica when it sees its new role.
+            self.store.remove_member(id).await.map_err(from_store)?;
+        }
+        Ok(Response::new(pb::SetRoleResponse {
+            id,
+            previous_role: previous.to_string(),
+        }))
+    }
+
     async fn join_token(
         &self,
         request: Request<pb::JoinTokenRequest>,
     ) -> Result<Response<pb::JoinTokenResponse>, Status> {
-        if !self.local {
-            auth::managers(&request).map_err(crate::status::from_auth)?;
-        }
+        self.managers_or_local(&request)?;
         let request = request.into_inner();
         let role = role(&request.role)?;
         let cluster = self.cluster().await?;

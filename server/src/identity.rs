@@ -2,7 +2,8 @@
 //! (the certificate, PEM: public), `<data-dir>/identity/ca.crt` (the
 //! cluster's root CA certificate, PEM: public) and
 //! `<data-dir>/identity/node.key` (the private key, sealed under the
-//! store's keys: unreadable without them). The public files tell a
+//! data directory's keys, `keys/`: unreadable without them; a worker
+//! has those keys and no store). The public files tell a
 //! restarting node who it is before it opens its store.
 //!
 //! The first node of a cluster issues its own certificate from the CA it
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use coffer_store::Store;
+use coffer_store::LocalKeys;
 use coffer_vault::ca::{pem, NodeCert, NodeKey, Role, RootCa, NODE_CERT_VALIDITY};
 use tracing::info;
 
@@ -25,7 +26,7 @@ const IDENTITY_DIR: &str = "identity";
 const CERT_FILE: &str = "node.crt";
 const CA_FILE: &str = "ca.crt";
 const KEY_FILE: &str = "node.key";
-/// What the key is sealed for (see `Store::seal_local`).
+/// What the key is sealed for (see `LocalKeys::seal`).
 const KEY_PURPOSE: &str = "node-tls-key";
 /// Certificates or keys larger than this are damage, not data.
 const FILE_BYTES_MAX: u64 = 64 << 10;
@@ -122,7 +123,7 @@ pub fn on_disk(data_dir: &Path) -> Result<Option<(NodeCert, Vec<u8>)>> {
 }
 
 /// The identity on disk, if it is there and from `ca`.
-fn load_from(data_dir: &Path, store: &Store, ca: &RootCa) -> Result<Option<Identity>> {
+fn load_from(data_dir: &Path, keys: &LocalKeys, ca: &RootCa) -> Result<Option<Identity>> {
     let (cert_path, key_path, _) = paths(data_dir);
     let (Some(cert_der), Some(sealed)) = (read_pem(&cert_path)?, read_limited(&key_path)?) else {
         return Ok(None);
@@ -132,28 +133,28 @@ fn load_from(data_dir: &Path, store: &Store, ca: &RootCa) -> Result<Option<Ident
         // Issued by an earlier CA: issue a new one.
         Err(_) => return Ok(None),
     };
-    open_key(&key_path, &sealed, store, cert_der, cert).map(Some)
+    open_key(&key_path, &sealed, keys, cert_der, cert).map(Some)
 }
 
 /// The identity on disk (see [`on_disk`] for who it is).
-pub fn load(data_dir: &Path, store: &Store) -> Result<Identity> {
+pub fn load(data_dir: &Path, keys: &LocalKeys) -> Result<Identity> {
     let (cert_path, key_path, _) = paths(data_dir);
     let (Some(cert_der), Some(sealed)) = (read_pem(&cert_path)?, read_limited(&key_path)?) else {
         bail!("{} holds no identity", data_dir.display());
     };
     let cert = NodeCert::parse(&cert_der)?;
-    open_key(&key_path, &sealed, store, cert_der, cert)
+    open_key(&key_path, &sealed, keys, cert_der, cert)
 }
 
 fn open_key(
     key_path: &Path,
     sealed: &[u8],
-    store: &Store,
+    keys: &LocalKeys,
     cert_der: Vec<u8>,
     cert: NodeCert,
 ) -> Result<Identity> {
-    let key_der = store
-        .open_local(KEY_PURPOSE, sealed)
+    let key_der = keys
+        .open_sealed(KEY_PURPOSE, sealed)
         .with_context(|| format!("opening {}", key_path.display()))?;
     let key = NodeKey::from_pkcs8_der(key_der)
         .with_context(|| format!("reading the key in {}", key_path.display()))?;
@@ -168,7 +169,7 @@ fn open_key(
 /// on disk always has its key beside it.
 pub fn save(
     data_dir: &Path,
-    store: &Store,
+    keys: &LocalKeys,
     cert_der: &[u8],
     key: &NodeKey,
     ca_der: &[u8],
@@ -179,7 +180,7 @@ pub fn save(
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("creating {}", dir.display()))?;
-    let sealed = store.seal_local(KEY_PURPOSE, key.pkcs8_der())?;
+    let sealed = keys.seal(KEY_PURPOSE, key.pkcs8_der())?;
     write_atomic(&key_path, &sealed, 0o600)?;
     write_atomic(
         &dir.join(CA_FILE),
@@ -192,8 +193,13 @@ pub fn save(
 
 /// This manager's identity: the one on disk, or a new key and a
 /// certificate issued by `ca` for node `node` (see the module doc).
-pub fn load_or_issue(data_dir: &Path, store: &Store, ca: &RootCa, node: u64) -> Result<Identity> {
-    if let Some(identity) = load_from(data_dir, store, ca)? {
+pub fn load_or_issue(
+    data_dir: &Path,
+    keys: &LocalKeys,
+    ca: &RootCa,
+    node: u64,
+) -> Result<Identity> {
+    if let Some(identity) = load_from(data_dir, keys, ca)? {
         if identity.cert.node == node && !due_for_renewal(&identity.cert) {
             return Ok(identity);
         }
@@ -206,7 +212,7 @@ pub fn load_or_issue(data_dir: &Path, store: &Store, ca: &RootCa, node: u64) -> 
         NODE_CERT_VALIDITY,
     )?;
     let cert = NodeCert::verify(&cert_der, ca)?;
-    save(data_dir, store, &cert_der, &key, ca.cert_der())?;
+    save(data_dir, keys, &cert_der, &key, ca.cert_der())?;
     info!(
         node = format_args!("{node:016x}"),
         expires_in_days = (cert.not_after_unix - unix_now()) / 86_400,

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use coffer_vault::ca::{cert_digest, signing_request, NodeCert, NodeKey, Role};
+use coffer_vault::ca::{cert_digest, signing_request, NodeCert, NodeKey};
 use coffer_vault::tokens::JoinToken;
 use tracing::{info, warn};
 
@@ -26,8 +26,9 @@ pub struct Joined {
     pub ca_der: Vec<u8>,
 }
 
-/// Joins the cluster whose member listens at `addr`, with `token`.
-pub async fn join(addr: &str, token: &str) -> Result<Joined> {
+/// Joins the cluster whose member listens at `addr`, with `token`, as a
+/// node the others reach at `advertise`.
+pub async fn join(addr: &str, token: &str, advertise: &str) -> Result<Joined> {
     let parsed = JoinToken::parse(token)?;
     // No trust root yet: fetch the CA unverified, then pin it by digest.
     let insecure = connect_tls(addr, tls::danger_unverified_client_config()?).await?;
@@ -53,6 +54,7 @@ pub async fn join(addr: &str, token: &str) -> Result<Joined> {
         .join(pb::JoinRequest {
             token: token.trim().to_string(),
             csr,
+            advertise_addr: advertise.to_string(),
         })
         .await
         .map_err(failed)
@@ -111,14 +113,4 @@ pub async fn become_voter(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     bail!("not a voting member after {patience:?}: {last}")
-}
-
-/// Refuses roles this build cannot run.
-pub fn check_role(role: Role) -> Result<()> {
-    match role {
-        Role::Manager => Ok(()),
-        Role::Worker => bail!(
-            "this is a worker token: worker nodes (no replica of the store) are not served by this version yet; join with the manager token"
-        ),
-    }
 }

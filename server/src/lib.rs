@@ -20,3 +20,4 @@ pub mod server;
 pub mod signals;
 pub mod status;
 pub mod tls;
+pub mod worker;

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::Caller;
 use crate::pb;
 use crate::pb::raft_client::RaftClient;
+use coffer_vault::ca::{node_server_name, MANAGER_SERVER_NAME};
 
 /// The largest Raft message either way. A single log entry is at most the
 /// store's request limit (1.5 MiB) plus its header; an append-entries
@@ -236,16 +237,25 @@ impl GrpcTransport {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
+        let channel = self.dial(addr, MANAGER_SERVER_NAME)?;
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A channel of its own to node `id` (of any role) at `addr`, which
+    /// must present that node's certificate.
+    pub fn node_channel(&self, addr: &str, id: NodeId) -> Result<Channel, String> {
+        self.dial(addr, &node_server_name(id))
+    }
+
+    fn dial(&self, addr: &str, server_name: &str) -> Result<Channel, String> {
         let config = self
             .dialer
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| "this node has no certificate yet".to_string())?;
-        let channel =
-            crate::client::lazy_tls_channel(addr, config).map_err(|e| format!("{e:#}"))?;
-        channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        crate::client::lazy_tls_channel(addr, config, server_name).map_err(|e| format!("{e:#}"))
     }
 
     fn client(

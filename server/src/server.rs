@@ -18,6 +18,7 @@ use std::sync::Arc;
 use coffer_store::Bootstrap;
 use coffer_vault::ca::Role;
 use coffer_vault::cluster::Cluster;
+use coffer_vault::nodes::NodeRecord;
 use coffer_vault::tokens::JoinTokens;
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -32,7 +33,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer;
 use tracing::{debug, info, warn};
 
-use crate::auth::ManagersOnly;
+use crate::auth::{Guard, Removed};
 use crate::cluster::ClusterService;
 use crate::identity;
 use crate::kv::KvService;
@@ -101,9 +102,13 @@ impl std::fmt::Debug for JoinConfig {
 const BECOME_VOTER_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Who this node is at start-up.
-enum Start {
+pub(crate) enum Start {
     /// It has an identity: a restart.
-    Known { node: u64, ca_der: Vec<u8> },
+    Known {
+        node: u64,
+        role: Role,
+        ca_der: Vec<u8>,
+    },
     /// It just joined a cluster.
     Joined(crate::join::Joined),
     /// A new cluster (or a data directory from before identities).
@@ -116,6 +121,7 @@ fn services(
     stopping: watch::Receiver<bool>,
     local: bool,
     leader: Option<GrpcTransport>,
+    guard: Guard,
 ) -> (KvServer<KvService>, ClusterServer<ClusterService>) {
     let mut kv = KvService::new(store.clone(), stopping);
     if let Some(transport) = leader.clone() {
@@ -124,21 +130,26 @@ fn services(
     let kv = KvServer::new(kv)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let cluster = ClusterServer::new(ClusterService::new(store.clone(), local, leader));
+    let cluster = ClusterServer::new(ClusterService::new(store.clone(), local, leader, guard));
     (kv, cluster)
 }
 
-/// The standard health service (every service reported serving while the
-/// server runs) and server reflection over the `coffer.v1` descriptors.
-async fn health_and_reflection() -> Result<(
+/// The standard health service (the node, and on a manager the store's
+/// services, reported serving while the server runs) and server
+/// reflection over the `coffer.v1` descriptors.
+pub(crate) async fn health_and_reflection(
+    manager: bool,
+) -> Result<(
     HealthServer<impl tonic_health::pb::health_server::Health>,
     ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
 )> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<KvServer<KvService>>().await;
-    reporter
-        .set_serving::<ClusterServer<ClusterService>>()
-        .await;
+    if manager {
+        reporter.set_serving::<KvServer<KvService>>().await;
+        reporter
+            .set_serving::<ClusterServer<ClusterService>>()
+            .await;
+    }
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
@@ -149,7 +160,7 @@ async fn health_and_reflection() -> Result<(
     Ok((health, reflection))
 }
 
-fn builder() -> Server {
+pub(crate) fn builder() -> Server {
     Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .max_concurrent_streams(CONCURRENT_STREAMS_MAX)
@@ -163,8 +174,8 @@ pub async fn local_router(
     stopping: watch::Receiver<bool>,
     leader: Option<GrpcTransport>,
 ) -> Result<Router> {
-    let (kv, cluster) = services(store, stopping, true, leader);
-    let (health, reflection) = health_and_reflection().await?;
+    let (kv, cluster) = services(store, stopping, true, leader, Guard::default());
+    let (health, reflection) = health_and_reflection(true).await?;
     Ok(builder()
         .add_service(kv)
         .add_service(cluster)
@@ -173,21 +184,22 @@ pub async fn local_router(
 }
 
 /// Every service for the TCP port: the key/value store and Raft for this
-/// cluster's managers only ([`ManagersOnly`]), the cluster's CA, health
+/// cluster's managers only ([`Guard::managers_only`]), the cluster's CA, health
 /// and reflection for anyone.
 async fn tcp_router(
     store: &Store,
     stopping: watch::Receiver<bool>,
     leader: Option<GrpcTransport>,
 ) -> Result<Router> {
-    let (kv, cluster) = services(store, stopping, false, leader);
-    let (health, reflection) = health_and_reflection().await?;
+    let guard = Guard::new(Removed::follow(store.clone(), stopping.clone()).await);
+    let (kv, cluster) = services(store, stopping, false, leader, guard.clone());
+    let (health, reflection) = health_and_reflection(true).await?;
     let raft = RaftServer::new(RaftService::new(store.clone()))
         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     Ok(builder()
-        .add_service(InterceptedService::new(kv, ManagersOnly))
-        .add_service(InterceptedService::new(raft, ManagersOnly))
+        .add_service(InterceptedService::new(kv, guard.managers_only()))
+        .add_service(InterceptedService::new(raft, guard.managers_only()))
         .add_service(cluster)
         .add_service(health)
         .add_service(reflection))
@@ -238,7 +250,7 @@ async fn accept_tls(
     }
 }
 
-async fn until_stopped(mut stopping: watch::Receiver<bool>) {
+pub(crate) async fn until_stopped(mut stopping: watch::Receiver<bool>) {
     // An error means the sender is gone: stop as well.
     let _ = stopping.wait_for(|stop| *stop).await;
 }
@@ -255,12 +267,22 @@ pub async fn serve_port(
     leader: Option<GrpcTransport>,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>> {
     let router = tcp_router(store, stopping.clone(), leader).await?;
+    Ok(serve_tls(router, tls, tcp, stopping))
+}
+
+/// Serves `router` on `tcp` through `tls` until `stopping` turns true.
+pub(crate) fn serve_tls(
+    router: Router,
+    tls: Arc<rustls::ServerConfig>,
+    tcp: TcpListener,
+    stopping: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = Result<(), tonic::transport::Error>> {
     let (ready, handshaken) = mpsc::channel(HANDSHAKES_MAX);
     tokio::spawn(accept_tls(tcp, tls, ready, stopping.clone()));
-    Ok(router.serve_with_incoming_shutdown(
+    router.serve_with_incoming_shutdown(
         ReceiverStream::new(handshaken).map(Ok::<_, std::io::Error>),
         until_stopped(stopping),
-    ))
+    )
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -283,21 +305,28 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             }
             Start::Known {
                 node: cert.node,
+                role: cert.role,
                 ca_der,
             }
         }
         (None, Some(join)) => {
-            let joined = crate::join::join(&join.addr, &join.token).await?;
-            crate::join::check_role(joined.cert.role)?;
-            Start::Joined(joined)
+            Start::Joined(crate::join::join(&join.addr, &join.token, &advertise).await?)
         }
         (None, None) => Start::First,
     };
-    let (node, bootstrap) = match &start_as {
-        Start::Known { node, .. } => (*node, Bootstrap::Join),
-        Start::Joined(joined) => (joined.cert.node, Bootstrap::Join),
-        Start::First => (1, Bootstrap::SingleNode),
+    let (node, role, bootstrap) = match &start_as {
+        Start::Known { node, role, .. } => (*node, *role, Bootstrap::Join),
+        Start::Joined(joined) => (joined.cert.node, joined.cert.role, Bootstrap::Join),
+        Start::First => (1, Role::Manager, Bootstrap::SingleNode),
     };
+    if role == Role::Worker {
+        let (served, socket, stop) = crate::worker::start(dir, tcp, start_as).await?;
+        let outcome = until_signalled(&mut signals, served, stop).await;
+        remove_socket(&socket);
+        drop(lock);
+        info!("stopped");
+        return outcome;
+    }
     let transport = GrpcTransport::new();
     let store = Store::open_with_transport(
         Config::new(dir)
@@ -309,15 +338,35 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     .await
     .with_context(|| format!("opening the store in {}", dir.display()))?;
     let started = start(&config, &store, tcp, &advertise, &transport, start_as).await;
-    let (mut served, socket, stop) = match started {
+    let (served, socket, stop) = match started {
         Ok(started) => started,
         Err(e) => {
             store.shutdown().await.ok();
             return Err(e);
         }
     };
+    let outcome = until_signalled(&mut signals, served, stop).await;
+    remove_socket(&socket);
+    store.shutdown().await.context("closing the store")?;
+    drop(lock);
+    info!("stopped");
+    outcome
+}
 
-    let outcome = tokio::select! {
+fn remove_socket(socket: &Path) {
+    if let Err(e) = fs::remove_file(socket) {
+        warn!(socket = %socket.display(), "removing the socket: {e}");
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then stops taking connections and lets
+/// requests in flight finish for at most [`DRAIN_TIMEOUT`].
+async fn until_signalled(
+    signals: &mut Interrupts,
+    mut served: Served,
+    stop: watch::Sender<bool>,
+) -> Result<()> {
+    tokio::select! {
         () = signals.next() => {
             info!("stopping: finishing requests in flight");
             let _ = stop.send(true);
@@ -331,17 +380,10 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             }
         }
         result = &mut served => flatten(result).and_then(|()| bail!("the gRPC server stopped on its own")),
-    };
-    if let Err(e) = fs::remove_file(&socket) {
-        warn!(socket = %socket.display(), "removing the socket: {e}");
     }
-    store.shutdown().await.context("closing the store")?;
-    drop(lock);
-    info!("stopped");
-    outcome
 }
 
-type Served = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+pub(crate) type Served = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// Loads or creates the cluster and this node's identity, then serves the
 /// TCP port and binds and serves the socket (once the socket answers, so
@@ -356,13 +398,14 @@ async fn start(
 ) -> Result<(Served, PathBuf, watch::Sender<bool>)> {
     let dir = &config.data_dir;
     let addr = tcp.local_addr().context("the listening address")?;
+    let keys = store.local_keys();
     let mut voter_via = None;
     let (identity, ca_der) = match start_as {
-        Start::Known { ca_der, .. } => (identity::load(dir, store)?, ca_der),
+        Start::Known { ca_der, .. } => (identity::load(dir, &keys)?, ca_der),
         Start::Joined(joined) => {
-            identity::save(dir, store, &joined.cert_der, &joined.key, &joined.ca_der)?;
+            identity::save(dir, &keys, &joined.cert_der, &joined.key, &joined.ca_der)?;
             voter_via = config.join.as_ref().map(|j| j.addr.clone());
-            (identity::load(dir, store)?, joined.ca_der)
+            (identity::load(dir, &keys)?, joined.ca_der)
         }
         Start::First => {
             let cluster = Cluster::init_or_load(store)
@@ -371,7 +414,13 @@ async fn start(
             let tokens = JoinTokens::init_or_load(store)
                 .await
                 .context("creating the join tokens")?;
-            let identity = identity::load_or_issue(dir, store, &cluster.ca, store.node_id())?;
+            let identity = identity::load_or_issue(dir, &keys, &cluster.ca, store.node_id())?;
+            if NodeRecord::load(store, store.node_id()).await?.is_none() {
+                NodeRecord::active(store.node_id(), Role::Manager, advertise)?
+                    .save(store)
+                    .await
+                    .context("recording this node")?;
+            }
             let token = tokens.token(Role::Manager, &cluster.ca).to_token_string();
             // As `docker swarm init` does: the command that adds a manager,
             // on standard output (the token is a secret: never in the log).
@@ -436,7 +485,7 @@ fn flatten(
 /// The socket is bound in a fresh directory of mode 0700, given its mode
 /// there, and only then renamed into place: even in a data directory that
 /// others can enter, nobody can connect before the mode is set.
-fn bind_private(socket: &Path) -> Result<UnixListener> {
+pub(crate) fn bind_private(socket: &Path) -> Result<UnixListener> {
     let dir = socket.parent().unwrap_or(Path::new("."));
     match fs::remove_file(socket) {
         Ok(()) => {}

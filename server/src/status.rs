@@ -33,7 +33,7 @@ pub fn from_auth(e: crate::auth::AuthError) -> Status {
     use crate::auth::AuthError;
     let code = match e {
         AuthError::NoCertificate | AuthError::NotANode(_) => Code::Unauthenticated,
-        AuthError::NotAManager { .. } => Code::PermissionDenied,
+        AuthError::NotAManager { .. } | AuthError::Removed(_) => Code::PermissionDenied,
     };
     Status::new(code, e.to_string())
 }

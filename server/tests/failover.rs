@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use support::{coffer_at, ok, read, wait_for, Server};
+use support::{coffer_at, wait_for, Server};
 
 const ROUNDS: usize = 10;
 
@@ -37,16 +37,7 @@ fn leader_addr(via: &Server) -> Option<String> {
 fn acknowledged_writes_survive_leader_kills() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let n1 = Server::start_in(root, "n1", "127.0.0.1:0", &[]);
-    let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
-    let join = ["--join", n1.addr.as_str(), "--token", token.as_str()];
-    let n2 = Server::start_in(root, "n2", "127.0.0.1:0", &join);
-    let n3 = Server::start_in(root, "n3", "127.0.0.1:0", &join);
-    for n in [&n2, &n3] {
-        wait_for("a voting member", &n.log, || {
-            read(&n.log).contains("this node is a voting member")
-        });
-    }
+    let [n1, n2, n3] = support::three_managers(root);
     // Where a failed wait shows the story: the other nodes' logs are
     // beside it.
     let log = n2.log.clone();

@@ -70,9 +70,7 @@ fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
         &["--join", &n1.addr, "--token", &token],
     );
     for n in [&n2, &n3] {
-        wait_for("a voting member", &n.log, || {
-            read(&n.log).contains("this node is a voting member")
-        });
+        n.wait_until_voting();
     }
 
     ok(n1.coffer(&["kv", "put", "app/a", "one"]));
@@ -136,7 +134,9 @@ fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
         "not a Coffer join token",
     );
     let worker = ok(n1.coffer(&["join-token", "-q", "worker"]));
-    refused_join(root, "worker", &n1.addr, &worker, "worker nodes");
+    let rotated_worker = ok(n1.coffer(&["join-token", "--rotate", "-q", "worker"]));
+    assert_ne!(rotated_worker, worker);
+    refused_join(root, "worker", &n1.addr, &worker, "invalid join token");
     let rotated = ok(n1.coffer(&["join-token", "--rotate", "-q", "manager"]));
     assert_ne!(rotated, token);
     refused_join(root, "rotated", &n1.addr, &token, "invalid join token");
@@ -186,16 +186,7 @@ fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
 fn a_whole_cluster_restarts_from_disk() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let mut n1 = Server::start_in(root, "n1", "127.0.0.1:0", &[]);
-    let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
-    let join = ["--join", n1.addr.as_str(), "--token", token.as_str()];
-    let mut n2 = Server::start_in(root, "n2", "127.0.0.1:0", &join);
-    let mut n3 = Server::start_in(root, "n3", "127.0.0.1:0", &join);
-    for n in [&n2, &n3] {
-        wait_for("a voting member", &n.log, || {
-            read(&n.log).contains("this node is a voting member")
-        });
-    }
+    let [mut n1, mut n2, mut n3] = support::three_managers(root);
     ok(n2.coffer(&["kv", "put", "kept", "across restarts"]));
     let before = ok(n1.coffer(&["node", "ls", "--format", "json"]));
 

@@ -74,9 +74,7 @@ async fn a_late_manager_catches_up_from_a_100_mib_snapshot() {
         .unwrap()
     };
     let n2 = tokio::task::spawn_blocking(move || {
-        wait_for("the new member to vote", &n2.log, || {
-            read(&n2.log).contains("this node is a voting member")
-        });
+        n2.wait_until_voting();
         n2
     })
     .await

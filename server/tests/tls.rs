@@ -64,8 +64,13 @@ async fn only_this_clusters_managers_reach_the_store() {
     let store = Store::open(Config::new(dir.path())).await.unwrap();
     let cluster = Cluster::init_or_load(&store).await.unwrap();
     let ca = cluster.ca.clone();
-    let me =
-        coffer_server::identity::load_or_issue(dir.path(), &store, &ca, store.node_id()).unwrap();
+    let me = coffer_server::identity::load_or_issue(
+        dir.path(),
+        &store.local_keys(),
+        &ca,
+        store.node_id(),
+    )
+    .unwrap();
     let resolver = tls::NodeCertResolver::new(&me.cert_der, &me.key).unwrap();
     let server_tls = tls::server_config(ca.cert_der(), resolver).unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -78,6 +78,8 @@ pub use config::{Bootstrap, Config, Encryption, DEFAULT_QUOTA_BYTES};
 #[cfg(feature = "engine")]
 pub use engine::blocking;
 #[cfg(feature = "engine")]
+pub use engine::keys::LocalKeys;
+#[cfg(feature = "engine")]
 pub use engine::network::{NoPeers, Transport, TransportError};
 #[cfg(feature = "engine")]
 pub use engine::state_machine::LeaseInfo;

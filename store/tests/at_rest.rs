@@ -932,3 +932,38 @@ fn local_records_open_only_for_their_purpose_and_keyring() {
     });
     assert_no_panics("local_records");
 }
+
+/// A node with no store (a worker) seals its local records under keys of
+/// its own; a store opened later on the same directory uses the same keys
+/// and opens them.
+#[test]
+fn local_keys_without_a_store_are_the_later_stores_keys() {
+    let rt = runtime("local_keys_alone");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let node_dir = dir.path().join("node");
+        let keys = coffer_store::LocalKeys::open(&node_dir).unwrap();
+        assert_eq!(mode(&node_dir), 0o700);
+        assert_eq!(mode(&node_dir.join(keys::KEYS_DIR)), 0o700);
+        assert!(
+            !node_dir.join("db").exists(),
+            "no store without Store::open"
+        );
+        let secret = b"CANARY-worker-key".to_vec();
+        let sealed = keys.seal("node-key", &secret).unwrap();
+        assert!(find(&sealed, b"CANARY").is_none());
+        let again = coffer_store::LocalKeys::open(&node_dir).unwrap();
+        assert_eq!(
+            &*again.open_sealed("node-key", &sealed).unwrap(),
+            &secret[..]
+        );
+        assert!(again.open_sealed("other-purpose", &sealed).is_err());
+        let store = Store::open(Config::new(&node_dir)).await.unwrap();
+        assert_eq!(
+            &*store.open_local("node-key", &sealed).unwrap(),
+            &secret[..]
+        );
+        store.shutdown().await.unwrap();
+    });
+    assert_no_panics("local_keys_alone");
+}

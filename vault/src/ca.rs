@@ -50,7 +50,7 @@ impl Role {
         }
     }
 
-    fn from_unit(unit: &str) -> Option<Role> {
+    pub(crate) fn from_unit(unit: &str) -> Option<Role> {
         match unit {
             "coffer-manager" => Some(Role::Manager),
             "coffer-worker" => Some(Role::Worker),
@@ -70,6 +70,11 @@ impl fmt::Display for Role {
 
 /// The DNS name a client verifies when it dials a manager.
 pub const MANAGER_SERVER_NAME: &str = "coffer-manager";
+
+/// The DNS name a client verifies when it dials node `node` (any role).
+pub fn node_server_name(node: u64) -> String {
+    format!("coffer-node-{node:016x}")
+}
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
@@ -222,7 +227,7 @@ impl RootCa {
         params.distinguished_name = name;
         params.subject_alt_names = vec![
             SanType::DnsName(role.unit().try_into()?),
-            SanType::DnsName(format!("coffer-node-{node:016x}").try_into()?),
+            SanType::DnsName(node_server_name(node).try_into()?),
         ];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

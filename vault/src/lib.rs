@@ -15,6 +15,7 @@ pub mod ca;
 pub mod cluster;
 mod error;
 pub mod join;
+pub mod nodes;
 mod objects;
 mod record;
 pub mod tokens;

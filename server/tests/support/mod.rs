@@ -181,9 +181,30 @@ impl Server {
         self.wait()
     }
 
+    /// Waits until it logs that it is a voting member.
+    pub fn wait_until_voting(&self) {
+        wait_for("a voting member", &self.log, || {
+            self.log().contains("this node is a voting member")
+        });
+    }
+
     /// Starts it again on the same directory and address.
     pub fn restart(&mut self) {
         let (dir, log, addr) = (self.dir.clone(), self.log.clone(), self.addr.clone());
         *self = Server::start(&dir, &log, &addr, &[]);
     }
+}
+
+/// A cluster of three managers in `root/n1..n3`: n1 initialises it, n2
+/// and n3 join with the manager token; returns once both vote.
+pub fn three_managers(root: &Path) -> [Server; 3] {
+    let n1 = Server::start_in(root, "n1", "127.0.0.1:0", &[]);
+    let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
+    let join = ["--join", n1.addr.as_str(), "--token", token.as_str()];
+    let n2 = Server::start_in(root, "n2", "127.0.0.1:0", &join);
+    let n3 = Server::start_in(root, "n3", "127.0.0.1:0", &join);
+    for n in [&n2, &n3] {
+        n.wait_until_voting();
+    }
+    [n1, n2, n3]
 }

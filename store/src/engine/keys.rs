@@ -6,7 +6,10 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::OpenError;
+use std::sync::Arc;
+
+use crate::crypto::Cipher;
+use crate::error::{Error, OpenError};
 use crate::keyring::{self, KekSource, Keyring, KeyringError, KeyringFile};
 use crate::snapshot::sync_dir;
 use zeroize::Zeroizing;
@@ -152,4 +155,63 @@ pub fn open_keyring(dir: &Path, create: bool) -> Result<Keyring, OpenError> {
 /// Whether the directory already holds a store.
 pub fn has_data(dir: &Path) -> bool {
     File::open(dir.join("db").join("CURRENT")).is_ok()
+}
+
+/// Sealing for the files a node keeps outside its store (its TLS key,
+/// say), under the data directory's keyring: from a [`crate::Store`]
+/// (`Store::local_keys`), or on its own for a node that holds no store
+/// (a worker) through [`LocalKeys::open`].
+#[derive(Debug, Clone)]
+pub struct LocalKeys {
+    pub(crate) cipher: Arc<Cipher>,
+}
+
+impl LocalKeys {
+    /// The keys of the data directory `dir`: created (with `dir`, mode
+    /// 0700) if it holds none, and from then on the same keys a store
+    /// opened on `dir` uses.
+    pub fn open(dir: &Path) -> Result<LocalKeys, OpenError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+        let keyring = open_keyring(dir, !has_data(dir))?;
+        let cipher = keyring.cipher().map_err(|e| OpenError::Corruption {
+            path: dir.join(KEYS_DIR),
+            detail: e.to_string(),
+        })?;
+        Ok(LocalKeys {
+            cipher: Arc::new(cipher),
+        })
+    }
+
+    /// Seals `plaintext`, bound to `purpose`: the record opens only
+    /// through [`LocalKeys::open_sealed`] with the same purpose, under the same
+    /// keyring. Nothing is written.
+    pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        self.cipher
+            .seal(&local_location(purpose), plaintext)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))
+    }
+
+    /// Opens a record from [`LocalKeys::seal`]. A record that was
+    /// changed, sealed for another purpose or under another keyring is
+    /// `Corruption`.
+    pub fn open_sealed(&self, purpose: &str, record: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        self.cipher
+            .open(&local_location(purpose), record)
+            .map_err(|e| Error::Corruption {
+                location: format!("local record {purpose:?}"),
+                detail: e.to_string(),
+            })
+    }
+}
+
+/// The location a local record is sealed for: a prefix no row location
+/// has, so a local record can never be passed off as a row or back.
+fn local_location(purpose: &str) -> Vec<u8> {
+    let mut location = b"local-file\0".to_vec();
+    location.extend_from_slice(purpose.as_bytes());
+    location
 }

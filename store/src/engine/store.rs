@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::command::{KeyValue, OpResult, Request, Response, Txn, Value, MAX_REQUEST_BYTES};
 use crate::config::{Bootstrap, Config, Encryption};
 use crate::engine::db::Db;
-use crate::engine::keys;
+use crate::engine::keys::{self, LocalKeys};
 use crate::engine::log_store::LogStore;
 use crate::engine::network::{NetworkFactory, NoPeers, Transport};
 use crate::engine::proposer::{self, Queued};
@@ -309,31 +309,21 @@ impl Store {
     }
 
     /// Seals `plaintext` for a file this member keeps outside the store
-    /// (its TLS key, say) under the store's data keys, bound to `purpose`:
-    /// the record opens only through [`Store::open_local`] with the same
-    /// purpose, on a store with the same keyring. Nothing is written.
+    /// (its TLS key, say): [`LocalKeys::seal`] with this store's keys.
     pub fn seal_local(&self, purpose: &str, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-        self.inner
-            .shared
-            .db
-            .cipher
-            .seal(&local_location(purpose), plaintext)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))
+        self.local_keys().seal(purpose, plaintext)
     }
 
-    /// Opens a record from [`Store::seal_local`]. A record that was
-    /// changed, sealed for another purpose or under another keyring is
-    /// `Corruption`.
+    /// Opens a record from [`Store::seal_local`]: [`LocalKeys::open_sealed`].
     pub fn open_local(&self, purpose: &str, record: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-        self.inner
-            .shared
-            .db
-            .cipher
-            .open(&local_location(purpose), record)
-            .map_err(|e| Error::Corruption {
-                location: format!("local record {purpose:?}"),
-                detail: e.to_string(),
-            })
+        self.local_keys().open_sealed(purpose, record)
+    }
+
+    /// This store's keys, for files the member keeps outside the store.
+    pub fn local_keys(&self) -> LocalKeys {
+        LocalKeys {
+            cipher: self.inner.shared.db.cipher.clone(),
+        }
     }
 
     /// The engine state, for the engine's own tests.
@@ -694,6 +684,26 @@ impl Store {
             .map_err(membership_err)
     }
 
+    /// Takes member `id` (voter or learner) out of the membership for
+    /// good; other members keep their roles. Leader only. A leader that
+    /// removes itself steps down once the change is committed.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), Error> {
+        let membership = self.metrics().membership_config;
+        let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+        let ids = BTreeSet::from([id]);
+        let change = if voters.contains(&id) {
+            openraft::ChangeMembers::RemoveVoters(ids)
+        } else {
+            openraft::ChangeMembers::RemoveNodes(ids)
+        };
+        self.inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(membership_err)
+    }
+
     /// Records `addr` as the address member `id` is reached at (a member
     /// that restarted on another port, say). Leader only.
     pub async fn set_member_addr(&self, id: NodeId, addr: &str) -> Result<(), Error> {
@@ -940,12 +950,4 @@ fn unexpected(resp: &Response) -> Error {
     Error::Engine(format!(
         "state machine answered {resp:?} to a different request"
     ))
-}
-
-/// The location a local record is sealed for: a prefix no row location
-/// has, so a local record can never be passed off as a row or back.
-fn local_location(purpose: &str) -> Vec<u8> {
-    let mut location = b"local-file\0".to_vec();
-    location.extend_from_slice(purpose.as_bytes());
-    location
 }

@@ -1,0 +1,114 @@
+//! A worker node (`coffer server --join ADDR --token <worker token>`):
+//! it holds no replica of the store, only its identity (its certificate,
+//! and its key sealed under the data directory's own keys), and serves
+//! health on its port so that managers see it up. The store's services
+//! answer every caller, on the socket and on the port, that this is a
+//! worker and where to ask instead, as `docker node ls` does on one.
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::path::PathBuf;
+use std::task::{Context, Poll};
+
+use anyhow::{bail, Context as _, Result};
+use coffer_store::LocalKeys;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::server::NamedService;
+use tonic::Status;
+use tracing::info;
+
+use crate::identity;
+use crate::server::{
+    bind_private, builder, health_and_reflection, serve_tls, until_stopped, Served, Start,
+    SOCKET_FILE,
+};
+use crate::tls::{self, NodeCertResolver};
+
+/// What a worker answers for a service only managers serve.
+const NOT_A_MANAGER: &str = "this node is a worker: it holds no replica of the cluster's state. Run this against a manager (--host or its --data-dir), or promote this node first";
+
+/// Answers every call of the service named `NAME` with
+/// `FAILED_PRECONDITION` and [`NOT_A_MANAGER`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ManagersServeThis<const SERVICE: u8>;
+
+/// `coffer.v1.Kv`.
+pub const KV: u8 = 0;
+/// `coffer.v1.Cluster`.
+pub const CLUSTER: u8 = 1;
+
+impl NamedService for ManagersServeThis<KV> {
+    const NAME: &'static str = "coffer.v1.Kv";
+}
+
+impl NamedService for ManagersServeThis<CLUSTER> {
+    const NAME: &'static str = "coffer.v1.Cluster";
+}
+
+impl<const SERVICE: u8> tower::Service<http::Request<Body>> for ManagersServeThis<SERVICE> {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+        ready(Ok(Status::failed_precondition(NOT_A_MANAGER).into_http()))
+    }
+}
+
+/// Starts a worker: its identity (saved first if it just joined), its
+/// port and its socket. Returns what `server::run` waits on.
+pub(crate) async fn start(
+    dir: &std::path::Path,
+    tcp: TcpListener,
+    start_as: Start,
+) -> Result<(Served, PathBuf, watch::Sender<bool>)> {
+    let keys =
+        LocalKeys::open(dir).with_context(|| format!("opening the keys in {}", dir.display()))?;
+    let ca_der = match start_as {
+        Start::Known { ca_der, .. } => ca_der,
+        Start::Joined(joined) => {
+            identity::save(dir, &keys, &joined.cert_der, &joined.key, &joined.ca_der)?;
+            joined.ca_der
+        }
+        Start::First => bail!("a new cluster starts with a manager, not a worker"),
+    };
+    let identity = identity::load(dir, &keys)?;
+    let addr = tcp.local_addr().context("the listening address")?;
+    let certs = NodeCertResolver::new(&identity.cert_der, &identity.key)?;
+    let tls = tls::server_config(&ca_der, certs)?;
+    let socket = dir.join(SOCKET_FILE);
+    let unix = bind_private(&socket)?;
+
+    let (stop, stopping) = watch::channel(false);
+    let router = || async {
+        let (health, reflection) = health_and_reflection(false).await?;
+        anyhow::Ok(
+            builder()
+                .add_service(ManagersServeThis::<KV>)
+                .add_service(ManagersServeThis::<CLUSTER>)
+                .add_service(health)
+                .add_service(reflection),
+        )
+    };
+    let on_port = serve_tls(router().await?, tls, tcp, stopping.clone());
+    let on_socket = router()
+        .await?
+        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), until_stopped(stopping));
+    let served = tokio::spawn(async move { tokio::try_join!(on_socket, on_port).map(|_| ()) });
+    info!(
+        node = format_args!("{:016x}", identity.cert.node),
+        cluster = identity.cert.cluster_id,
+        listen = %addr,
+        socket = %socket.display(),
+        "coffer worker is up: it holds no replica of the store"
+    );
+    Ok((served, socket, stop))
+}

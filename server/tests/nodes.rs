@@ -1,0 +1,176 @@
+//! Nodes and roles across real processes: a worker joins with the worker
+//! token and holds no replica; `node rm`, `node demote` and `node promote`
+//! follow SwarmKit's safety rules (never the last manager, never a change
+//! that leaves the voters without a reachable quorum, a manager demoted
+//! before removal, a live node removed only with --force). Every wait polls
+//! observable state under a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::Value;
+use support::{ok, read, wait_for, Server};
+
+/// `node ls --format json` through `node`.
+fn nodes(node: &Server) -> Vec<Value> {
+    let out = ok(node.coffer(&["node", "ls", "--format", "json"]));
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn node_with<'a>(nodes: &'a [Value], id: &str) -> Option<&'a Value> {
+    nodes.iter().find(|n| n["id"] == id)
+}
+
+/// This server's node id, as `node ls` shows it (from its log).
+fn id_of(server: &Server) -> String {
+    let log = server.log();
+    log.split_whitespace()
+        .find_map(|w| w.strip_prefix("node="))
+        .unwrap_or_else(|| panic!("no node id in:\n{log}"))
+        .to_string()
+}
+
+/// Fails with `expect` on stderr (one line) and a non-zero exit.
+fn refused(out: std::process::Output, expect: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(expect), "expected {expect:?} in {stderr}");
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_worker_holds_no_replica_and_is_removed_for_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let manager = Server::start_in(root, "m1", "127.0.0.1:0", &[]);
+    let token = ok(manager.coffer(&["join-token", "-q", "worker"]));
+    let mut worker = Server::start_in(
+        root,
+        "w1",
+        "127.0.0.1:0",
+        &["--join", &manager.addr, "--token", &token],
+    );
+    let wid = id_of(&worker);
+    assert!(worker.log().contains("role=worker"), "{}", worker.log());
+
+    // Its identity and nothing else: no store, the key sealed.
+    assert!(worker.dir.join("identity/node.crt").exists());
+    assert!(worker.dir.join("keys").exists());
+    assert!(!worker.dir.join("db").exists(), "a worker holds a store");
+    for file in files_under(&worker.dir) {
+        if let Ok(bytes) = std::fs::read(&file) {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains("PRIVATE KEY"),
+                "{} holds a key",
+                file.display()
+            );
+        }
+    }
+
+    // The managers list it, and see it answer.
+    wait_for("the worker to answer", &manager.log, || {
+        let all = nodes(&manager);
+        node_with(&all, &wid).is_some_and(|w| w["reachable"] == true)
+    });
+    let all = nodes(&manager);
+    let w = node_with(&all, &wid).unwrap();
+    assert_eq!(w["role"], "worker");
+    assert_eq!(w["membership"], "none");
+    assert_eq!(w["address"], worker.addr.as_str());
+
+    // A worker serves no store, and says so.
+    refused(worker.coffer(&["kv", "get", "x"]), "this node is a worker");
+    refused(worker.coffer(&["node", "ls"]), "this node is a worker");
+
+    // SwarmKit's rules.
+    refused(
+        manager.coffer(&["node", "rm", &wid]),
+        "stop it first, or remove it anyway with --force",
+    );
+    refused(manager.coffer(&["node", "demote", "1"]), "the last manager");
+    refused(manager.coffer(&["node", "rm", "1"]), "demote it first");
+    refused(manager.coffer(&["node", "rm", "ffff0000"]), "no node");
+    refused(
+        manager.coffer(&["node", "rm", "not-hex"]),
+        "is not a node id",
+    );
+
+    // A restarted worker is the same worker.
+    worker.stop("TERM");
+    let addr = worker.addr.clone();
+    worker = Server::start(&worker.dir, &worker.log, &addr, &[]);
+    assert_eq!(id_of(&worker), wid);
+
+    // Stopped, it goes without --force; by a prefix of its id.
+    assert!(worker.stop("TERM").success());
+    wait_for("the worker to be seen down", &manager.log, || {
+        node_with(&nodes(&manager), &wid).is_some_and(|w| w["reachable"] == false)
+    });
+    assert_eq!(ok(manager.coffer(&["node", "rm", &wid[..6]])), wid);
+    assert!(node_with(&nodes(&manager), &wid).is_none());
+    refused(manager.coffer(&["node", "rm", &wid]), "no node");
+    refused(manager.coffer(&["node", "promote", &wid]), "no node");
+    let _ = read(&manager.log);
+}
+
+#[test]
+fn demotion_keeps_a_reachable_quorum_and_the_cluster_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let [n1, n2, mut n3] = support::three_managers(root);
+    let (id2, id3) = (id_of(&n2), id_of(&n3));
+
+    // With n3 down, demoting n2 would leave n1 and n3 with one answering.
+    assert!(n3.stop("TERM").success());
+    refused(
+        n1.coffer(&["node", "demote", &id2]),
+        "fewer than the 2 a quorum needs",
+    );
+    let all = nodes(&n1);
+    assert_eq!(node_with(&all, &id2).unwrap()["membership"], "voter");
+
+    // Back up, the demotion goes through (asked through a follower).
+    n3.restart();
+    wait_for("n3 to answer", &n1.log, || {
+        node_with(&nodes(&n1), &id3).is_some_and(|n| n["reachable"] == true)
+    });
+    let said = ok(n3.coffer(&["node", "demote", &id2]));
+    assert!(said.contains("is now a worker"), "{said}");
+    let all = nodes(&n1);
+    let demoted = node_with(&all, &id2).unwrap();
+    assert_eq!(demoted["role"], "worker");
+    assert_eq!(demoted["membership"], "none");
+    assert_eq!(
+        ok(n1.coffer(&["node", "demote", &id2])),
+        format!("node {id2} is already a worker")
+    );
+
+    // Two voters left: both must answer for a demotion, and the last
+    // manager never goes; the two commit.
+    ok(n1.coffer(&["kv", "put", "after/demotion", "yes"]));
+    assert_eq!(ok(n3.coffer(&["kv", "get", "after/demotion"])), "yes");
+    refused(n1.coffer(&["node", "rm", &id3]), "demote it first");
+}
