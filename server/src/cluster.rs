@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use coffer_store::{Consistency, Store};
-use coffer_vault::ca::Role;
+use coffer_vault::ca::{Role, NODE_CERT_VALIDITY};
 use coffer_vault::cluster::Cluster;
 use coffer_vault::nodes::{self, NodeRecord, NodeState};
 use coffer_vault::tokens::JoinTokens;
@@ -14,7 +14,9 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Guard;
 use crate::pb;
-use crate::raft::{forwarded, member_addr, was_forwarded, GrpcTransport};
+use crate::raft::{
+    forwarded, forwarded_for, forwarded_for_node, member_addr, was_forwarded, GrpcTransport,
+};
 use crate::status::{from_store, from_vault, no_cluster};
 
 /// How long `AddMember` waits for a new member to catch up before it
@@ -460,6 +462,65 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::SetRoleResponse {
             id,
             previous_role: previous.to_string(),
+        }))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let direct = self
+            .guard
+            .nodes(&request)
+            .map_err(crate::status::from_auth)?;
+        // A manager forwarding a node's call speaks for it.
+        let node = match forwarded_for_node(request.metadata()) {
+            Some(id) if direct.role == Role::Manager => id,
+            _ => direct.node,
+        };
+        if let Some(mut leader) = self.leader_client(request.metadata())? {
+            return leader
+                .renew(forwarded_for(request.into_inner(), node))
+                .await;
+        }
+        let role = match NodeRecord::load(&self.store, node)
+            .await
+            .map_err(from_vault)?
+        {
+            Some(record) if record.is_removed() => {
+                return Err(crate::status::from_auth(crate::auth::AuthError::Removed(
+                    node,
+                )))
+            }
+            Some(record) => record.role,
+            None if self.is_member(node) => Role::Manager,
+            None => {
+                return Err(Status::permission_denied(format!(
+                    "node {node:016x} is not a node of this cluster"
+                )))
+            }
+        };
+        let csr = request.into_inner().csr;
+        let certificate = if csr.is_empty() {
+            Vec::new()
+        } else {
+            let cluster = self.cluster().await?;
+            let issued = cluster
+                .ca
+                .issue_for_csr(&csr, node, role, NODE_CERT_VALIDITY)
+                .map_err(from_vault)?;
+            tracing::info!(node = format_args!("{node:016x}"), %role, "renewed a node's certificate");
+            issued
+        };
+        let membership = self.store.metrics().membership_config.membership().clone();
+        let managers = membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .collect();
+        Ok(Response::new(pb::RenewResponse {
+            role: role.to_string(),
+            certificate,
+            managers,
         }))
     }
 

@@ -87,14 +87,14 @@ fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
         .map(|der| der.to_vec())
 }
 
-fn unix_now() -> i64 {
+pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Whether a certificate is in the last third of its validity.
-fn due_for_renewal(cert: &NodeCert) -> bool {
+pub fn due_for_renewal(cert: &NodeCert) -> bool {
     let third = i64::try_from(NODE_CERT_VALIDITY.as_secs() / 3).unwrap_or(i64::MAX);
     cert.not_after_unix - unix_now() < third
 }
@@ -113,6 +113,9 @@ fn read_pem(path: &Path) -> Result<Option<Vec<u8>>> {
 /// certificate and the root CA's, or `None` before it has an identity.
 pub fn on_disk(data_dir: &Path) -> Result<Option<(NodeCert, Vec<u8>)>> {
     let (cert_path, _, dir) = paths(data_dir);
+    if dir.exists() {
+        finish_swap(&dir)?;
+    }
     let (Some(cert_der), Some(ca_der)) = (read_pem(&cert_path)?, read_pem(&dir.join(CA_FILE))?)
     else {
         return Ok(None);
@@ -165,8 +168,49 @@ fn open_key(
     })
 }
 
-/// Writes a node's identity: the key sealed first, so that a certificate
-/// on disk always has its key beside it.
+/// Marks a complete set of `.new` identity files: while it exists, the
+/// set replaces the current files (see [`save`]).
+const SWAP_FILE: &str = "swap";
+/// The identity files, in the order a swap renames them.
+const IDENTITY_FILES: [&str; 3] = [KEY_FILE, CA_FILE, CERT_FILE];
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Finishes a swap a crash interrupted (every `.new` file was complete
+/// once the marker existed), or drops `.new` files from a save that never
+/// got that far: the key and the certificate on disk always belong
+/// together.
+fn finish_swap(dir: &Path) -> Result<()> {
+    let marker = dir.join(SWAP_FILE);
+    let swapping = marker.exists();
+    for name in IDENTITY_FILES {
+        let staged = dir.join(format!("{name}.new"));
+        if !staged.exists() {
+            continue;
+        }
+        if swapping {
+            fs::rename(&staged, dir.join(name))
+                .with_context(|| format!("renaming {}", staged.display()))?;
+        } else {
+            fs::remove_file(&staged).with_context(|| format!("removing {}", staged.display()))?;
+        }
+    }
+    if swapping {
+        sync_dir(dir)?;
+        fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Writes a node's identity so that a crash at any point leaves the old
+/// one or the new one, never a key beside another key's certificate: the
+/// three files are written as `.new`, a marker says the set is complete,
+/// then they are renamed into place and the marker goes.
 pub fn save(
     data_dir: &Path,
     keys: &LocalKeys,
@@ -174,21 +218,56 @@ pub fn save(
     key: &NodeKey,
     ca_der: &[u8],
 ) -> Result<()> {
-    let (cert_path, key_path, dir) = paths(data_dir);
+    let (_, _, dir) = paths(data_dir);
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("creating {}", dir.display()))?;
+    finish_swap(&dir)?;
     let sealed = keys.seal(KEY_PURPOSE, key.pkcs8_der())?;
-    write_atomic(&key_path, &sealed, 0o600)?;
+    let staged = |name: &str| dir.join(format!("{name}.new"));
+    write_atomic(&staged(KEY_FILE), &sealed, 0o600)?;
     write_atomic(
-        &dir.join(CA_FILE),
+        &staged(CA_FILE),
         pem("CERTIFICATE", ca_der).as_bytes(),
         0o644,
     )?;
-    write_atomic(&cert_path, pem("CERTIFICATE", cert_der).as_bytes(), 0o644)?;
-    Ok(())
+    write_atomic(
+        &staged(CERT_FILE),
+        pem("CERTIFICATE", cert_der).as_bytes(),
+        0o644,
+    )?;
+    write_atomic(&dir.join(SWAP_FILE), b"", 0o600)?;
+    finish_swap(&dir)
+}
+
+/// The managers' addresses this node last heard of (`identity/managers`,
+/// one per line): where a worker, or a manager that is not a member yet,
+/// asks first.
+const MANAGERS_FILE: &str = "managers";
+
+pub fn load_managers(data_dir: &Path) -> Result<Vec<String>> {
+    let path = data_dir.join(IDENTITY_DIR).join(MANAGERS_FILE);
+    Ok(match read_limited(&path)? {
+        None => Vec::new(),
+        Some(bytes) => String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
+pub fn save_managers(data_dir: &Path, managers: &[String]) -> Result<()> {
+    let mut text = managers.join("\n");
+    text.push('\n');
+    write_atomic(
+        &data_dir.join(IDENTITY_DIR).join(MANAGERS_FILE),
+        text.as_bytes(),
+        0o644,
+    )
 }
 
 /// This manager's identity: the one on disk, or a new key and a
@@ -234,5 +313,51 @@ mod tests {
         let pem = coffer_vault::ca::pem("CERTIFICATE", &[1, 2, 3, 250, 251]);
         assert_eq!(pem_to_der(pem.as_bytes()).unwrap(), vec![1, 2, 3, 250, 251]);
         assert!(pem_to_der(b"not pem").is_none());
+    }
+
+    /// A crash at any point of a save leaves the old identity or the new
+    /// one: `.new` files without the marker are dropped; with it, they
+    /// replace the old ones at the next read.
+    #[test]
+    fn an_interrupted_save_leaves_one_whole_identity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let keys = LocalKeys::open(dir).unwrap();
+        let ca = RootCa::generate("c").unwrap();
+        let issue = |node| {
+            let key = NodeKey::generate().unwrap();
+            let cert = ca
+                .issue(&key.public_key_der().unwrap(), node, Role::Worker, NODE_CERT_VALIDITY)
+                .unwrap();
+            (key, cert)
+        };
+        let (old_key, old_cert) = issue(7);
+        save(dir, &keys, &old_cert, &old_key, ca.cert_der()).unwrap();
+        let (new_key, new_cert) = issue(7);
+        save(dir, &keys, &new_cert, &new_key, ca.cert_der()).unwrap();
+        let files = dir.join(IDENTITY_DIR);
+        // The state a crash leaves mid-save: the new set staged.
+        let stage = |marker: bool| {
+            let sealed = keys.seal(KEY_PURPOSE, old_key.pkcs8_der()).unwrap();
+            fs::write(files.join("node.key.new"), sealed).unwrap();
+            fs::write(files.join("ca.crt.new"), pem("CERTIFICATE", ca.cert_der())).unwrap();
+            fs::write(files.join("node.crt.new"), pem("CERTIFICATE", &old_cert)).unwrap();
+            if marker {
+                fs::write(files.join(SWAP_FILE), b"").unwrap();
+            }
+        };
+        // Renamed half-way without the marker's say: dropped.
+        stage(false);
+        on_disk(dir).unwrap().unwrap();
+        assert_eq!(load(dir, &keys).unwrap().cert_der, new_cert);
+        assert!(!files.join("node.key.new").exists());
+        // The key renamed, then a crash: finished at the next read.
+        stage(true);
+        fs::rename(files.join("node.key.new"), files.join(KEY_FILE)).unwrap();
+        on_disk(dir).unwrap().unwrap();
+        let loaded = load(dir, &keys).unwrap();
+        assert_eq!(loaded.cert_der, old_cert);
+        assert_eq!(loaded.key.pkcs8_der(), old_key.pkcs8_der());
+        assert!(!files.join(SWAP_FILE).exists());
     }
 }

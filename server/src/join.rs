@@ -75,18 +75,21 @@ pub async fn join(addr: &str, token: &str, advertise: &str) -> Result<Joined> {
     })
 }
 
-/// Asks the leader (through the member at `addr`) to make this manager a
-/// voting member at `advertise`, until it has. Gives up after
-/// `deadline` with an error that says why.
+/// Asks the leader (through the members at `candidates`, in turn) to
+/// make this manager a voting member at `advertise`, until it has. Gives
+/// up after `patience` with an error that says why.
 pub async fn become_voter(
-    addr: &str,
+    candidates: &[String],
     advertise: &str,
     config: rustls::ClientConfig,
     patience: Duration,
 ) -> Result<()> {
     let deadline = Instant::now() + patience;
     let mut last = String::new();
-    while Instant::now() < deadline {
+    for addr in candidates.iter().cycle() {
+        if Instant::now() >= deadline {
+            break;
+        }
         let attempt = async {
             let channel = connect_tls(addr, config.clone()).await?;
             ClusterClient::new(channel)
@@ -105,12 +108,15 @@ pub async fn become_voter(
             Err(e) => {
                 let now = format!("{e:#}");
                 if now != last {
-                    warn!("becoming a voting member: {now}; trying again");
+                    warn!("becoming a voting member (asking {addr}): {now}; trying again");
                     last = now;
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(VOTER_RETRY).await;
     }
     bail!("not a voting member after {patience:?}: {last}")
 }
+
+/// How long a manager waits between asks to become a voter.
+const VOTER_RETRY: Duration = Duration::from_millis(500);

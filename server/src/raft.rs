@@ -188,6 +188,29 @@ pub fn forwarded<T>(message: T) -> Request<T> {
     request
 }
 
+/// Names the node a forwarded request is for, when the forwarding member
+/// called on that node's behalf (`Cluster.Renew`).
+const FOR_NODE: &str = "coffer-for-node";
+
+/// `message` forwarded to the leader on behalf of node `node`.
+pub fn forwarded_for<T>(message: T, node: NodeId) -> Request<T> {
+    let mut request = forwarded(message);
+    if let Ok(value) = format!("{node:016x}").parse() {
+        request.metadata_mut().insert(FOR_NODE, value);
+    }
+    request
+}
+
+/// The node a forwarded request is for (see [`forwarded_for`]); only a
+/// manager's word counts, which the caller checks.
+pub fn forwarded_for_node(metadata: &tonic::metadata::MetadataMap) -> Option<NodeId> {
+    if !was_forwarded(metadata) {
+        return None;
+    }
+    let value = metadata.get(FOR_NODE)?.to_str().ok()?;
+    u64::from_str_radix(value, 16).ok()
+}
+
 /// Whether a request came forwarded from another member.
 pub fn was_forwarded(metadata: &tonic::metadata::MetadataMap) -> bool {
     metadata.contains_key(FORWARDED)

@@ -33,6 +33,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer;
 use tracing::{debug, info, warn};
 
+use crate::agent::{Agent, Verdict};
 use crate::auth::{Guard, Removed};
 use crate::cluster::ClusterService;
 use crate::identity;
@@ -285,7 +286,9 @@ pub(crate) fn serve_tls(
     )
 }
 
-/// Runs the server until SIGTERM or SIGINT.
+/// Runs the server until SIGTERM or SIGINT (or until the cluster removes
+/// this node), switching between manager and worker as the cluster
+/// changes this node's role.
 pub async fn run(config: ServerConfig) -> Result<()> {
     let dir = &config.data_dir;
     // Listening first: a signal that comes while the store opens still
@@ -293,12 +296,15 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     let mut signals = Interrupts::listen()?;
     let lock = DataDirLock::acquire(dir).context("refusing to start a second server")?;
     // The port first: its address is what the store's membership records.
-    let tcp = TcpListener::bind(&config.listen)
+    // One socket for the process's life; each role serves a copy of it.
+    let listener = TcpListener::bind(&config.listen)
         .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let addr = tcp.local_addr().context("the listening address")?;
+        .with_context(|| format!("listening on {}", config.listen))?
+        .into_std()
+        .context("the listening socket")?;
+    let addr = listener.local_addr().context("the listening address")?;
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let start_as = match (identity::on_disk(dir)?, &config.join) {
+    let mut start_as = match (identity::on_disk(dir)?, &config.join) {
         (Some((cert, ca_der)), join) => {
             if join.is_some() {
                 warn!("this data directory already belongs to a cluster: --join is ignored");
@@ -314,43 +320,110 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         }
         (None, None) => Start::First,
     };
-    let (node, role, bootstrap) = match &start_as {
-        Start::Known { node, role, .. } => (*node, *role, Bootstrap::Join),
-        Start::Joined(joined) => (joined.cert.node, joined.cert.role, Bootstrap::Join),
-        Start::First => (1, Role::Manager, Bootstrap::SingleNode),
-    };
-    if role == Role::Worker {
-        let (served, socket, stop) = crate::worker::start(dir, tcp, start_as).await?;
-        let outcome = until_signalled(&mut signals, served, stop).await;
-        remove_socket(&socket);
-        drop(lock);
-        info!("stopped");
-        return outcome;
+    loop {
+        let tcp = TcpListener::from_std(listener.try_clone().context("the listening socket")?)
+            .context("the listening socket")?;
+        let role = match &start_as {
+            Start::Known { role, .. } => *role,
+            Start::Joined(joined) => joined.cert.role,
+            Start::First => Role::Manager,
+        };
+        let ended = match role {
+            Role::Worker => serve_worker(&config, tcp, &advertise, start_as, &mut signals).await?,
+            Role::Manager => {
+                serve_manager(&config, tcp, &advertise, start_as, &mut signals).await?
+            }
+        };
+        match ended {
+            Ended::Stopped => break,
+            Ended::Removed(why) => {
+                bail!("{why}; to join again, start on an empty data directory with a join token")
+            }
+            Ended::Switch(role) => {
+                let Some((cert, ca_der)) = identity::on_disk(dir)? else {
+                    bail!("switching to {role}: the new identity is not on disk");
+                };
+                if role == Role::Worker {
+                    drop_replica(dir)?;
+                }
+                info!(%role, "serving as a {role} from now on");
+                start_as = Start::Known {
+                    node: cert.node,
+                    role: cert.role,
+                    ca_der,
+                };
+            }
+        }
     }
+    drop(lock);
+    info!("stopped");
+    Ok(())
+}
+
+/// A demoted manager's replica goes: a worker holds none. The keys stay
+/// (the identity is sealed under them).
+fn drop_replica(dir: &Path) -> Result<()> {
+    for part in ["db", "snapshots"] {
+        let path = dir.join(part);
+        match fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    info!("dropped this node's replica of the store");
+    Ok(())
+}
+
+async fn serve_worker(
+    config: &ServerConfig,
+    tcp: TcpListener,
+    advertise: &str,
+    start_as: Start,
+    signals: &mut Interrupts,
+) -> Result<Ended> {
+    let running = crate::worker::start(config, tcp, advertise, start_as).await?;
+    let socket = running.socket.clone();
+    let ended = until_signalled(signals, running).await;
+    remove_socket(&socket);
+    ended
+}
+
+async fn serve_manager(
+    config: &ServerConfig,
+    tcp: TcpListener,
+    advertise: &str,
+    start_as: Start,
+    signals: &mut Interrupts,
+) -> Result<Ended> {
+    let dir = &config.data_dir;
+    let (node, bootstrap) = match &start_as {
+        Start::Known { node, .. } => (*node, Bootstrap::Join),
+        Start::Joined(joined) => (joined.cert.node, Bootstrap::Join),
+        Start::First => (1, Bootstrap::SingleNode),
+    };
     let transport = GrpcTransport::new();
     let store = Store::open_with_transport(
         Config::new(dir)
             .node_id(node)
             .bootstrap(bootstrap)
-            .advertise_addr(advertise.clone()),
+            .advertise_addr(advertise.to_string()),
         Arc::new(transport.clone()),
     )
     .await
     .with_context(|| format!("opening the store in {}", dir.display()))?;
-    let started = start(&config, &store, tcp, &advertise, &transport, start_as).await;
-    let (served, socket, stop) = match started {
-        Ok(started) => started,
+    let running = match start(config, &store, tcp, advertise, &transport, start_as).await {
+        Ok(running) => running,
         Err(e) => {
             store.shutdown().await.ok();
             return Err(e);
         }
     };
-    let outcome = until_signalled(&mut signals, served, stop).await;
+    let socket = running.socket.clone();
+    let ended = until_signalled(signals, running).await;
     remove_socket(&socket);
     store.shutdown().await.context("closing the store")?;
-    drop(lock);
-    info!("stopped");
-    outcome
+    ended
 }
 
 fn remove_socket(socket: &Path) {
@@ -359,28 +432,66 @@ fn remove_socket(socket: &Path) {
     }
 }
 
-/// Serves until SIGTERM or SIGINT, then stops taking connections and lets
-/// requests in flight finish for at most [`DRAIN_TIMEOUT`].
-async fn until_signalled(
-    signals: &mut Interrupts,
-    mut served: Served,
-    stop: watch::Sender<bool>,
-) -> Result<()> {
-    tokio::select! {
+/// How a node's serving in one role ended.
+#[derive(Debug)]
+enum Ended {
+    /// SIGTERM or SIGINT.
+    Stopped,
+    /// The cluster wants this node in another role.
+    Switch(Role),
+    /// The cluster removed this node.
+    Removed(String),
+}
+
+/// A node serving in one role.
+pub(crate) struct Running {
+    pub served: Served,
+    pub socket: PathBuf,
+    pub stop: watch::Sender<bool>,
+    pub agent: Agent,
+    /// Tasks that end with the role (asking to become a voter).
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Serves until SIGTERM or SIGINT, or until the agent says the role
+/// changed or the node was removed; then stops taking connections and
+/// lets requests in flight finish for at most [`DRAIN_TIMEOUT`].
+async fn until_signalled(signals: &mut Interrupts, running: Running) -> Result<Ended> {
+    let Running {
+        mut served,
+        stop,
+        agent,
+        tasks,
+        ..
+    } = running;
+    let ended = tokio::select! {
         () = signals.next() => {
             info!("stopping: finishing requests in flight");
-            let _ = stop.send(true);
-            match tokio::time::timeout(DRAIN_TIMEOUT, &mut served).await {
-                Ok(result) => flatten(result),
-                Err(_) => {
-                    warn!("requests still open after {DRAIN_TIMEOUT:?}; closing them");
-                    served.abort();
-                    Ok(())
-                }
-            }
+            Ended::Stopped
         }
-        result = &mut served => flatten(result).and_then(|()| bail!("the gRPC server stopped on its own")),
+        verdict = agent.run() => match verdict {
+            Verdict::Switch(role) => Ended::Switch(role),
+            Verdict::Removed(why) => Ended::Removed(why),
+        },
+        result = &mut served => {
+            for task in &tasks {
+                task.abort();
+            }
+            return flatten(result).and_then(|()| bail!("the gRPC server stopped on its own"));
+        }
+    };
+    for task in &tasks {
+        task.abort();
     }
+    let _ = stop.send(true);
+    match tokio::time::timeout(DRAIN_TIMEOUT, &mut served).await {
+        Ok(result) => flatten(result)?,
+        Err(_) => {
+            warn!("requests still open after {DRAIN_TIMEOUT:?}; closing them");
+            served.abort();
+        }
+    }
+    Ok(ended)
 }
 
 pub(crate) type Served = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
@@ -395,16 +506,16 @@ async fn start(
     advertise: &str,
     transport: &GrpcTransport,
     start_as: Start,
-) -> Result<(Served, PathBuf, watch::Sender<bool>)> {
+) -> Result<Running> {
     let dir = &config.data_dir;
     let addr = tcp.local_addr().context("the listening address")?;
     let keys = store.local_keys();
-    let mut voter_via = None;
+    let first = matches!(start_as, Start::First);
     let (identity, ca_der) = match start_as {
         Start::Known { ca_der, .. } => (identity::load(dir, &keys)?, ca_der),
         Start::Joined(joined) => {
             identity::save(dir, &keys, &joined.cert_der, &joined.key, &joined.ca_der)?;
-            voter_via = config.join.as_ref().map(|j| j.addr.clone());
+            remember_join_addr(config)?;
             (identity::load(dir, &keys)?, joined.ca_der)
         }
         Start::First => {
@@ -435,7 +546,7 @@ async fn start(
     let client_tls = tls::client_config(&ca_der, Some((&identity.cert_der, &identity.key)))?;
     transport.set_client_config(client_tls.clone());
     let certs = NodeCertResolver::new(&identity.cert_der, &identity.key)?;
-    let tls = tls::server_config(&ca_der, certs)?;
+    let tls = tls::server_config(&ca_der, certs.clone())?;
     let socket = dir.join(SOCKET_FILE);
     let unix = bind_private(&socket)?;
 
@@ -445,15 +556,30 @@ async fn start(
     let on_socket =
         local.serve_with_incoming_shutdown(UnixListenerStream::new(unix), until_stopped(stopping));
     let served = tokio::spawn(async move { tokio::try_join!(on_socket, on_port).map(|_| ()) });
-    if let Some(via) = voter_via {
+    let managers = identity::load_managers(dir)?;
+    let mut tasks = Vec::new();
+    if !first {
+        // Joined, restarted or promoted: a voter at this address (a no-op
+        // for a member that is one already).
+        let mut candidates: Vec<String> = managers
+            .iter()
+            .filter(|m| *m != advertise)
+            .cloned()
+            .collect();
+        candidates.push(advertise.to_string());
         let advertise = advertise.to_string();
-        tokio::spawn(async move {
-            if let Err(e) =
-                crate::join::become_voter(&via, &advertise, client_tls, BECOME_VOTER_PATIENCE).await
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::join::become_voter(
+                &candidates,
+                &advertise,
+                client_tls,
+                BECOME_VOTER_PATIENCE,
+            )
+            .await
             {
                 tracing::error!("{e:#}");
             }
-        });
+        }));
     }
     info!(
         node = format_args!("{:016x}", store.node_id()),
@@ -465,7 +591,34 @@ async fn start(
         "coffer server is up: `coffer --data-dir {}` commands reach it",
         dir.display()
     );
-    Ok((served, socket, stop))
+    let agent = Agent {
+        dir: dir.clone(),
+        keys,
+        identity,
+        ca_der,
+        resolver: certs,
+        transport: Some(transport.clone()),
+        store: Some(store.clone()),
+        managers,
+        own: Some(advertise.to_string()),
+    };
+    Ok(Running {
+        served,
+        socket,
+        stop,
+        agent,
+        tasks,
+    })
+}
+
+/// A node that just joined asks the node it joined through first.
+pub(crate) fn remember_join_addr(config: &ServerConfig) -> Result<()> {
+    if let Some(join) = &config.join {
+        if identity::load_managers(&config.data_dir)?.is_empty() {
+            identity::save_managers(&config.data_dir, std::slice::from_ref(&join.addr))?;
+        }
+    }
+    Ok(())
 }
 
 fn flatten(

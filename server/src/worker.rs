@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
-use std::path::PathBuf;
 use std::task::{Context, Poll};
 
 use anyhow::{bail, Context as _, Result};
@@ -21,10 +20,11 @@ use tonic::server::NamedService;
 use tonic::Status;
 use tracing::info;
 
+use crate::agent::Agent;
 use crate::identity;
 use crate::server::{
-    bind_private, builder, health_and_reflection, serve_tls, until_stopped, Served, Start,
-    SOCKET_FILE,
+    bind_private, builder, health_and_reflection, remember_join_addr, serve_tls, until_stopped,
+    Running, ServerConfig, Start, SOCKET_FILE,
 };
 use crate::tls::{self, NodeCertResolver};
 
@@ -64,18 +64,21 @@ impl<const SERVICE: u8> tower::Service<http::Request<Body>> for ManagersServeThi
 }
 
 /// Starts a worker: its identity (saved first if it just joined), its
-/// port and its socket. Returns what `server::run` waits on.
+/// port, its socket and its agent.
 pub(crate) async fn start(
-    dir: &std::path::Path,
+    config: &ServerConfig,
     tcp: TcpListener,
+    advertise: &str,
     start_as: Start,
-) -> Result<(Served, PathBuf, watch::Sender<bool>)> {
+) -> Result<Running> {
+    let dir = &config.data_dir;
     let keys =
         LocalKeys::open(dir).with_context(|| format!("opening the keys in {}", dir.display()))?;
     let ca_der = match start_as {
         Start::Known { ca_der, .. } => ca_der,
         Start::Joined(joined) => {
             identity::save(dir, &keys, &joined.cert_der, &joined.key, &joined.ca_der)?;
+            remember_join_addr(config)?;
             joined.ca_der
         }
         Start::First => bail!("a new cluster starts with a manager, not a worker"),
@@ -83,7 +86,7 @@ pub(crate) async fn start(
     let identity = identity::load(dir, &keys)?;
     let addr = tcp.local_addr().context("the listening address")?;
     let certs = NodeCertResolver::new(&identity.cert_der, &identity.key)?;
-    let tls = tls::server_config(&ca_der, certs)?;
+    let tls = tls::server_config(&ca_der, certs.clone())?;
     let socket = dir.join(SOCKET_FILE);
     let unix = bind_private(&socket)?;
 
@@ -107,8 +110,26 @@ pub(crate) async fn start(
         node = format_args!("{:016x}", identity.cert.node),
         cluster = identity.cert.cluster_id,
         listen = %addr,
+        advertise,
         socket = %socket.display(),
         "coffer worker is up: it holds no replica of the store"
     );
-    Ok((served, socket, stop))
+    let agent = Agent {
+        dir: dir.clone(),
+        keys,
+        identity,
+        ca_der,
+        resolver: certs,
+        transport: None,
+        store: None,
+        managers: identity::load_managers(dir)?,
+        own: None,
+    };
+    Ok(Running {
+        served,
+        socket,
+        stop,
+        agent,
+        tasks: Vec::new(),
+    })
 }

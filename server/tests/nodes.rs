@@ -174,3 +174,69 @@ fn demotion_keeps_a_reachable_quorum_and_the_cluster_commits() {
     assert_eq!(ok(n3.coffer(&["kv", "get", "after/demotion"])), "yes");
     refused(n1.coffer(&["node", "rm", &id3]), "demote it first");
 }
+
+#[test]
+fn nodes_follow_promotion_demotion_and_removal_on_their_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut m1 = Server::start_in(root, "m1", "127.0.0.1:0", &[]);
+    let token = ok(m1.coffer(&["join-token", "-q", "worker"]));
+    let w = Server::start_in(
+        root,
+        "w",
+        "127.0.0.1:0",
+        &["--join", &m1.addr, "--token", &token],
+    );
+    let wid = id_of(&w);
+    ok(m1.coffer(&["kv", "put", "before", "promotion"]));
+
+    // Promoted, the worker takes a manager certificate and a replica,
+    // and votes.
+    assert!(ok(m1.coffer(&["node", "promote", &wid])).contains("is now a manager"));
+    wait_for("the promoted worker to vote", &w.log, || {
+        node_with(&nodes(&m1), &wid).is_some_and(|n| n["membership"] == "voter")
+    });
+    assert!(w.dir.join("db").exists());
+    wait_for("the replica to catch up", &w.log, || {
+        String::from_utf8_lossy(&w.coffer(&["kv", "get", "--stale", "before"]).stdout).trim()
+            == "promotion"
+    });
+
+    // The leader demotes itself: it leaves the membership, the other
+    // leads, and the old leader drops its replica and serves as a worker.
+    assert!(ok(w.coffer(&["node", "demote", "1"])).contains("is now a worker"));
+    wait_for("the demoted leader to serve as a worker", &m1.log, || {
+        m1.log().contains("serving as a worker from now on")
+    });
+    assert!(
+        !m1.dir.join("db").exists(),
+        "a demoted manager kept its replica"
+    );
+    let all = nodes(&w);
+    assert_eq!(
+        node_with(&all, "0000000000000001").unwrap()["membership"],
+        "none"
+    );
+    assert_eq!(node_with(&all, &wid).unwrap()["leader"], true);
+    ok(w.coffer(&["kv", "put", "after", "demotion"]));
+    refused(m1.coffer(&["kv", "get", "after"]), "this node is a worker");
+
+    // Removed, it stops with a clear error; started again, it is refused
+    // again and stops: removed ids never come back.
+    ok(w.coffer(&["node", "rm", "--force", "1"]));
+    let status = m1.wait();
+    assert!(!status.success());
+    assert!(
+        m1.log().contains("was removed from the cluster"),
+        "{}",
+        m1.log()
+    );
+    let (dir, log, addr) = (m1.dir.clone(), m1.log.clone(), m1.addr.clone());
+    m1 = Server::start(&dir, &log, &addr, &[]);
+    assert!(!m1.wait().success());
+    assert!(
+        m1.log().contains("was removed from the cluster"),
+        "{}",
+        m1.log()
+    );
+}
