@@ -76,6 +76,11 @@ pub enum Command {
             hide_env_values = true
         )]
         token: Option<String>,
+        /// How long node certificates last, on a new cluster (default 90d;
+        /// 30s to 10 years, as 90d, 2160h, 1h30m or 45s). Nodes renew
+        /// theirs once 60% of it has passed.
+        #[arg(long, value_name = "DURATION", value_parser = coffer_vault::config::parse_duration)]
+        cert_expiry: Option<std::time::Duration>,
         /// Log lines as text (for people) or JSON (for log collectors).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -250,6 +255,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             advertise,
             join,
             token,
+            cert_expiry,
             log_format,
         } => {
             init_logs(log_format);
@@ -262,6 +268,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 listen,
                 advertise,
                 join,
+                cert_expiry,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

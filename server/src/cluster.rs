@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use coffer_store::{Consistency, Store};
-use coffer_vault::ca::{Role, NODE_CERT_VALIDITY};
+use coffer_vault::ca::Role;
 use coffer_vault::cluster::Cluster;
+use coffer_vault::config::ClusterConfig;
 use coffer_vault::nodes::{self, NodeRecord, NodeState};
 use coffer_vault::tokens::JoinTokens;
 use tonic::{Request, Response, Status};
@@ -172,6 +173,14 @@ impl ClusterService {
         )
     }
 
+    /// How long the certificates this cluster issues last.
+    async fn cert_expiry(&self) -> Result<Duration, Status> {
+        Ok(ClusterConfig::load(&self.store)
+            .await
+            .map_err(from_vault)?
+            .cert_expiry)
+    }
+
     async fn cluster(&self) -> Result<Cluster, Status> {
         Cluster::load(&self.store)
             .await
@@ -302,9 +311,16 @@ impl pb::cluster_server::Cluster for ClusterService {
         let membership = self.store.metrics().membership_config;
         let mut taken = nodes::ids_taken(&self.store).await.map_err(from_vault)?;
         taken.extend(membership.nodes().map(|(id, _)| *id));
-        let admitted =
-            coffer_vault::join::admit(&cluster, &tokens, &request.token, &request.csr, &taken)
-                .map_err(from_vault)?;
+        let validity = self.cert_expiry().await?;
+        let admitted = coffer_vault::join::admit(
+            &cluster,
+            &tokens,
+            &request.token,
+            &request.csr,
+            &taken,
+            validity,
+        )
+        .map_err(from_vault)?;
         NodeRecord::active(admitted.node, admitted.role, &request.advertise_addr)
             .map_err(from_vault)?
             .save(&self.store)
@@ -507,7 +523,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             let cluster = self.cluster().await?;
             let issued = cluster
                 .ca
-                .issue_for_csr(&csr, node, role, NODE_CERT_VALIDITY)
+                .issue_for_csr(&csr, node, role, self.cert_expiry().await?)
                 .map_err(from_vault)?;
             tracing::info!(node = format_args!("{node:016x}"), %role, "renewed a node's certificate");
             issued

@@ -7,19 +7,19 @@
 //! restarting node who it is before it opens its store.
 //!
 //! The first node of a cluster issues its own certificate from the CA it
-//! created, again when the one it has is not from the current CA or is in
-//! the last third of its validity; a joining node gets its certificate
-//! from the cluster it joins.
+//! created, again when the one it has is not from the current CA or is
+//! due for renewal; a joining node gets its certificate from the cluster
+//! it joins. Renewals while a node runs are the agent's (`crate::agent`).
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use coffer_store::LocalKeys;
-use coffer_vault::ca::{pem, NodeCert, NodeKey, Role, RootCa, NODE_CERT_VALIDITY};
+use coffer_vault::ca::{pem, NodeCert, NodeKey, Role, RootCa};
 use tracing::info;
 
 const IDENTITY_DIR: &str = "identity";
@@ -93,10 +93,10 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Whether a certificate is in the last third of its validity.
+/// Whether a certificate is due for renewal now (see
+/// [`NodeCert::renewal_due`]).
 pub fn due_for_renewal(cert: &NodeCert) -> bool {
-    let third = i64::try_from(NODE_CERT_VALIDITY.as_secs() / 3).unwrap_or(i64::MAX);
-    cert.not_after_unix - unix_now() < third
+    cert.renewal_due(unix_now())
 }
 
 fn read_pem(path: &Path) -> Result<Option<Vec<u8>>> {
@@ -271,12 +271,14 @@ pub fn save_managers(data_dir: &Path, managers: &[String]) -> Result<()> {
 }
 
 /// This manager's identity: the one on disk, or a new key and a
-/// certificate issued by `ca` for node `node` (see the module doc).
+/// certificate issued by `ca` for node `node`, valid for `validity` (see
+/// the module doc).
 pub fn load_or_issue(
     data_dir: &Path,
     keys: &LocalKeys,
     ca: &RootCa,
     node: u64,
+    validity: Duration,
 ) -> Result<Identity> {
     if let Some(identity) = load_from(data_dir, keys, ca)? {
         if identity.cert.node == node && !due_for_renewal(&identity.cert) {
@@ -284,12 +286,7 @@ pub fn load_or_issue(
         }
     }
     let key = NodeKey::generate()?;
-    let cert_der = ca.issue(
-        &key.public_key_der()?,
-        node,
-        Role::Manager,
-        NODE_CERT_VALIDITY,
-    )?;
+    let cert_der = ca.issue(&key.public_key_der()?, node, Role::Manager, validity)?;
     let cert = NodeCert::verify(&cert_der, ca)?;
     save(data_dir, keys, &cert_der, &key, ca.cert_der())?;
     info!(
@@ -327,7 +324,12 @@ mod tests {
         let issue = |node| {
             let key = NodeKey::generate().unwrap();
             let cert = ca
-                .issue(&key.public_key_der().unwrap(), node, Role::Worker, NODE_CERT_VALIDITY)
+                .issue(
+                    &key.public_key_der().unwrap(),
+                    node,
+                    Role::Worker,
+                    coffer_vault::ca::NODE_CERT_VALIDITY,
+                )
                 .unwrap();
             (key, cert)
         };

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use coffer_store::Bootstrap;
 use coffer_vault::ca::Role;
 use coffer_vault::cluster::Cluster;
+use coffer_vault::config::ClusterConfig;
 use coffer_vault::nodes::NodeRecord;
 use coffer_vault::tokens::JoinTokens;
 use tokio::net::{TcpListener, TcpStream, UnixListener};
@@ -81,6 +82,8 @@ pub struct ServerConfig {
     /// Join the cluster of the node at this address, with this token (on
     /// a data directory that holds no identity yet).
     pub join: Option<JoinConfig>,
+    /// How long node certificates last, on a new cluster.
+    pub cert_expiry: Option<Duration>,
 }
 
 /// `--join ADDR --token T`.
@@ -309,6 +312,9 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             if join.is_some() {
                 warn!("this data directory already belongs to a cluster: --join is ignored");
             }
+            if config.cert_expiry.is_some() {
+                warn!("--cert-expiry is set when a cluster is created: ignored");
+            }
             Start::Known {
                 node: cert.node,
                 role: cert.role,
@@ -519,13 +525,26 @@ async fn start(
             (identity::load(dir, &keys)?, joined.ca_der)
         }
         Start::First => {
+            let settings = match config.cert_expiry {
+                Some(expiry) => ClusterConfig::new(expiry)?,
+                None => ClusterConfig::default(),
+            };
+            let settings = ClusterConfig::init_or_load(store, settings)
+                .await
+                .context("recording the cluster's settings")?;
             let cluster = Cluster::init_or_load(store)
                 .await
                 .context("creating the cluster's CA")?;
             let tokens = JoinTokens::init_or_load(store)
                 .await
                 .context("creating the join tokens")?;
-            let identity = identity::load_or_issue(dir, &keys, &cluster.ca, store.node_id())?;
+            let identity = identity::load_or_issue(
+                dir,
+                &keys,
+                &cluster.ca,
+                store.node_id(),
+                settings.cert_expiry,
+            )?;
             if NodeRecord::load(store, store.node_id()).await?.is_none() {
                 NodeRecord::active(store.node_id(), Role::Manager, advertise)?
                     .save(store)

@@ -43,7 +43,9 @@ pub fn from_vault(e: coffer_vault::VaultError) -> Status {
     use coffer_vault::VaultError;
     match e {
         VaultError::Store(e) => from_store(e),
-        VaultError::InvalidCertificate(_) => Status::invalid_argument(e.to_string()),
+        VaultError::InvalidCertificate(_) | VaultError::Invalid(_) => {
+            Status::invalid_argument(e.to_string())
+        }
         VaultError::Denied(_) => Status::permission_denied(e.to_string()),
         VaultError::Corrupt { .. } => Status::data_loss(e.to_string()),
         _ => Status::internal(e.to_string()),

@@ -69,6 +69,7 @@ async fn only_this_clusters_managers_reach_the_store() {
         &store.local_keys(),
         &ca,
         store.node_id(),
+        coffer_vault::ca::NODE_CERT_VALIDITY,
     )
     .unwrap();
     let resolver = tls::NodeCertResolver::new(&me.cert_der, &me.key).unwrap();

@@ -296,6 +296,9 @@ pub struct NodeCert {
     pub node: u64,
     pub role: Role,
     pub cluster_id: String,
+    /// Seconds since the Unix epoch (backdated by the CA's allowance for
+    /// clock skew).
+    pub not_before_unix: i64,
     /// Seconds since the Unix epoch.
     pub not_after_unix: i64,
 }
@@ -372,8 +375,19 @@ impl NodeCert {
             node,
             role,
             cluster_id,
+            not_before_unix: cert.validity().not_before.timestamp(),
             not_after_unix: cert.validity().not_after.timestamp(),
         })
+    }
+
+    /// Whether the certificate should be renewed at `now_unix`: once 60%
+    /// of the validity it was issued with has passed (SwarmKit renews
+    /// between 50% and 80%), so a renewal has 40% of it to succeed.
+    pub fn renewal_due(&self, now_unix: i64) -> bool {
+        let skew = i64::try_from(CLOCK_SKEW.as_secs()).unwrap_or(0);
+        let issued = self.not_before_unix.saturating_add(skew);
+        let validity = self.not_after_unix.saturating_sub(issued).max(0);
+        now_unix >= issued.saturating_add(validity / 5 * 3)
     }
 }
 
@@ -423,5 +437,32 @@ mod tests {
         assert!(ca
             .issue_for_csr(b"junk", 7, Role::Worker, NODE_CERT_VALIDITY)
             .is_err());
+    }
+
+    #[test]
+    fn renewal_is_due_at_sixty_percent_of_the_validity() {
+        let ca = RootCa::generate("c0ffee").unwrap();
+        let key = NodeKey::generate().unwrap();
+        let validity = Duration::from_secs(100);
+        let der = ca
+            .issue(&key.public_key_der().unwrap(), 7, Role::Worker, validity)
+            .unwrap();
+        let cert = NodeCert::parse(&der).unwrap();
+        let issued = cert.not_after_unix - 100;
+        assert!(!cert.renewal_due(issued));
+        assert!(!cert.renewal_due(issued + 59));
+        assert!(cert.renewal_due(issued + 60));
+        assert!(cert.renewal_due(cert.not_after_unix + 1));
+        let long = NodeCert::parse(
+            &ca.issue(
+                &key.public_key_der().unwrap(),
+                7,
+                Role::Worker,
+                NODE_CERT_VALIDITY,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(!long.renewal_due(now().unix_timestamp()));
     }
 }

@@ -13,6 +13,9 @@ pub enum VaultError {
     /// A stored object did not decode.
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// A value outside what the cluster accepts.
+    #[error("{0}")]
+    Invalid(String),
     /// A join token or request this cluster does not accept.
     #[error("{0}")]
     Denied(String),

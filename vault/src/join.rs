@@ -4,7 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::ca::{Role, NODE_CERT_VALIDITY};
+use std::time::Duration;
+
+use crate::ca::Role;
 use crate::cluster::Cluster;
 use crate::tokens::{JoinToken, JoinTokens};
 use crate::VaultError;
@@ -18,13 +20,15 @@ pub struct Admission {
 }
 
 /// Admits the holder of `token` with the key of `csr_der`, under a fresh
-/// node id that is not in `taken`.
+/// node id that is not in `taken`, with a certificate valid for
+/// `validity`.
 pub fn admit(
     cluster: &Cluster,
     tokens: &JoinTokens,
     token: &str,
     csr_der: &[u8],
     taken: &BTreeSet<u64>,
+    validity: Duration,
 ) -> Result<Admission, VaultError> {
     let token = JoinToken::parse(token).map_err(|e| VaultError::Denied(e.to_string()))?;
     if token.ca_digest != cluster.ca.digest() {
@@ -44,9 +48,7 @@ pub fn admit(
             break id;
         }
     };
-    let cert_der = cluster
-        .ca
-        .issue_for_csr(csr_der, node, role, NODE_CERT_VALIDITY)?;
+    let cert_der = cluster.ca.issue_for_csr(csr_der, node, role, validity)?;
     Ok(Admission {
         node,
         role,

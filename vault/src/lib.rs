@@ -13,6 +13,7 @@
 
 pub mod ca;
 pub mod cluster;
+pub mod config;
 mod error;
 pub mod join;
 pub mod nodes;
