@@ -29,6 +29,10 @@ use crate::server::{self, SOCKET_FILE};
 const STARTING_SERVER_WAIT: Duration = Duration::from_secs(15);
 /// Connecting to a socket: local, so anything slower means trouble.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle or busy mTLS connection to a node is pinged.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// A ping unanswered this long closes the connection.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// A request's deadline, sent to the server as `grpc-timeout`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Each direction of an in-process connection buffers this much.
@@ -216,9 +220,14 @@ fn tls_endpoint(
         .context("the node's server name")?;
     let target = addr.to_string();
     // The scheme is http: TLS is this connector's, not tonic's.
+    // HTTP/2 pings find a connection to a node that is cut off or paused
+    // (no reset ever comes) within seconds; the channel then reconnects.
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     let dial = tower::service_fn(move |_: Uri| {
         let connector = connector.clone();
         let server_name = server_name.clone();

@@ -84,6 +84,45 @@ impl KvService {
     }
 }
 
+/// The longest a forwarded request waits for the leader's answer.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl KvService {
+    /// Sends what `error` says only the leader serves to the leader, once,
+    /// with `call`. Gives up with `UNAVAILABLE` (the request may or may
+    /// not have taken effect) when this member learns of another leader
+    /// meanwhile (the one it forwarded to is gone or cut off: the client
+    /// retries at once instead of waiting on a dead connection), or after
+    /// [`FORWARD_TIMEOUT`].
+    async fn forward<T, F, Fut>(
+        &self,
+        metadata: &MetadataMap,
+        error: coffer_store::Error,
+        call: F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(pb::kv_client::KvClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let leader = match &error {
+            coffer_store::Error::NotLeader { leader_id, .. } => *leader_id,
+            _ => None,
+        };
+        let client = self.to_leader(metadata, error)?;
+        let mut metrics = self.store.raft().metrics();
+        tokio::select! {
+            answer = tokio::time::timeout(FORWARD_TIMEOUT, call(client)) => answer.unwrap_or_else(|_| {
+                Err(Status::unavailable(format!(
+                    "the leader did not answer within {FORWARD_TIMEOUT:?}; the request may or may not have taken effect"
+                )))
+            }),
+            _ = metrics.wait_for(|m| m.current_leader != leader) => Err(Status::unavailable(
+                "the leader changed while the request was forwarded to it; it may or may not have taken effect: retry",
+            )),
+        }
+    }
+}
+
 fn consistency(stale: bool) -> Consistency {
     if stale {
         Consistency::Stale
@@ -302,7 +341,14 @@ impl pb::kv_server::Kv for KvService {
                 revision: put.revision,
                 prev_kv: put.prev_kv.map(to_pb),
             })),
-            Err(e) => self.to_leader(&metadata, e)?.put(forwarded(r)).await,
+            Err(e) => {
+                self.forward(
+                    &metadata,
+                    e,
+                    |mut c| async move { c.put(forwarded(r)).await },
+                )
+                .await
+            }
         }
     }
 
@@ -311,7 +357,14 @@ impl pb::kv_server::Kv for KvService {
         user_key(&r.key)?;
         match self.store.get_kv(&r.key, consistency(r.stale)).await {
             Ok(kv) => Ok(Response::new(pb::GetResponse { kv: kv.map(to_pb) })),
-            Err(e) => self.to_leader(&metadata, e)?.get(forwarded(r)).await,
+            Err(e) => {
+                self.forward(
+                    &metadata,
+                    e,
+                    |mut c| async move { c.get(forwarded(r)).await },
+                )
+                .await
+            }
         }
     }
 
@@ -328,7 +381,14 @@ impl pb::kv_server::Kv for KvService {
                 revision: deleted.revision,
                 prev_kv: deleted.prev_kv.map(to_pb),
             })),
-            Err(e) => self.to_leader(&metadata, e)?.delete(forwarded(r)).await,
+            Err(e) => {
+                self.forward(
+                    &metadata,
+                    e,
+                    |mut c| async move { c.delete(forwarded(r)).await },
+                )
+                .await
+            }
         }
     }
 
@@ -351,9 +411,10 @@ impl pb::kv_server::Kv for KvService {
                 prev_kvs: deleted.prev_kvs.into_iter().map(to_pb).collect(),
             })),
             Err(e) => {
-                self.to_leader(&metadata, e)?
-                    .delete_range(forwarded(r))
-                    .await
+                self.forward(&metadata, e, |mut c| async move {
+                    c.delete_range(forwarded(r)).await
+                })
+                .await
             }
         }
     }
@@ -387,7 +448,14 @@ impl pb::kv_server::Kv for KvService {
                     revision: result.revision,
                 }))
             }
-            Err(e) => self.to_leader(&metadata, e)?.range(forwarded(r)).await,
+            Err(e) => {
+                self.forward(
+                    &metadata,
+                    e,
+                    |mut c| async move { c.range(forwarded(r)).await },
+                )
+                .await
+            }
         }
     }
 
@@ -423,7 +491,14 @@ impl pb::kv_server::Kv for KvService {
                     .map(|result| op_result(result, done.revision))
                     .collect(),
             })),
-            Err(e) => self.to_leader(&metadata, e)?.txn(forwarded(r)).await,
+            Err(e) => {
+                self.forward(
+                    &metadata,
+                    e,
+                    |mut c| async move { c.txn(forwarded(r)).await },
+                )
+                .await
+            }
         }
     }
 
@@ -436,7 +511,12 @@ impl pb::kv_server::Kv for KvService {
             Ok(()) => Ok(Response::new(pb::CompactResponse {
                 revision: r.revision,
             })),
-            Err(e) => self.to_leader(&metadata, e)?.compact(forwarded(r)).await,
+            Err(e) => {
+                self.forward(&metadata, e, |mut c| async move {
+                    c.compact(forwarded(r)).await
+                })
+                .await
+            }
         }
     }
 
@@ -483,9 +563,10 @@ impl pb::kv_server::Kv for KvService {
                 ttl_seconds: lease.ttl.as_secs(),
             })),
             Err(e) => {
-                self.to_leader(&metadata, e)?
-                    .lease_grant(forwarded(r))
-                    .await
+                self.forward(&metadata, e, |mut c| async move {
+                    c.lease_grant(forwarded(r)).await
+                })
+                .await
             }
         }
     }
@@ -501,9 +582,10 @@ impl pb::kv_server::Kv for KvService {
                 deleted: revoked.deleted,
             })),
             Err(e) => {
-                self.to_leader(&metadata, e)?
-                    .lease_revoke(forwarded(r))
-                    .await
+                self.forward(&metadata, e, |mut c| async move {
+                    c.lease_revoke(forwarded(r)).await
+                })
+                .await
             }
         }
     }
@@ -518,9 +600,10 @@ impl pb::kv_server::Kv for KvService {
                 ttl_seconds: ttl.as_secs(),
             })),
             Err(e) => {
-                self.to_leader(&metadata, e)?
-                    .lease_keep_alive(forwarded(r))
-                    .await
+                self.forward(&metadata, e, |mut c| async move {
+                    c.lease_keep_alive(forwarded(r)).await
+                })
+                .await
             }
         }
     }
@@ -542,7 +625,12 @@ impl pb::kv_server::Kv for KvService {
                     })
                     .collect(),
             })),
-            Err(e) => self.to_leader(&metadata, e)?.lease_list(forwarded(r)).await,
+            Err(e) => {
+                self.forward(&metadata, e, |mut c| async move {
+                    c.lease_list(forwarded(r)).await
+                })
+                .await
+            }
         }
     }
 }

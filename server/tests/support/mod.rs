@@ -88,7 +88,27 @@ impl Server {
     /// Starts `coffer --data-dir DIR server --listen LISTEN EXTRA...`,
     /// logging to `log`, without waiting.
     pub fn spawn(dir: &Path, log: &Path, listen: &str, extra: &[&str]) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        Server::spawn_in_netns(None, dir, log, listen, extra)
+    }
+
+    /// [`Server::spawn`] inside the network namespace `netns` (`ip netns
+    /// exec`, which execs: the child is the server).
+    pub fn spawn_in_netns(
+        netns: Option<&str>,
+        dir: &Path,
+        log: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Server {
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_coffer")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_coffer")),
+        };
+        let child = command
             .arg("--data-dir")
             .arg(dir)
             .args(["server", "--listen", listen])
@@ -108,7 +128,18 @@ impl Server {
     /// Starts a server and waits until it serves: its log names the
     /// address it listens on, and its socket answers.
     pub fn start(dir: &Path, log: &Path, listen: &str, extra: &[&str]) -> Server {
-        let mut server = Server::spawn(dir, log, listen, extra);
+        Server::start_in_netns(None, dir, log, listen, extra)
+    }
+
+    /// [`Server::start`] inside a network namespace.
+    pub fn start_in_netns(
+        netns: Option<&str>,
+        dir: &Path,
+        log: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Server {
+        let mut server = Server::spawn_in_netns(netns, dir, log, listen, extra);
         let (log, socket) = (server.log.clone(), server.socket());
         let mut addr = None;
         wait_for("the server to serve", &log, || {
