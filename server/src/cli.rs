@@ -4,7 +4,7 @@
 
 mod kv;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -29,9 +29,15 @@ pub struct Cli {
     #[arg(long, global = true, env = "COFFER_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
     /// The server to talk to instead of the data directory's:
-    /// unix:///path/to/coffer.sock.
+    /// unix:///path/to/coffer.sock, or https://HOST:PORT (a node's port,
+    /// over mTLS with the certificate of the node in --identity).
     #[arg(long, global = true, env = "COFFER_HOST", conflicts_with = "data_dir")]
     host: Option<String>,
+    /// With --host https://...: the data directory of a node of that
+    /// cluster whose certificate the command presents (a manager's, for
+    /// the store and the nodes). Default: the default data directory.
+    #[arg(long, global = true, env = "COFFER_IDENTITY", value_name = "DIR")]
+    identity: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -273,24 +279,48 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Kv(cmd) => kv::run(&target(cli.host.as_deref(), cli.data_dir)?, cmd).await,
-        Command::Ca => ca(&target(cli.host.as_deref(), cli.data_dir)?).await,
-        Command::Node(cmd) => node(&target(cli.host.as_deref(), cli.data_dir)?, cmd).await,
+        Command::Kv(cmd) => {
+            kv::run(
+                &target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?,
+                cmd,
+            )
+            .await
+        }
+        Command::Ca => {
+            ca(&target(
+                cli.host.as_deref(),
+                cli.identity.as_deref(),
+                &cli.data_dir,
+            )?)
+            .await
+        }
+        Command::Node(cmd) => {
+            node(
+                &target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?,
+                cmd,
+            )
+            .await
+        }
         Command::JoinToken {
             rotate,
             quiet,
             role,
         } => {
-            let target = target(cli.host.as_deref(), cli.data_dir)?;
+            let target = target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?;
             join_token(&target, rotate, quiet, role).await
         }
     }
 }
 
-fn target(host: Option<&str>, data_dir: PathBuf) -> Result<Target> {
+/// Where a client command goes: `--host` (with `--identity` for https),
+/// or the server of `--data-dir`.
+fn target(host: Option<&str>, identity: Option<&Path>, data_dir: &Path) -> Result<Target> {
     match host {
-        Some(url) => Target::host(url),
-        None => Ok(Target::DataDir(data_dir)),
+        Some(url) => Target::host(
+            url,
+            identity.map_or_else(default_data_dir, Path::to_path_buf),
+        ),
+        None => Ok(Target::DataDir(data_dir.to_path_buf())),
     }
 }
 

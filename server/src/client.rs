@@ -45,18 +45,37 @@ pub enum Target {
     DataDir(PathBuf),
     /// A server's socket, from `--host unix:///path`.
     Socket(PathBuf),
+    /// A node's port, from `--host https://HOST:PORT`, reached over mTLS
+    /// with the certificate of the node whose data directory is
+    /// `identity`.
+    Https { addr: String, identity: PathBuf },
 }
 
 impl Target {
-    /// Parses `--host`: `unix:///path/to/coffer.sock`.
-    pub fn host(url: &str) -> Result<Target> {
-        match url.strip_prefix("unix://") {
-            Some(path) if path.starts_with('/') => Ok(Target::Socket(PathBuf::from(path))),
-            Some(_) => bail!("--host {url:?}: a unix URL takes an absolute path, as unix:///var/lib/coffer/coffer.sock"),
-            None => bail!(
-                "--host {url:?}: only unix:///path hosts are served so far (remote https hosts come with the cluster's mTLS)"
-            ),
+    /// Parses `--host`: `unix:///path/to/coffer.sock` or
+    /// `https://HOST:PORT` (presenting the certificate of the node whose
+    /// data directory is `identity`).
+    pub fn host(url: &str, identity: PathBuf) -> Result<Target> {
+        if let Some(path) = url.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                bail!("--host {url:?}: a unix URL takes an absolute path, as unix:///var/lib/coffer/coffer.sock");
+            }
+            return Ok(Target::Socket(PathBuf::from(path)));
         }
+        if let Some(rest) = url.strip_prefix("https://") {
+            let addr = rest.trim_end_matches('/');
+            let valid = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid || addr.contains('/') {
+                bail!("--host {url:?}: an https URL names a node's port, as https://10.0.0.1:6465");
+            }
+            return Ok(Target::Https {
+                addr: addr.to_string(),
+                identity,
+            });
+        }
+        bail!("--host {url:?}: give unix:///path/to/coffer.sock or https://HOST:PORT")
     }
 }
 
@@ -87,6 +106,11 @@ impl Connection {
                 Ok(Connection::remote(channel))
             }
             Target::DataDir(dir) => Connection::open_data_dir(dir).await,
+            Target::Https { addr, identity } => {
+                let config = node_client_config(identity)?;
+                let channel = connect_tls(addr, config).await?;
+                Ok(Connection::remote(channel))
+            }
         }
     }
 
@@ -194,6 +218,24 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// The mTLS client configuration of the node whose data directory is
+/// `dir`: its certificate and key, trusting its cluster's CA alone.
+fn node_client_config(dir: &Path) -> Result<rustls::ClientConfig> {
+    let no_identity = || {
+        format!(
+            "{} holds no node identity: --host https://... presents the certificate of a node of that cluster; give its data directory with --identity",
+            dir.display()
+        )
+    };
+    let Some((_, ca_der)) = crate::identity::on_disk(dir).with_context(no_identity)? else {
+        bail!(no_identity());
+    };
+    let keys = coffer_store::LocalKeys::open(dir)
+        .with_context(|| format!("opening the keys in {}", dir.display()))?;
+    let identity = crate::identity::load(dir, &keys)?;
+    crate::tls::client_config(&ca_der, Some((&identity.cert_der, &identity.key)))
 }
 
 /// An endpoint for a node's TCP port and the connector that dials it over
