@@ -239,6 +239,11 @@ async fn accept_tls(
                 }
             },
         };
+        // Small Raft answers and gRPC replies go out at once: Nagle's
+        // algorithm against the peer's delayed ACKs costs 40 ms a round.
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(%peer, "setting TCP_NODELAY: {e}");
+        }
         let acceptor = acceptor.clone();
         let ready = ready.clone();
         tokio::spawn(async move {

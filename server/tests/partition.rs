@@ -282,6 +282,9 @@ fn partitions_and_pauses_keep_the_histories_linearizable() {
     // The old leader, alone, commits nothing.
     let lone = nodes[old].coffer_at(&["kv", "put", "probe/minority", "lost"]);
     assert!(!lone.status.success(), "a cut-off node committed a write");
+    let said = String::from_utf8_lossy(&lone.stderr).trim().to_string();
+    assert!(said.contains("no quorum"), "the minority's refusal: {said}");
+    eprintln!("partition: the cut-off leader answered a write with: {said}");
     progress(60);
     net.heal(old);
     ok(nodes[new].coffer_at(&["kv", "put", "probe/healed", "1"]));

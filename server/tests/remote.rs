@@ -73,6 +73,26 @@ fn remote_commands_go_over_mtls_with_a_nodes_identity() {
         remote(&m1.addr, &w.dir, &["kv", "get", "remote/k"]),
         "this call is for managers",
     );
+    refused(
+        remote(&m1.addr, &w.dir, &["join-token", "manager"]),
+        "this call is for managers",
+    );
+    // Nor Raft: a worker cannot speak for the store's members.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let denied = runtime.block_on(async {
+        let keys = coffer_store::LocalKeys::open(&w.dir).unwrap();
+        let me = coffer_server::identity::load(&w.dir, &keys).unwrap();
+        let (_, ca) = coffer_server::identity::on_disk(&w.dir).unwrap().unwrap();
+        let config = coffer_server::tls::client_config(&ca, Some((&me.cert_der, &me.key))).unwrap();
+        let channel = coffer_server::client::connect_tls(&m1.addr, config)
+            .await
+            .unwrap();
+        coffer_server::pb::raft_client::RaftClient::new(channel)
+            .vote(coffer_server::pb::RaftMessage { payload: vec![1] })
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
     // No identity, a malformed URL.
     let empty = root.join("empty");
     std::fs::create_dir(&empty).unwrap();

@@ -9,11 +9,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use openraft::error::ForwardToLeader;
-use openraft::BasicNode;
+use openraft::{BasicNode, Raft};
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::types::NodeId;
+use crate::types::{NodeId, TypeConfig};
 
 /// How long a retry waits while no leader is known.
 pub const NO_LEADER_BACKOFF: Duration = Duration::from_millis(20);
@@ -56,5 +56,34 @@ where
                 tokio::time::sleep(NO_LEADER_BACKOFF).await;
             }
         }
+    }
+}
+
+/// What a request that ran out of time on this member tells its caller.
+/// A leader asks its followers once more (a read index, for at most an
+/// election timeout): when a majority does not answer, or no leader is
+/// known at all, the cluster has no quorum now (`Unavailable`, saying so);
+/// otherwise the request was only slow (`Timeout`). Either way a write may
+/// or may not take effect later.
+pub async fn timed_out(raft: &Raft<TypeConfig>, error: Error) -> Error {
+    if !matches!(error, Error::Timeout(_)) {
+        return error;
+    }
+    let metrics = raft.metrics().borrow().clone();
+    let voters = metrics.membership_config.membership().voter_ids().count();
+    match metrics.current_leader {
+        Some(leader) if leader == metrics.id => {
+            let probe = Duration::from_millis(raft.config().election_timeout_max);
+            match tokio::time::timeout(probe, raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => error,
+                _ => Error::Unavailable(format!(
+                    "no quorum: a majority of the {voters} voters does not answer this leader; the request may or may not take effect if one returns"
+                )),
+            }
+        }
+        Some(_) => error,
+        None => Error::Unavailable(format!(
+            "no quorum: no leader is elected among the {voters} voters; the request may or may not take effect if one returns"
+        )),
     }
 }

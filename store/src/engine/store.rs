@@ -368,8 +368,9 @@ impl Store {
             .map_err(|_| stopped())?;
         let timeout = self.inner.config.request_timeout;
         match tokio::time::timeout(timeout, answer).await {
-            Err(_) => Err(Error::timeout(timeout)),
+            Err(_) => Err(retry::timed_out(&self.inner.raft, Error::timeout(timeout)).await),
             Ok(Err(_)) => Err(stopped()),
+            Ok(Ok(Err(e))) => Err(retry::timed_out(&self.inner.raft, e).await),
             Ok(Ok(result)) => result,
         }
     }
@@ -380,7 +381,7 @@ impl Store {
             return Ok(());
         }
         let raft = &self.inner.raft;
-        retry::through_election(self.inner.config.request_timeout, || async move {
+        let barrier = retry::through_election(self.inner.config.request_timeout, || async move {
             match raft.ensure_linearizable().await {
                 Ok(_) => Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -392,7 +393,11 @@ impl Store {
                 Err(RaftError::Fatal(f)) => Err(Refused::Failed(Error::from(f))),
             }
         })
-        .await
+        .await;
+        match barrier {
+            Err(e) => Err(retry::timed_out(raft, e).await),
+            Ok(()) => Ok(()),
+        }
     }
 
     /// Puts `value` under `key`; returns the revision once the write is
