@@ -225,3 +225,32 @@ fn a_whole_cluster_restarts_from_disk() {
     });
     assert_eq!(members(&before), members(&after));
 }
+
+/// A member restarted on another port tells the leader its new address
+/// (`AddMember` at every start); the others reach it there and it keeps
+/// replicating.
+#[test]
+fn a_member_restarted_on_a_new_port_is_reached_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let [n1, _n2, mut n3] = support::three_managers(root);
+    let old_addr = n3.addr.clone();
+    assert!(n3.stop("TERM").success());
+    let (dir, log) = (n3.dir.clone(), n3.log.clone());
+    n3 = Server::start(&dir, &log, "127.0.0.1:0", &[]);
+    assert_ne!(n3.addr, old_addr);
+    let new_addr = serde_json::Value::String(n3.addr.clone());
+    wait_for("the new address in the membership", &n1.log, || {
+        let out = n1.coffer(&["node", "ls", "--format", "json"]);
+        let nodes: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        nodes.as_array().is_some_and(|all| {
+            all.iter()
+                .any(|n| n["address"] == new_addr && n["reachable"] == true)
+        })
+    });
+    ok(n1.coffer(&["kv", "put", "moved", "yes"]));
+    wait_for("the write on the moved member", &n3.log, || {
+        stale_get(&n3, "moved").as_deref() == Some("yes")
+    });
+}
