@@ -57,18 +57,8 @@ fn three_servers_form_a_cluster_from_tokens_and_survive_a_leader_stop() {
         "{shown}"
     );
 
-    let n2 = Server::start_in(
-        root,
-        "n2",
-        "127.0.0.1:0",
-        &["--join", &n1.addr, "--token", &token],
-    );
-    let n3 = Server::start_in(
-        root,
-        "n3",
-        "127.0.0.1:0",
-        &["--join", &n1.addr, "--token", &token],
-    );
+    let n2 = Server::join_in(root, "n2", &n1, &token);
+    let n3 = Server::join_in(root, "n3", &n1, &token);
     for n in [&n2, &n3] {
         n.wait_until_voting();
     }

@@ -66,12 +66,7 @@ fn a_worker_holds_no_replica_and_is_removed_for_good() {
     let root = tmp.path();
     let manager = Server::start_in(root, "m1", "127.0.0.1:0", &[]);
     let token = ok(manager.coffer(&["join-token", "-q", "worker"]));
-    let mut worker = Server::start_in(
-        root,
-        "w1",
-        "127.0.0.1:0",
-        &["--join", &manager.addr, "--token", &token],
-    );
+    let mut worker = Server::join_in(root, "w1", &manager, &token);
     let wid = id_of(&worker);
     assert!(worker.log().contains("role=worker"), "{}", worker.log());
 
@@ -181,12 +176,7 @@ fn nodes_follow_promotion_demotion_and_removal_on_their_own() {
     let root = tmp.path();
     let mut m1 = Server::start_in(root, "m1", "127.0.0.1:0", &[]);
     let token = ok(m1.coffer(&["join-token", "-q", "worker"]));
-    let w = Server::start_in(
-        root,
-        "w",
-        "127.0.0.1:0",
-        &["--join", &m1.addr, "--token", &token],
-    );
+    let w = Server::join_in(root, "w", &m1, &token);
     let wid = id_of(&w);
     ok(m1.coffer(&["kv", "put", "before", "promotion"]));
 

@@ -39,19 +39,9 @@ fn remote_commands_go_over_mtls_with_a_nodes_identity() {
     let m1 = Server::start_in(root, "m1", "127.0.0.1:0", &[]);
     let manager = ok(m1.coffer(&["join-token", "-q", "manager"]));
     let worker = ok(m1.coffer(&["join-token", "-q", "worker"]));
-    let m2 = Server::start_in(
-        root,
-        "m2",
-        "127.0.0.1:0",
-        &["--join", &m1.addr, "--token", &manager],
-    );
+    let m2 = Server::join_in(root, "m2", &m1, &manager);
     m2.wait_until_voting();
-    let w = Server::start_in(
-        root,
-        "w",
-        "127.0.0.1:0",
-        &["--join", &m1.addr, "--token", &worker],
-    );
+    let w = Server::join_in(root, "w", &m1, &worker);
 
     // A manager's identity: the store and the nodes, on any member.
     ok(remote(&m1.addr, &m2.dir, &["kv", "put", "remote/k", "v"]));

@@ -22,19 +22,9 @@ fn certificates_renew_live_and_the_cluster_outlives_the_first_ones() {
     let m1 = Server::start_in(root, "m1", "127.0.0.1:0", &["--cert-expiry", "30s"]);
     let manager = ok(m1.coffer(&["join-token", "-q", "manager"]));
     let worker = ok(m1.coffer(&["join-token", "-q", "worker"]));
-    let m2 = Server::start_in(
-        root,
-        "m2",
-        "127.0.0.1:0",
-        &["--join", &m1.addr, "--token", &manager],
-    );
+    let m2 = Server::join_in(root, "m2", &m1, &manager);
     m2.wait_until_voting();
-    let w = Server::start_in(
-        root,
-        "w",
-        "127.0.0.1:0",
-        &["--join", &m1.addr, "--token", &worker],
-    );
+    let w = Server::join_in(root, "w", &m1, &worker);
     let first_cert = std::fs::read(w.dir.join("identity/node.crt")).unwrap();
 
     for node in [&m1, &m2, &w] {
@@ -68,11 +58,6 @@ fn certificates_renew_live_and_the_cluster_outlives_the_first_ones() {
         },
     );
     ok(m2.coffer(&["kv", "put", "after", "expiry"]));
-    let w2 = Server::start_in(
-        root,
-        "w2",
-        "127.0.0.1:0",
-        &["--join", &m1.addr, "--token", &worker],
-    );
+    let w2 = Server::join_in(root, "w2", &m1, &worker);
     assert!(w2.log().contains("role=worker"), "{}", w2.log());
 }

@@ -153,6 +153,17 @@ impl Server {
         server
     }
 
+    /// A server in `root/NAME` that joins `via`'s cluster with `token`
+    /// (on 127.0.0.1, any free port).
+    pub fn join_in(root: &Path, name: &str, via: &Server, token: &str) -> Server {
+        Server::start_in(
+            root,
+            name,
+            "127.0.0.1:0",
+            &["--join", &via.addr, "--token", token],
+        )
+    }
+
     /// A server in `root/NAME` logging to `root/NAME.log`.
     pub fn start_in(root: &Path, name: &str, listen: &str, extra: &[&str]) -> Server {
         Server::start(
@@ -231,9 +242,8 @@ impl Server {
 pub fn three_managers(root: &Path) -> [Server; 3] {
     let n1 = Server::start_in(root, "n1", "127.0.0.1:0", &[]);
     let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
-    let join = ["--join", n1.addr.as_str(), "--token", token.as_str()];
-    let n2 = Server::start_in(root, "n2", "127.0.0.1:0", &join);
-    let n3 = Server::start_in(root, "n3", "127.0.0.1:0", &join);
+    let n2 = Server::join_in(root, "n2", &n1, &token);
+    let n3 = Server::join_in(root, "n3", &n1, &token);
     for n in [&n2, &n3] {
         n.wait_until_voting();
     }
