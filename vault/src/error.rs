@@ -13,6 +13,12 @@ pub enum VaultError {
     /// A stored object did not decode.
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// No such object.
+    #[error("{0}")]
+    NotFound(String),
+    /// An object with that name exists.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// A value outside what the cluster accepts.
     #[error("{0}")]
     Invalid(String),

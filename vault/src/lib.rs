@@ -19,6 +19,7 @@ pub mod join;
 pub mod nodes;
 mod objects;
 mod record;
+pub mod secrets;
 pub mod tokens;
 
 pub use error::VaultError;
