@@ -3,6 +3,7 @@
 //! the data directory, open the directory themselves.
 
 mod kv;
+mod secret;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -94,6 +95,9 @@ pub enum Command {
     /// Reads and writes raw keys.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Secrets, as `docker secret`: create, ls, inspect, rotate, rm.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Prints the cluster's root CA certificate (PEM).
     Ca,
     /// The cluster's nodes.
@@ -278,6 +282,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             })
             .await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Secret(cmd) => {
+            secret::run(
+                &target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?,
+                cmd,
+            )
+            .await
         }
         Command::Kv(cmd) => {
             kv::run(

@@ -22,6 +22,7 @@ use coffer_vault::ca::MANAGER_SERVER_NAME;
 use crate::lock::{DataDirLock, LockError};
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::kv_client::KvClient;
+use crate::pb::secrets_client::SecretsClient;
 use crate::server::{self, SOCKET_FILE};
 
 /// How long a command waits for a server that holds the data directory's
@@ -84,6 +85,7 @@ impl Target {
 pub struct Connection {
     pub kv: KvClient<Channel>,
     pub cluster: ClusterClient<Channel>,
+    pub secrets: SecretsClient<Channel>,
     local: Option<Local>,
 }
 
@@ -117,7 +119,10 @@ impl Connection {
     fn remote(channel: Channel) -> Connection {
         Connection {
             kv: KvClient::new(channel.clone()).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
-            cluster: ClusterClient::new(channel),
+            cluster: ClusterClient::new(channel.clone()),
+            secrets: SecretsClient::new(channel)
+                .max_decoding_message_size(server::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(server::MAX_MESSAGE_BYTES),
             local: None,
         }
     }
@@ -204,8 +209,13 @@ impl Connection {
     /// Closes the connection; a store opened in-process is shut down
     /// cleanly.
     pub async fn close(self) -> Result<()> {
-        let Connection { kv, cluster, local } = self;
-        drop((kv, cluster));
+        let Connection {
+            kv,
+            cluster,
+            secrets,
+            local,
+        } = self;
+        drop((kv, cluster, secrets));
         if let Some(local) = local {
             let _ = local.stop.send(true);
             match tokio::time::timeout(Duration::from_secs(10), local.served).await {

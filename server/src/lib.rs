@@ -17,6 +17,7 @@ pub mod kv;
 pub mod lock;
 pub mod pb;
 pub mod raft;
+pub mod secrets;
 pub mod server;
 pub mod signals;
 pub mod status;

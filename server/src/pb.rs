@@ -10,3 +10,30 @@ include!("pb/coffer.v1.rs");
 /// reflection.
 #[allow(dead_code)]
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("pb/coffer.v1.bin");
+
+/// Shows a secret's name and labels, and only the size of its data.
+impl std::fmt::Debug for CreateSecretRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateSecretRequest")
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field(
+                "data",
+                &format_args!("[redacted; {} bytes]", self.data.len()),
+            )
+            .finish()
+    }
+}
+
+/// Shows which secret, and only the size of its new data.
+impl std::fmt::Debug for RotateSecretRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateSecretRequest")
+            .field("secret", &self.secret)
+            .field(
+                "data",
+                &format_args!("[redacted; {} bytes]", self.data.len()),
+            )
+            .finish()
+    }
+}

@@ -44,7 +44,9 @@ use crate::pb;
 use crate::pb::cluster_server::ClusterServer;
 use crate::pb::kv_server::KvServer;
 use crate::pb::raft_server::RaftServer;
+use crate::pb::secrets_server::SecretsServer;
 use crate::raft::{GrpcTransport, RaftService, RAFT_MESSAGE_BYTES_MAX};
+use crate::secrets::SecretsService;
 use crate::signals::Interrupts;
 use crate::tls::{self, NodeCertResolver};
 
@@ -126,7 +128,11 @@ fn services(
     local: bool,
     leader: Option<GrpcTransport>,
     guard: Guard,
-) -> (KvServer<KvService>, ClusterServer<ClusterService>) {
+) -> (
+    KvServer<KvService>,
+    ClusterServer<ClusterService>,
+    SecretsServer<SecretsService>,
+) {
     let mut kv = KvService::new(store.clone(), stopping);
     if let Some(transport) = leader.clone() {
         kv = kv.forwarding(transport);
@@ -134,8 +140,11 @@ fn services(
     let kv = KvServer::new(kv)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let secrets = SecretsServer::new(SecretsService::new(store.clone(), leader.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let cluster = ClusterServer::new(ClusterService::new(store.clone(), local, leader, guard));
-    (kv, cluster)
+    (kv, cluster, secrets)
 }
 
 /// The standard health service (the node, and on a manager the store's
@@ -152,6 +161,9 @@ pub(crate) async fn health_and_reflection(
         reporter.set_serving::<KvServer<KvService>>().await;
         reporter
             .set_serving::<ClusterServer<ClusterService>>()
+            .await;
+        reporter
+            .set_serving::<SecretsServer<SecretsService>>()
             .await;
     }
     reporter
@@ -178,11 +190,12 @@ pub async fn local_router(
     stopping: watch::Receiver<bool>,
     leader: Option<GrpcTransport>,
 ) -> Result<Router> {
-    let (kv, cluster) = services(store, stopping, true, leader, Guard::default());
+    let (kv, cluster, secrets) = services(store, stopping, true, leader, Guard::default());
     let (health, reflection) = health_and_reflection(true).await?;
     Ok(builder()
         .add_service(kv)
         .add_service(cluster)
+        .add_service(secrets)
         .add_service(health)
         .add_service(reflection))
 }
@@ -196,7 +209,7 @@ async fn tcp_router(
     leader: Option<GrpcTransport>,
 ) -> Result<Router> {
     let guard = Guard::new(Removed::follow(store.clone(), stopping.clone()).await);
-    let (kv, cluster) = services(store, stopping, false, leader, guard.clone());
+    let (kv, cluster, secrets) = services(store, stopping, false, leader, guard.clone());
     let (health, reflection) = health_and_reflection(true).await?;
     let raft = RaftServer::new(RaftService::new(store.clone()))
         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -204,6 +217,7 @@ async fn tcp_router(
     Ok(builder()
         .add_service(InterceptedService::new(kv, guard.managers_only()))
         .add_service(InterceptedService::new(raft, guard.managers_only()))
+        .add_service(InterceptedService::new(secrets, guard.managers_only()))
         .add_service(cluster)
         .add_service(health)
         .add_service(reflection))

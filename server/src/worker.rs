@@ -40,6 +40,8 @@ pub struct ManagersServeThis<const SERVICE: u8>;
 pub const KV: u8 = 0;
 /// `coffer.v1.Cluster`.
 pub const CLUSTER: u8 = 1;
+/// `coffer.v1.Secrets`.
+pub const SECRETS: u8 = 2;
 
 impl NamedService for ManagersServeThis<KV> {
     const NAME: &'static str = "coffer.v1.Kv";
@@ -47,6 +49,10 @@ impl NamedService for ManagersServeThis<KV> {
 
 impl NamedService for ManagersServeThis<CLUSTER> {
     const NAME: &'static str = "coffer.v1.Cluster";
+}
+
+impl NamedService for ManagersServeThis<SECRETS> {
+    const NAME: &'static str = "coffer.v1.Secrets";
 }
 
 impl<const SERVICE: u8> tower::Service<http::Request<Body>> for ManagersServeThis<SERVICE> {
@@ -97,6 +103,7 @@ pub(crate) async fn start(
             builder()
                 .add_service(ManagersServeThis::<KV>)
                 .add_service(ManagersServeThis::<CLUSTER>)
+                .add_service(ManagersServeThis::<SECRETS>)
                 .add_service(health)
                 .add_service(reflection),
         )
