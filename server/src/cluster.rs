@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::Guard;
 use crate::pb;
 use crate::raft::{
-    forwarded, forwarded_for, forwarded_for_node, member_addr, was_forwarded, GrpcTransport,
+    forwarded, forwarded_for, forwarded_for_node, leader_channel, member_addr, GrpcTransport,
 };
 use crate::status::{from_store, from_vault, no_cluster};
 
@@ -71,27 +71,13 @@ impl ClusterService {
     }
 
     /// A client of the leader when this member does not lead and the call
-    /// was not already forwarded to it (`None`: answer here).
+    /// was not already passed on to it (`None`: answer here).
     fn leader_client(
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Option<pb::cluster_client::ClusterClient<tonic::transport::Channel>>, Status> {
-        let leader = self.store.leader();
-        if leader == Some(self.store.node_id()) {
-            return Ok(None);
-        }
-        let addr = leader.and_then(|l| member_addr(&self.store, l));
-        match (&self.peers, addr) {
-            (Some(peers), Some(addr)) if !was_forwarded(metadata) => {
-                let channel = peers.channel(&addr).map_err(|e| {
-                    Status::unavailable(format!("reaching the leader at {addr}: {e}"))
-                })?;
-                Ok(Some(pb::cluster_client::ClusterClient::new(channel)))
-            }
-            _ => Err(Status::unavailable(
-                "no leader is known: the cluster has no quorum now",
-            )),
-        }
+        Ok(leader_channel(&self.store, self.peers.as_ref(), metadata)?
+            .map(pb::cluster_client::ClusterClient::new))
     }
 
     /// The cluster's nodes (removed ones left out): every node record, and

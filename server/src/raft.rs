@@ -216,6 +216,37 @@ pub fn was_forwarded(metadata: &tonic::metadata::MetadataMap) -> bool {
     metadata.contains_key(FORWARDED)
 }
 
+/// A channel to the leader when this member does not lead, for a call that
+/// was not already passed on to it; `None`: answer here (as the leader, or
+/// as a store a command opened, which has no peers and reports for itself).
+pub fn leader_channel(
+    store: &Store,
+    peers: Option<&GrpcTransport>,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<Option<Channel>, Status> {
+    let leader = store.leader();
+    let Some(peers) = peers else {
+        return Ok(None);
+    };
+    if leader == Some(store.node_id()) {
+        return Ok(None);
+    }
+    if was_forwarded(metadata) {
+        return Err(Status::unavailable(
+            "the leader changed while the call was passed on to it: retry",
+        ));
+    }
+    let Some(addr) = leader.and_then(|l| member_addr(store, l)) else {
+        return Err(Status::unavailable(
+            "no leader is known: the cluster has no quorum now",
+        ));
+    };
+    peers
+        .channel(&addr)
+        .map(Some)
+        .map_err(|e| Status::unavailable(format!("reaching the leader at {addr}: {e}")))
+}
+
 /// The address member `id` is reached at, as `store`'s membership has it.
 pub fn member_addr(store: &Store, id: NodeId) -> Option<String> {
     store

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::pb;
 use crate::pb::secrets_client::SecretsClient;
-use crate::raft::{forwarded, member_addr, was_forwarded, GrpcTransport};
+use crate::raft::{forwarded, leader_channel, GrpcTransport};
 use crate::status::from_vault;
 
 /// On the TCP port it sits behind `Guard::managers_only`, like `Kv`.
@@ -63,28 +63,12 @@ impl SecretsService {
         &self,
         request: &Request<T>,
     ) -> Result<Option<SecretsClient<tonic::transport::Channel>>, Status> {
-        let leader = self.store.leader();
-        if leader == Some(self.store.node_id()) {
-            return Ok(None);
-        }
-        let addr = leader.and_then(|l| member_addr(&self.store, l));
-        match (&self.peers, addr) {
-            (Some(peers), Some(addr)) if !was_forwarded(request.metadata()) => {
-                let channel = peers.channel(&addr).map_err(|e| {
-                    Status::unavailable(format!("reaching the leader at {addr}: {e}"))
-                })?;
-                Ok(Some(
-                    SecretsClient::new(channel)
-                        .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(crate::server::MAX_MESSAGE_BYTES),
-                ))
-            }
-            // A store a command opened itself: the store answers.
-            (None, _) => Ok(None),
-            _ => Err(Status::unavailable(
-                "no leader is known: the cluster has no quorum now",
-            )),
-        }
+        let channel = leader_channel(&self.store, self.peers.as_ref(), request.metadata())?;
+        Ok(channel.map(|channel| {
+            SecretsClient::new(channel)
+                .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::server::MAX_MESSAGE_BYTES)
+        }))
     }
 }
 
