@@ -408,10 +408,7 @@ async fn serve_worker(
     signals: &mut Interrupts,
 ) -> Result<Ended> {
     let running = crate::worker::start(config, tcp, advertise, start_as).await?;
-    let socket = running.socket.clone();
-    let ended = until_signalled(signals, running).await;
-    remove_socket(&socket);
-    ended
+    serve(signals, running).await
 }
 
 async fn serve_manager(
@@ -444,17 +441,19 @@ async fn serve_manager(
             return Err(e);
         }
     };
-    let socket = running.socket.clone();
-    let ended = until_signalled(signals, running).await;
-    remove_socket(&socket);
+    let ended = serve(signals, running).await;
     store.shutdown().await.context("closing the store")?;
     ended
 }
 
-fn remove_socket(socket: &Path) {
-    if let Err(e) = fs::remove_file(socket) {
+/// Serves in one role until it ends, then removes the socket.
+async fn serve(signals: &mut Interrupts, running: Running) -> Result<Ended> {
+    let socket = running.socket.clone();
+    let ended = until_signalled(signals, running).await;
+    if let Err(e) = fs::remove_file(&socket) {
         warn!(socket = %socket.display(), "removing the socket: {e}");
     }
+    ended
 }
 
 /// How a node's serving in one role ended.

@@ -8,10 +8,8 @@
 
 mod support;
 
-use std::path::Path;
-
 use serde_json::Value;
-use support::{ok, read, wait_for, Server};
+use support::{files_under, ok, read, refused, wait_for, Server};
 
 /// `node ls --format json` through `node`.
 fn nodes(node: &Server) -> Vec<Value> {
@@ -34,30 +32,6 @@ fn id_of(server: &Server) -> String {
         .find_map(|w| w.strip_prefix("node="))
         .unwrap_or_else(|| panic!("no node id in:\n{log}"))
         .to_string()
-}
-
-/// Fails with `expect` on stderr (one line) and a non-zero exit.
-fn refused(out: std::process::Output, expect: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains(expect), "expected {expect:?} in {stderr}");
-}
-
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 #[test]

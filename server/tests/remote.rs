@@ -10,7 +10,7 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use support::{ok, Server};
+use support::{ok, refused, Server};
 
 /// `coffer --host https://ADDR --identity DIR ARGS...`.
 fn remote(addr: &str, identity: &Path, args: &[&str]) -> Output {
@@ -23,13 +23,6 @@ fn remote(addr: &str, identity: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn refused(out: Output, expect: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains(expect), "expected {expect:?} in {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
 #[test]

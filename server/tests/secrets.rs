@@ -6,44 +6,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
-use support::{ok, Server};
-
-/// `coffer --data-dir DIR ARGS...` with `input` on standard input.
-fn with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn refused(out: Output, expect: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains(expect), "expected {expect:?} in {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-}
-
-fn files_under(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files_under(&path, found);
-        } else {
-            found.push(path);
-        }
-    }
-}
+use support::{coffer_with_input, files_under, ok, refused, Server};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
@@ -56,7 +19,7 @@ fn secrets_are_created_listed_inspected_rotated_and_removed() {
     let mut n1 = Server::start_in(root, "n1", "127.0.0.1:0", &[]);
     let dir = n1.dir.clone();
 
-    let id = ok(with_stdin(
+    let id = ok(coffer_with_input(
         &dir,
         &[
             "secret",
@@ -66,7 +29,7 @@ fn secrets_are_created_listed_inspected_rotated_and_removed() {
             "my_password",
             "-",
         ],
-        b"password123yoyo",
+        Some(b"password123yoyo"),
     ));
     assert_eq!(id.len(), 25, "{id}");
     let table = ok(n1.coffer(&["secret", "ls"]));
@@ -100,16 +63,16 @@ fn secrets_are_created_listed_inspected_rotated_and_removed() {
     // Every rule, each with its own refusal.
     for bad in ["-bad", "bad-", "a b", "a/b", &"n".repeat(65)] {
         refused(
-            with_stdin(&dir, &["secret", "create", "--", bad, "-"], b"x"),
+            coffer_with_input(&dir, &["secret", "create", "--", bad, "-"], Some(b"x")),
             "invalid secret name",
         );
     }
     refused(
-        with_stdin(&dir, &["secret", "create", "MY_PASSWORD", "-"], b"x"),
+        coffer_with_input(&dir, &["secret", "create", "MY_PASSWORD", "-"], Some(b"x")),
         "exists already",
     );
     refused(
-        with_stdin(&dir, &["secret", "create", "empty", "-"], b""),
+        coffer_with_input(&dir, &["secret", "create", "empty", "-"], Some(b"")),
         "must not be empty",
     );
     let big = root.join("big");
@@ -140,8 +103,8 @@ fn secrets_are_created_listed_inspected_rotated_and_removed() {
     // Neither the name nor the data is on disk in the clear, nor in a log.
     n1.stop("TERM");
     let mut files = vec![n1.log.clone(), n2.log.clone()];
-    files_under(&n1.dir, &mut files);
-    files_under(&n2.dir, &mut files);
+    files.extend(files_under(&n1.dir));
+    files.extend(files_under(&n2.dir));
     for file in files {
         let Ok(bytes) = std::fs::read(&file) else {
             continue;

@@ -267,16 +267,14 @@ impl Secret {
     }
 
     /// Adds version N+1 with `data`; versions past [`VERSIONS_KEPT`] are
-    /// dropped, oldest first. A concurrent change to the same secret makes
-    /// it read the secret again and retry.
+    /// dropped, oldest first.
     pub async fn rotate(
         store: &Store,
         name_or_id: &str,
         data: &[u8],
     ) -> Result<Secret, VaultError> {
         validate_data(data)?;
-        loop {
-            let (mut secret, revision) = Secret::find_with_revision(store, name_or_id).await?;
+        Secret::change(store, name_or_id, |mut secret| {
             let version = secret.version() + 1;
             let now = now_unix();
             secret.versions.push(VersionInfo {
@@ -285,40 +283,24 @@ impl Secret {
                 size: data.len() as u64,
             });
             secret.updated_unix = now;
-            let dropped: Vec<u64> = if secret.versions.len() > VERSIONS_KEPT {
-                let extra = secret.versions.len() - VERSIONS_KEPT;
-                secret.versions.drain(..extra).map(|v| v.version).collect()
-            } else {
-                Vec::new()
-            };
-            let mut success = vec![
+            let extra = secret.versions.len().saturating_sub(VERSIONS_KEPT);
+            let dropped: Vec<u64> = secret.versions.drain(..extra).map(|v| v.version).collect();
+            let mut ops = vec![
                 put(data_key(&secret.id, version), data.to_vec()),
                 put(meta_key(&secret.id), secret.encode()),
             ];
-            success.extend(dropped.into_iter().map(|v| Op::Delete {
+            ops.extend(dropped.into_iter().map(|v| Op::Delete {
                 key: data_key(&secret.id, v),
             }));
-            let done = store
-                .txn(Txn {
-                    compares: vec![Compare {
-                        key: meta_key(&secret.id),
-                        check: Check::ModRevision(CmpOp::Equal, revision),
-                    }],
-                    success,
-                    failure: vec![],
-                })
-                .await?;
-            if done.succeeded {
-                return Ok(secret);
-            }
-        }
+            (secret, ops)
+        })
+        .await
     }
 
     /// Removes the secret, all its versions and its name.
     pub async fn remove(store: &Store, name_or_id: &str) -> Result<Secret, VaultError> {
-        loop {
-            let (secret, revision) = Secret::find_with_revision(store, name_or_id).await?;
-            let mut success = vec![
+        Secret::change(store, name_or_id, |secret| {
+            let mut ops = vec![
                 Op::Delete {
                     key: meta_key(&secret.id),
                 },
@@ -326,13 +308,30 @@ impl Secret {
                     key: name_key(&secret.name),
                 },
             ];
-            success.extend(secret.versions.iter().map(|v| Op::Delete {
+            ops.extend(secret.versions.iter().map(|v| Op::Delete {
                 key: data_key(&secret.id, v.version),
             }));
+            (secret, ops)
+        })
+        .await
+    }
+
+    /// Reads the secret, and applies the ops `edit` makes of it unless the
+    /// secret changed meanwhile (a compare on its metadata's revision), in
+    /// which case it reads it again and retries. Returns what `edit` made.
+    async fn change(
+        store: &Store,
+        name_or_id: &str,
+        mut edit: impl FnMut(Secret) -> (Secret, Vec<Op>),
+    ) -> Result<Secret, VaultError> {
+        loop {
+            let (secret, revision) = Secret::find_with_revision(store, name_or_id).await?;
+            let meta = meta_key(&secret.id);
+            let (secret, success) = edit(secret);
             let done = store
                 .txn(Txn {
                     compares: vec![Compare {
-                        key: meta_key(&secret.id),
+                        key: meta,
                         check: Check::ModRevision(CmpOp::Equal, revision),
                     }],
                     success,

@@ -54,6 +54,52 @@ pub fn coffer(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `coffer --data-dir DIR ARGS...` with `input` on standard input (none:
+/// standard input closed at once).
+pub fn coffer_with_input(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(bytes) = input {
+        std::io::Write::write_all(&mut stdin, bytes).unwrap();
+    }
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+/// A command that must fail: a non-zero exit and one line on standard
+/// error that says `expect`.
+pub fn refused(out: Output, expect: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(expect), "expected {expect:?} in {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+/// Every file under `dir`, at any depth.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 /// `coffer --host unix://SOCKET ARGS...`: through the socket only, never
 /// opening the directory (which would take the lock a restart needs).
 pub fn coffer_at(socket: &Path, args: &[&str]) -> Output {
