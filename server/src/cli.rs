@@ -4,6 +4,7 @@
 
 mod kv;
 mod secret;
+mod task;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -98,6 +99,9 @@ pub enum Command {
     /// Secrets, as `docker secret`: create, ls, inspect, rotate, rm.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Tasks: the secrets each gets as files, and the node that runs it.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
     /// Prints the cluster's root CA certificate (PEM).
     Ca,
     /// The cluster's nodes.
@@ -285,6 +289,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Secret(cmd) => {
             secret::run(
+                &target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?,
+                cmd,
+            )
+            .await
+        }
+        Command::Task(cmd) => {
+            task::run(
                 &target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?,
                 cmd,
             )

@@ -23,6 +23,7 @@ use crate::lock::{DataDirLock, LockError};
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::kv_client::KvClient;
 use crate::pb::secrets_client::SecretsClient;
+use crate::pb::tasks_client::TasksClient;
 use crate::server::{self, SOCKET_FILE};
 
 /// How long a command waits for a server that holds the data directory's
@@ -86,6 +87,7 @@ pub struct Connection {
     pub kv: KvClient<Channel>,
     pub cluster: ClusterClient<Channel>,
     pub secrets: SecretsClient<Channel>,
+    pub tasks: TasksClient<Channel>,
     local: Option<Local>,
 }
 
@@ -120,7 +122,10 @@ impl Connection {
         Connection {
             kv: KvClient::new(channel.clone()).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
             cluster: ClusterClient::new(channel.clone()),
-            secrets: SecretsClient::new(channel)
+            secrets: SecretsClient::new(channel.clone())
+                .max_decoding_message_size(server::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(server::MAX_MESSAGE_BYTES),
+            tasks: TasksClient::new(channel)
                 .max_decoding_message_size(server::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(server::MAX_MESSAGE_BYTES),
             local: None,
@@ -213,9 +218,10 @@ impl Connection {
             kv,
             cluster,
             secrets,
+            tasks,
             local,
         } = self;
-        drop((kv, cluster, secrets));
+        drop((kv, cluster, secrets, tasks));
         if let Some(local) = local {
             let _ = local.stop.send(true);
             match tokio::time::timeout(Duration::from_secs(10), local.served).await {

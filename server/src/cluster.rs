@@ -108,34 +108,7 @@ impl ClusterService {
     /// The node `text` names: its id in hex, or a prefix of one id's 16
     /// digits.
     async fn resolve(&self, text: &str) -> Result<NodeRecord, Status> {
-        let wanted = text.trim().to_ascii_lowercase();
-        if wanted.is_empty() || wanted.len() > 16 || !wanted.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            return Err(Status::invalid_argument(format!(
-                "{text:?} is not a node id: `coffer node ls` shows them (hex)"
-            )));
-        }
-        let mut nodes = self.nodes().await?;
-        // The id itself, leading zeros or not; else a prefix of its 16
-        // digits.
-        if let Some(node) = u64::from_str_radix(&wanted, 16)
-            .ok()
-            .and_then(|id| nodes.remove(&id))
-        {
-            return Ok(node);
-        }
-        let mut found = nodes
-            .into_values()
-            .filter(|n| format!("{:016x}", n.id).starts_with(&wanted));
-        match (found.next(), found.next()) {
-            (Some(node), None) => Ok(node),
-            (None, _) => Err(Status::not_found(format!(
-                "no node {wanted} in this cluster"
-            ))),
-            (Some(_), Some(_)) => Err(Status::invalid_argument(format!(
-                "{wanted} names more than one node: give more of the id"
-            ))),
-        }
+        nodes::resolve(self.nodes().await?, text).map_err(crate::status::from_vault)
     }
 
     /// Whether node `id` answers a health check at `addr` now.

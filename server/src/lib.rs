@@ -21,5 +21,6 @@ pub mod secrets;
 pub mod server;
 pub mod signals;
 pub mod status;
+pub mod tasks;
 pub mod tls;
 pub mod worker;

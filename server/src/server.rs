@@ -45,9 +45,11 @@ use crate::pb::cluster_server::ClusterServer;
 use crate::pb::kv_server::KvServer;
 use crate::pb::raft_server::RaftServer;
 use crate::pb::secrets_server::SecretsServer;
+use crate::pb::tasks_server::TasksServer;
 use crate::raft::{GrpcTransport, RaftService, RAFT_MESSAGE_BYTES_MAX};
 use crate::secrets::SecretsService;
 use crate::signals::Interrupts;
+use crate::tasks::TasksService;
 use crate::tls::{self, NodeCertResolver};
 
 /// The local CLI's socket, in the data directory.
@@ -121,6 +123,14 @@ pub(crate) enum Start {
     First,
 }
 
+/// The store's services, without their transport-specific guards.
+struct Services {
+    kv: KvServer<KvService>,
+    cluster: ClusterServer<ClusterService>,
+    secrets: SecretsServer<SecretsService>,
+    tasks: TasksServer<TasksService>,
+}
+
 /// The services without their transport-specific guards.
 fn services(
     store: &Store,
@@ -128,11 +138,7 @@ fn services(
     local: bool,
     leader: Option<GrpcTransport>,
     guard: Guard,
-) -> (
-    KvServer<KvService>,
-    ClusterServer<ClusterService>,
-    SecretsServer<SecretsService>,
-) {
+) -> Services {
     let mut kv = KvService::new(store.clone(), stopping);
     if let Some(transport) = leader.clone() {
         kv = kv.forwarding(transport);
@@ -143,8 +149,16 @@ fn services(
     let secrets = SecretsServer::new(SecretsService::new(store.clone(), leader.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let tasks = TasksServer::new(TasksService::new(store.clone(), leader.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let cluster = ClusterServer::new(ClusterService::new(store.clone(), local, leader, guard));
-    (kv, cluster, secrets)
+    Services {
+        kv,
+        cluster,
+        secrets,
+        tasks,
+    }
 }
 
 /// The standard health service (the node, and on a manager the store's
@@ -165,6 +179,7 @@ pub(crate) async fn health_and_reflection(
         reporter
             .set_serving::<SecretsServer<SecretsService>>()
             .await;
+        reporter.set_serving::<TasksServer<TasksService>>().await;
     }
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -190,12 +205,13 @@ pub async fn local_router(
     stopping: watch::Receiver<bool>,
     leader: Option<GrpcTransport>,
 ) -> Result<Router> {
-    let (kv, cluster, secrets) = services(store, stopping, true, leader, Guard::default());
+    let s = services(store, stopping, true, leader, Guard::default());
     let (health, reflection) = health_and_reflection(true).await?;
     Ok(builder()
-        .add_service(kv)
-        .add_service(cluster)
-        .add_service(secrets)
+        .add_service(s.kv)
+        .add_service(s.cluster)
+        .add_service(s.secrets)
+        .add_service(s.tasks)
         .add_service(health)
         .add_service(reflection))
 }
@@ -209,16 +225,17 @@ async fn tcp_router(
     leader: Option<GrpcTransport>,
 ) -> Result<Router> {
     let guard = Guard::new(Removed::follow(store.clone(), stopping.clone()).await);
-    let (kv, cluster, secrets) = services(store, stopping, false, leader, guard.clone());
+    let s = services(store, stopping, false, leader, guard.clone());
     let (health, reflection) = health_and_reflection(true).await?;
     let raft = RaftServer::new(RaftService::new(store.clone()))
         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     Ok(builder()
-        .add_service(InterceptedService::new(kv, guard.managers_only()))
+        .add_service(InterceptedService::new(s.kv, guard.managers_only()))
         .add_service(InterceptedService::new(raft, guard.managers_only()))
-        .add_service(InterceptedService::new(secrets, guard.managers_only()))
-        .add_service(cluster)
+        .add_service(InterceptedService::new(s.secrets, guard.managers_only()))
+        .add_service(InterceptedService::new(s.tasks, guard.managers_only()))
+        .add_service(s.cluster)
         .add_service(health)
         .add_service(reflection))
 }

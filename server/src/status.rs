@@ -49,6 +49,7 @@ pub fn from_vault(e: coffer_vault::VaultError) -> Status {
         VaultError::Denied(_) => Status::permission_denied(e.to_string()),
         VaultError::NotFound(_) => Status::not_found(e.to_string()),
         VaultError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        VaultError::Precondition(_) => Status::failed_precondition(e.to_string()),
         VaultError::Corrupt { .. } => Status::data_loss(e.to_string()),
         _ => Status::internal(e.to_string()),
     }

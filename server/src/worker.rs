@@ -42,6 +42,8 @@ pub const KV: u8 = 0;
 pub const CLUSTER: u8 = 1;
 /// `coffer.v1.Secrets`.
 pub const SECRETS: u8 = 2;
+/// `coffer.v1.Tasks`.
+pub const TASKS: u8 = 3;
 
 impl NamedService for ManagersServeThis<KV> {
     const NAME: &'static str = "coffer.v1.Kv";
@@ -53,6 +55,10 @@ impl NamedService for ManagersServeThis<CLUSTER> {
 
 impl NamedService for ManagersServeThis<SECRETS> {
     const NAME: &'static str = "coffer.v1.Secrets";
+}
+
+impl NamedService for ManagersServeThis<TASKS> {
+    const NAME: &'static str = "coffer.v1.Tasks";
 }
 
 impl<const SERVICE: u8> tower::Service<http::Request<Body>> for ManagersServeThis<SERVICE> {
@@ -104,6 +110,7 @@ pub(crate) async fn start(
                 .add_service(ManagersServeThis::<KV>)
                 .add_service(ManagersServeThis::<CLUSTER>)
                 .add_service(ManagersServeThis::<SECRETS>)
+                .add_service(ManagersServeThis::<TASKS>)
                 .add_service(health)
                 .add_service(reflection),
         )

@@ -19,6 +19,10 @@ pub enum VaultError {
     /// An object with that name exists.
     #[error("{0}")]
     AlreadyExists(String),
+    /// The object is in a state that does not allow this (a secret a
+    /// task uses, a task on another node).
+    #[error("{0}")]
+    Precondition(String),
     /// A value outside what the cluster accepts.
     #[error("{0}")]
     Invalid(String),

@@ -1,8 +1,9 @@
 //! coffer-vault: the objects a cluster keeps in its store (DESIGN.md §4),
 //! as typed values over a [`coffer_store::Store`]: so far the cluster
 //! record with its root CA ([`cluster`]), and the certificates the CA
-//! issues to nodes ([`ca`]). Secrets, join tokens, nodes and task
-//! assignments follow.
+//! issues to nodes ([`ca`]), join tokens ([`tokens`]), node records
+//! ([`nodes`]), secrets ([`secrets`]) and the tasks that use them
+//! ([`tasks`]).
 //!
 //! Every object lives under the reserved key prefix [`SYSTEM_PREFIX`]
 //! (a 0x00 byte), which the server's `Kv` service refuses to read or
@@ -20,6 +21,7 @@ pub mod nodes;
 mod objects;
 mod record;
 pub mod secrets;
+pub mod tasks;
 pub mod tokens;
 
 pub use error::VaultError;

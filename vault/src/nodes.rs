@@ -143,6 +143,38 @@ impl NodeRecord {
     }
 }
 
+/// The node `text` names among `nodes`: its id in hex (leading zeros or
+/// not), else a prefix of one id's 16 digits.
+pub fn resolve(
+    mut nodes: std::collections::BTreeMap<u64, NodeRecord>,
+    text: &str,
+) -> Result<NodeRecord, VaultError> {
+    let wanted = text.trim().to_ascii_lowercase();
+    if wanted.is_empty() || wanted.len() > 16 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(VaultError::Invalid(format!(
+            "{text:?} is not a node id: `coffer node ls` shows them (hex)"
+        )));
+    }
+    if let Some(node) = u64::from_str_radix(&wanted, 16)
+        .ok()
+        .and_then(|id| nodes.remove(&id))
+    {
+        return Ok(node);
+    }
+    let mut found = nodes
+        .into_values()
+        .filter(|n| format!("{:016x}", n.id).starts_with(&wanted));
+    match (found.next(), found.next()) {
+        (Some(node), None) => Ok(node),
+        (None, _) => Err(VaultError::NotFound(format!(
+            "no node {wanted} in this cluster"
+        ))),
+        (Some(_), Some(_)) => Err(VaultError::Invalid(format!(
+            "{wanted} names more than one node: give more of the id"
+        ))),
+    }
+}
+
 /// The ids of every node ever admitted, removed ones included: ids a new
 /// node must not get.
 pub async fn ids_taken(store: &Store) -> Result<BTreeSet<u64>, VaultError> {

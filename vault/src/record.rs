@@ -22,6 +22,15 @@ impl Writer {
         self
     }
 
+    /// A number, as an 8-byte big-endian field.
+    pub fn u64(&mut self, n: u64) -> &mut Self {
+        self.bytes(&n.to_be_bytes())
+    }
+
+    pub fn i64(&mut self, n: i64) -> &mut Self {
+        self.bytes(&n.to_be_bytes())
+    }
+
     pub fn finish(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.0)
     }
@@ -78,6 +87,21 @@ impl<'a> Reader<'a> {
             what: self.what,
             detail: format!("{field} is not UTF-8"),
         })
+    }
+
+    /// A number written by [`Writer::u64`].
+    pub fn u64(&mut self, field: &str) -> Result<u64, VaultError> {
+        let bytes = self.bytes(field)?;
+        let eight: [u8; 8] = bytes.try_into().map_err(|_| VaultError::Corrupt {
+            what: self.what,
+            detail: format!("{field} is not 8 bytes"),
+        })?;
+        Ok(u64::from_be_bytes(eight))
+    }
+
+    /// A number written by [`Writer::i64`].
+    pub fn i64(&mut self, field: &str) -> Result<i64, VaultError> {
+        Ok(self.u64(field)? as i64)
     }
 
     /// Fails if bytes are left over.

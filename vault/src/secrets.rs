@@ -6,7 +6,9 @@
 //! - `\0coffer/secrets/<id>`: the metadata (no data);
 //! - `\0coffer/secret-names/<name in lower case>`: the id, so that one
 //!   transaction can claim a name;
-//! - `\0coffer/secret-data/<id>/<version>`: one version's data.
+//! - `\0coffer/secret-data/<id>/<version>`: one version's data;
+//! - `\0coffer/secret-users/<id>`: the tasks that use it ([`crate::tasks`]
+//!   keeps it), which removal and rotation check in the same transaction.
 //!
 //! Nothing here hands data out but [`Secret::data`], which only task
 //! delivery calls. `Debug` of every type here shows no data.
@@ -18,6 +20,7 @@ use coffer_store::{Check, CmpOp, Compare, Consistency, Op, Store, Txn, Value};
 use zeroize::Zeroizing;
 
 use crate::record::{Reader, Writer};
+use crate::tasks::Users;
 use crate::VaultError;
 
 const META_PREFIX: &[u8] = b"\0coffer/secrets/";
@@ -60,15 +63,21 @@ pub struct Secret {
 /// Checks a name against SwarmKit's rule:
 /// `^[a-zA-Z0-9]+(?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?$`, 1 to 64 characters.
 pub fn validate_name(name: &str) -> Result<(), VaultError> {
+    validate_object_name("secret", name, NAME_CHARS_MAX)
+}
+
+/// SwarmKit's name rule for a `kind` of object, with at most `max`
+/// characters.
+pub(crate) fn validate_object_name(kind: &str, name: &str, max: usize) -> Result<(), VaultError> {
     let invalid = |why: &str| {
         VaultError::Invalid(format!(
-            "invalid secret name {name:?}: {why} (1 to {NAME_CHARS_MAX} of a-z, A-Z, 0-9, and - _ . inside)"
+            "invalid {kind} name {name:?}: {why} (1 to {max} of a-z, A-Z, 0-9, and - _ . inside)"
         ))
     };
     let bytes = name.as_bytes();
     match (bytes.first(), bytes.last()) {
         (None, _) | (_, None) => return Err(invalid("it is empty")),
-        _ if bytes.len() > NAME_CHARS_MAX => return Err(invalid("it is too long")),
+        _ if bytes.len() > max => return Err(invalid("it is too long")),
         (Some(first), Some(last))
             if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() =>
         {
@@ -124,7 +133,7 @@ pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), VaultErr
     Ok(())
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -146,7 +155,7 @@ fn new_id() -> String {
     String::from_utf8(id).unwrap_or_default()
 }
 
-fn meta_key(id: &str) -> Vec<u8> {
+pub(crate) fn meta_key(id: &str) -> Vec<u8> {
     [META_PREFIX, id.as_bytes()].concat()
 }
 
@@ -158,7 +167,7 @@ fn data_key(id: &str, version: u64) -> Vec<u8> {
     [DATA_PREFIX, format!("{id}/{version:016x}").as_bytes()].concat()
 }
 
-fn put(key: Vec<u8>, value: Vec<u8>) -> Op {
+pub(crate) fn put(key: Vec<u8>, value: Vec<u8>) -> Op {
     Op::Put {
         key,
         value: Value(value),
@@ -233,7 +242,7 @@ impl Secret {
     }
 
     /// [`Secret::find`], with the revision of the metadata's last change.
-    async fn find_with_revision(
+    pub(crate) async fn find_with_revision(
         store: &Store,
         name_or_id: &str,
     ) -> Result<(Secret, u64), VaultError> {
@@ -267,14 +276,15 @@ impl Secret {
     }
 
     /// Adds version N+1 with `data`; versions past [`VERSIONS_KEPT`] are
-    /// dropped, oldest first.
+    /// dropped, oldest first. A version a task pins is never dropped: the
+    /// rotation is refused instead, naming the tasks.
     pub async fn rotate(
         store: &Store,
         name_or_id: &str,
         data: &[u8],
     ) -> Result<Secret, VaultError> {
         validate_data(data)?;
-        Secret::change(store, name_or_id, |mut secret| {
+        Secret::change(store, name_or_id, |mut secret, users| {
             let version = secret.version() + 1;
             let now = now_unix();
             secret.versions.push(VersionInfo {
@@ -285,6 +295,16 @@ impl Secret {
             secret.updated_unix = now;
             let extra = secret.versions.len().saturating_sub(VERSIONS_KEPT);
             let dropped: Vec<u64> = secret.versions.drain(..extra).map(|v| v.version).collect();
+            for v in &dropped {
+                let pinning = users.pinning(*v);
+                if !pinning.is_empty() {
+                    return Err(VaultError::Precondition(format!(
+                        "rotating secret {:?} would drop version {v}, which task(s) {} pin: attach them to a newer version or detach them first",
+                        secret.name,
+                        pinning.join(", ")
+                    )));
+                }
+            }
             let mut ops = vec![
                 put(data_key(&secret.id, version), data.to_vec()),
                 put(meta_key(&secret.id), secret.encode()),
@@ -292,14 +312,23 @@ impl Secret {
             ops.extend(dropped.into_iter().map(|v| Op::Delete {
                 key: data_key(&secret.id, v),
             }));
-            (secret, ops)
+            Ok((secret, ops))
         })
         .await
     }
 
-    /// Removes the secret, all its versions and its name.
+    /// Removes the secret, all its versions and its name; refused while a
+    /// task uses it.
     pub async fn remove(store: &Store, name_or_id: &str) -> Result<Secret, VaultError> {
-        Secret::change(store, name_or_id, |secret| {
+        Secret::change(store, name_or_id, |secret, users| {
+            let tasks = users.tasks();
+            if !tasks.is_empty() {
+                return Err(VaultError::Precondition(format!(
+                    "secret {:?} is in use by task(s) {}: detach them first",
+                    secret.name,
+                    tasks.join(", ")
+                )));
+            }
             let mut ops = vec![
                 Op::Delete {
                     key: meta_key(&secret.id),
@@ -311,29 +340,34 @@ impl Secret {
             ops.extend(secret.versions.iter().map(|v| Op::Delete {
                 key: data_key(&secret.id, v.version),
             }));
-            (secret, ops)
+            Ok((secret, ops))
         })
         .await
     }
 
-    /// Reads the secret, and applies the ops `edit` makes of it unless the
-    /// secret changed meanwhile (a compare on its metadata's revision), in
-    /// which case it reads it again and retries. Returns what `edit` made.
+    /// Reads the secret and the tasks that use it, and applies the ops
+    /// `edit` makes of them unless either changed meanwhile (compares on
+    /// their revisions), in which case it reads them again and retries.
+    /// Returns what `edit` made.
     async fn change(
         store: &Store,
         name_or_id: &str,
-        mut edit: impl FnMut(Secret) -> (Secret, Vec<Op>),
+        mut edit: impl FnMut(Secret, &Users) -> Result<(Secret, Vec<Op>), VaultError>,
     ) -> Result<Secret, VaultError> {
         loop {
             let (secret, revision) = Secret::find_with_revision(store, name_or_id).await?;
+            let (users, users_unchanged) = Users::load(store, &secret.id).await?;
             let meta = meta_key(&secret.id);
-            let (secret, success) = edit(secret);
+            let (secret, success) = edit(secret, &users)?;
             let done = store
                 .txn(Txn {
-                    compares: vec![Compare {
-                        key: meta,
-                        check: Check::ModRevision(CmpOp::Equal, revision),
-                    }],
+                    compares: vec![
+                        Compare {
+                            key: meta,
+                            check: Check::ModRevision(CmpOp::Equal, revision),
+                        },
+                        users_unchanged,
+                    ],
                     success,
                     failure: vec![],
                 })
@@ -346,7 +380,7 @@ impl Secret {
 
     /// The data of `version` (the current one if `None`): for delivery to
     /// the node that runs a task referencing it, and for nothing else.
-    pub async fn data(
+    pub(crate) async fn data(
         &self,
         store: &Store,
         version: Option<u64>,
@@ -376,17 +410,15 @@ impl Secret {
         let mut w = Writer::new(META_VERSION);
         w.bytes(self.id.as_bytes())
             .bytes(self.name.as_bytes())
-            .bytes(&self.created_unix.to_be_bytes())
-            .bytes(&self.updated_unix.to_be_bytes())
-            .bytes(&(self.labels.len() as u64).to_be_bytes());
+            .i64(self.created_unix)
+            .i64(self.updated_unix)
+            .u64(self.labels.len() as u64);
         for (k, v) in &self.labels {
             w.bytes(k.as_bytes()).bytes(v.as_bytes());
         }
-        w.bytes(&(self.versions.len() as u64).to_be_bytes());
+        w.u64(self.versions.len() as u64);
         for v in &self.versions {
-            w.bytes(&v.version.to_be_bytes())
-                .bytes(&v.created_unix.to_be_bytes())
-                .bytes(&v.size.to_be_bytes());
+            w.u64(v.version).i64(v.created_unix).u64(v.size);
         }
         w.finish()
     }
@@ -399,16 +431,11 @@ impl Secret {
             detail: detail.to_string(),
         };
         let mut r = Reader::new(WHAT, META_VERSION, record)?;
-        let eight = |r: &mut Reader, field: &str| -> Result<[u8; 8], VaultError> {
-            r.bytes(field)?
-                .try_into()
-                .map_err(|_| corrupt(&format!("{field} is not 8 bytes")))
-        };
         let id = r.string("id")?;
         let name = r.string("name")?;
-        let created_unix = i64::from_be_bytes(eight(&mut r, "created")?);
-        let updated_unix = i64::from_be_bytes(eight(&mut r, "updated")?);
-        let label_count = u64::from_be_bytes(eight(&mut r, "label count")?);
+        let created_unix = r.i64("created")?;
+        let updated_unix = r.i64("updated")?;
+        let label_count = r.u64("label count")?;
         if label_count > LABELS_MAX as u64 {
             return Err(corrupt("too many labels"));
         }
@@ -418,16 +445,16 @@ impl Secret {
             let v = r.string("label value")?;
             labels.insert(k, v);
         }
-        let version_count = u64::from_be_bytes(eight(&mut r, "version count")?);
+        let version_count = r.u64("version count")?;
         if version_count == 0 || version_count > VERSIONS_KEPT as u64 {
             return Err(corrupt("a version count out of range"));
         }
         let mut versions = Vec::new();
         for _ in 0..version_count {
             versions.push(VersionInfo {
-                version: u64::from_be_bytes(eight(&mut r, "version")?),
-                created_unix: i64::from_be_bytes(eight(&mut r, "version created")?),
-                size: u64::from_be_bytes(eight(&mut r, "version size")?),
+                version: r.u64("version")?,
+                created_unix: r.i64("version created")?,
+                size: r.u64("version size")?,
             });
         }
         r.finish()?;

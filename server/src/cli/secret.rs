@@ -104,7 +104,7 @@ fn read_data(file: Option<&str>) -> Result<Zeroizing<Vec<u8>>> {
 
 /// Seconds since the epoch as RFC 3339 UTC (the civil-from-days
 /// algorithm of Howard Hinnant's date library).
-fn timestamp(unix: i64) -> String {
+pub(super) fn timestamp(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

@@ -1,0 +1,154 @@
+//! The `Tasks` gRPC service: `coffer_vault::tasks` over the wire. The
+//! leader answers; a follower passes the call on once, having named
+//! itself as the task's node when the request names none.
+
+use coffer_store::{Consistency, Store};
+use coffer_vault::nodes::{self, NodeRecord};
+use coffer_vault::tasks::{Attachment, Task, TaskSecret, DEFAULT_MODE};
+use tonic::{Request, Response, Status};
+
+use crate::pb;
+use crate::pb::tasks_client::TasksClient;
+use crate::raft::{forwarded, leader_channel, GrpcTransport};
+use crate::status::from_vault;
+
+/// On the TCP port it sits behind `Guard::managers_only`, like `Kv`.
+#[derive(Debug, Clone)]
+pub struct TasksService {
+    store: Store,
+    /// How a member reaches the leader (none for a store a command
+    /// opened, which answers everything itself).
+    peers: Option<GrpcTransport>,
+}
+
+fn to_pb(task: Task) -> pb::Task {
+    pb::Task {
+        name: task.name,
+        node: format!("{:016x}", task.node),
+        created_unix: task.created_unix,
+        updated_unix: task.updated_unix,
+        secrets: task
+            .secrets
+            .into_iter()
+            .map(|s: TaskSecret| pb::TaskSecret {
+                secret_id: s.secret_id,
+                secret_name: s.secret_name,
+                version: s.version.unwrap_or(0),
+                target: s.target,
+                uid: s.uid,
+                gid: s.gid,
+                mode: s.mode,
+            })
+            .collect(),
+    }
+}
+
+fn answer(task: Task) -> Response<pb::TaskResponse> {
+    Response::new(pb::TaskResponse {
+        task: Some(to_pb(task)),
+    })
+}
+
+fn attachment(a: pb::SecretAttachment) -> Attachment {
+    Attachment {
+        source: a.source,
+        version: Some(a.version).filter(|v| *v != 0),
+        target: Some(a.target).filter(|t| !t.is_empty()),
+        uid: a.uid,
+        gid: a.gid,
+        mode: a.mode.unwrap_or(DEFAULT_MODE),
+    }
+}
+
+impl TasksService {
+    pub fn new(store: Store, peers: Option<GrpcTransport>) -> TasksService {
+        TasksService { store, peers }
+    }
+
+    /// The leader's client when this member does not lead and the call
+    /// was not already passed on (`None`: answer here).
+    fn route<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<TasksClient<tonic::transport::Channel>>, Status> {
+        let channel = leader_channel(&self.store, self.peers.as_ref(), request.metadata())?;
+        Ok(channel.map(|channel| {
+            TasksClient::new(channel)
+                .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::server::MAX_MESSAGE_BYTES)
+        }))
+    }
+
+    /// The node `text` names among the cluster's records.
+    async fn node(&self, text: &str) -> Result<u64, Status> {
+        let records = NodeRecord::list(&self.store, Consistency::Linearizable)
+            .await
+            .map_err(from_vault)?;
+        let by_id = records.into_iter().map(|n| (n.id, n)).collect();
+        Ok(nodes::resolve(by_id, text).map_err(from_vault)?.id)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::tasks_server::Tasks for TasksService {
+    async fn attach(
+        &self,
+        mut request: Request<pb::AttachRequest>,
+    ) -> Result<Response<pb::TaskResponse>, Status> {
+        // No node named: the one the caller asked, before any passing on.
+        if request.get_ref().node.is_empty() {
+            request.get_mut().node = format!("{:016x}", self.store.node_id());
+        }
+        if let Some(mut leader) = self.route(&request)? {
+            return leader.attach(forwarded(request.into_inner())).await;
+        }
+        let r = request.into_inner();
+        let node = self.node(&r.node).await?;
+        let attachments: Vec<Attachment> = r.secrets.into_iter().map(attachment).collect();
+        let task = Task::attach(&self.store, &r.task, node, &attachments)
+            .await
+            .map_err(from_vault)?;
+        tracing::info!(task = %task.name, node = %format!("{node:016x}"), secrets = task.secrets.len(), "attached secrets to a task");
+        Ok(answer(task))
+    }
+
+    async fn detach(
+        &self,
+        request: Request<pb::TaskRef>,
+    ) -> Result<Response<pb::TaskResponse>, Status> {
+        if let Some(mut leader) = self.route(&request)? {
+            return leader.detach(forwarded(request.into_inner())).await;
+        }
+        let task = Task::detach(&self.store, &request.into_inner().task)
+            .await
+            .map_err(from_vault)?;
+        tracing::info!(task = %task.name, "detached a task");
+        Ok(answer(task))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        if let Some(mut leader) = self.route(&request)? {
+            return leader.list_tasks(forwarded(request.into_inner())).await;
+        }
+        let tasks = Task::list(&self.store).await.map_err(from_vault)?;
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.into_iter().map(to_pb).collect(),
+        }))
+    }
+
+    async fn inspect_task(
+        &self,
+        request: Request<pb::TaskRef>,
+    ) -> Result<Response<pb::TaskResponse>, Status> {
+        if let Some(mut leader) = self.route(&request)? {
+            return leader.inspect_task(forwarded(request.into_inner())).await;
+        }
+        let task = Task::find(&self.store, &request.into_inner().task)
+            .await
+            .map_err(from_vault)?;
+        Ok(answer(task))
+    }
+}
