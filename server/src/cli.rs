@@ -102,6 +102,22 @@ pub enum Command {
     /// Tasks: the secrets each gets as files, and the node that runs it.
     #[command(subcommand)]
     Task(task::TaskCommand),
+    /// Materializes the secrets of TASK, which runs on this node, in DIR:
+    /// a fresh tmpfs (nodev, nosuid, noexec) when the server may mount
+    /// one, else DIR must already be on a tmpfs. One file per secret with
+    /// its owner and mode, published by a `..data` symlink swap; the
+    /// server keeps them current as secrets rotate. DIR is created (with
+    /// its parents) if missing, and must be empty.
+    Mount {
+        task: String,
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Wipes the files of the mount on DIR and unmounts its tmpfs.
+    Unmount {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Prints the cluster's root CA certificate (PEM).
     Ca,
     /// The cluster's nodes.
@@ -300,6 +316,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 cmd,
             )
             .await
+        }
+        Command::Mount { task: name, dir } => {
+            let target = target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?;
+            task::mount(&target, name, &dir).await
+        }
+        Command::Unmount { dir } => {
+            let target = target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?;
+            task::unmount(&target, &dir).await
         }
         Command::Kv(cmd) => {
             kv::run(

@@ -162,7 +162,11 @@ impl Connection {
         let store = Store::open(Config::new(dir).node_id(node))
             .await
             .with_context(|| format!("opening the store in {}", dir.display()))?;
-        match Connection::serve_store(store.clone(), lock).await {
+        let connection = match crate::mounts::Mounts::open(dir, store.clone()) {
+            Ok(mounts) => Connection::serve_store(store.clone(), lock, mounts).await,
+            Err(e) => Err(e),
+        };
+        match connection {
             Ok(connection) => Ok(connection),
             Err(e) => {
                 store.shutdown().await.ok();
@@ -171,12 +175,16 @@ impl Connection {
         }
     }
 
-    async fn serve_store(store: Store, lock: DataDirLock) -> Result<Connection> {
+    async fn serve_store(
+        store: Store,
+        lock: DataDirLock,
+        mounts: crate::mounts::Mounts,
+    ) -> Result<Connection> {
         // Each connection the channel makes is a fresh in-memory pipe whose
         // other end goes to the in-process server.
         let (pipes, accepted) = tokio::sync::mpsc::channel::<DuplexStream>(1);
         let (stop, stopping) = watch::channel(false);
-        let router = server::local_router(&store, stopping.clone(), None).await?;
+        let router = server::local_router(&store, stopping.clone(), None, mounts).await?;
         let served = tokio::spawn(async move {
             let incoming = ReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
             let mut stopping = stopping;

@@ -59,7 +59,7 @@ fn read_limited(path: &Path) -> Result<Option<Vec<u8>>> {
 }
 
 /// Writes a file atomically (temporary file, fsync, rename) with `mode`.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()

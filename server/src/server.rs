@@ -40,6 +40,7 @@ use crate::cluster::ClusterService;
 use crate::identity;
 use crate::kv::KvService;
 use crate::lock::DataDirLock;
+use crate::mounts::Mounts;
 use crate::pb;
 use crate::pb::cluster_server::ClusterServer;
 use crate::pb::kv_server::KvServer;
@@ -138,6 +139,7 @@ fn services(
     local: bool,
     leader: Option<GrpcTransport>,
     guard: Guard,
+    mounts: Option<Mounts>,
 ) -> Services {
     let mut kv = KvService::new(store.clone(), stopping);
     if let Some(transport) = leader.clone() {
@@ -149,7 +151,7 @@ fn services(
     let secrets = SecretsServer::new(SecretsService::new(store.clone(), leader.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let tasks = TasksServer::new(TasksService::new(store.clone(), leader.clone()))
+    let tasks = TasksServer::new(TasksService::new(store.clone(), leader.clone(), mounts))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let cluster = ClusterServer::new(ClusterService::new(store.clone(), local, leader, guard));
@@ -204,8 +206,16 @@ pub async fn local_router(
     store: &Store,
     stopping: watch::Receiver<bool>,
     leader: Option<GrpcTransport>,
+    mounts: Mounts,
 ) -> Result<Router> {
-    let s = services(store, stopping, true, leader, Guard::default());
+    let s = services(
+        store,
+        stopping,
+        true,
+        leader,
+        Guard::default(),
+        Some(mounts),
+    );
     let (health, reflection) = health_and_reflection(true).await?;
     Ok(builder()
         .add_service(s.kv)
@@ -225,7 +235,7 @@ async fn tcp_router(
     leader: Option<GrpcTransport>,
 ) -> Result<Router> {
     let guard = Guard::new(Removed::follow(store.clone(), stopping.clone()).await);
-    let s = services(store, stopping, false, leader, guard.clone());
+    let s = services(store, stopping, false, leader, guard.clone(), None);
     let (health, reflection) = health_and_reflection(true).await?;
     let raft = RaftServer::new(RaftService::new(store.clone()))
         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -605,13 +615,20 @@ async fn start(
     let unix = bind_private(&socket)?;
 
     let (stop, stopping) = watch::channel(false);
-    let local = local_router(store, stopping.clone(), Some(transport.clone())).await?;
+    let mounts = Mounts::open(dir, store.clone())?;
+    let local = local_router(
+        store,
+        stopping.clone(),
+        Some(transport.clone()),
+        mounts.clone(),
+    )
+    .await?;
     let on_port = serve_port(store, tls, tcp, stopping.clone(), Some(transport.clone())).await?;
     let on_socket =
         local.serve_with_incoming_shutdown(UnixListenerStream::new(unix), until_stopped(stopping));
     let served = tokio::spawn(async move { tokio::try_join!(on_socket, on_port).map(|_| ()) });
     let managers = identity::load_managers(dir)?;
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(mounts.follow(stop.subscribe()))];
     if !first {
         // Joined, restarted or promoted: a voter at this address (a no-op
         // for a member that is one already).

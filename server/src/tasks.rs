@@ -1,12 +1,15 @@
 //! The `Tasks` gRPC service: `coffer_vault::tasks` over the wire. The
 //! leader answers; a follower passes the call on once, having named
-//! itself as the task's node when the request names none.
+//! itself as the task's node when the request names none. `Mount` and
+//! `Unmount` act on this node ([`crate::mounts`]): served on the socket
+//! only.
 
 use coffer_store::{Consistency, Store};
 use coffer_vault::nodes::{self, NodeRecord};
 use coffer_vault::tasks::{Attachment, Task, TaskSecret, DEFAULT_MODE};
 use tonic::{Request, Response, Status};
 
+use crate::mounts::Mounts;
 use crate::pb;
 use crate::pb::tasks_client::TasksClient;
 use crate::raft::{forwarded, leader_channel, GrpcTransport};
@@ -19,6 +22,8 @@ pub struct TasksService {
     /// How a member reaches the leader (none for a store a command
     /// opened, which answers everything itself).
     peers: Option<GrpcTransport>,
+    /// This node's mounts (none on the port: mounts are the local CLI's).
+    mounts: Option<Mounts>,
 }
 
 fn to_pb(task: Task) -> pb::Task {
@@ -61,8 +66,20 @@ fn attachment(a: pb::SecretAttachment) -> Attachment {
 }
 
 impl TasksService {
-    pub fn new(store: Store, peers: Option<GrpcTransport>) -> TasksService {
-        TasksService { store, peers }
+    pub fn new(store: Store, peers: Option<GrpcTransport>, mounts: Option<Mounts>) -> TasksService {
+        TasksService {
+            store,
+            peers,
+            mounts,
+        }
+    }
+
+    fn mounts(&self) -> Result<&Mounts, Status> {
+        self.mounts.as_ref().ok_or_else(|| {
+            Status::permission_denied(
+                "mount and unmount act on the node that serves them: call them on its Unix socket",
+            )
+        })
     }
 
     /// The leader's client when this member does not lead and the call
@@ -150,5 +167,26 @@ impl pb::tasks_server::Tasks for TasksService {
             .await
             .map_err(from_vault)?;
         Ok(answer(task))
+    }
+
+    async fn mount(
+        &self,
+        request: Request<pb::MountRequest>,
+    ) -> Result<Response<pb::MountResponse>, Status> {
+        let r = request.into_inner();
+        let mounted = self.mounts()?.mount(&r.task, &r.dir).await?;
+        Ok(Response::new(pb::MountResponse {
+            dir: mounted.dir.to_string_lossy().into_owned(),
+            files: u32::try_from(mounted.files).unwrap_or(u32::MAX),
+            own_tmpfs: mounted.medium == coffer_vault::mount::Medium::OwnTmpfs,
+        }))
+    }
+
+    async fn unmount(
+        &self,
+        request: Request<pb::UnmountRequest>,
+    ) -> Result<Response<pb::UnmountResponse>, Status> {
+        let task = self.mounts()?.unmount(&request.into_inner().dir).await?;
+        Ok(Response::new(pb::UnmountResponse { task }))
     }
 }

@@ -23,6 +23,9 @@ pub enum VaultError {
     /// task uses, a task on another node).
     #[error("{0}")]
     Precondition(String),
+    /// Reading or writing local files (a mount's) failed.
+    #[error("{0}")]
+    Io(String),
     /// A value outside what the cluster accepts.
     #[error("{0}")]
     Invalid(String),

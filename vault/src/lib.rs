@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod config;
 mod error;
 pub mod join;
+pub mod mount;
 pub mod nodes;
 mod objects;
 mod record;

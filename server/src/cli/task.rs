@@ -2,9 +2,10 @@
 //! node it runs. `attach` adds secrets to a task (creating it), `detach`
 //! removes the task, `ls` and `inspect` show tasks (never secret data).
 
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
 use super::Format;
@@ -197,6 +198,38 @@ async fn command(c: &mut Connection, cmd: TaskCommand) -> Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dir` as an absolute path, for the server (whose working directory is
+/// its own).
+fn absolute(dir: &Path) -> Result<String> {
+    let path = std::path::absolute(dir)
+        .with_context(|| format!("{}: not a usable path", dir.display()))?;
+    match path.to_str() {
+        Some(text) => Ok(text.to_string()),
+        None => bail!("{}: the path is not UTF-8", dir.display()),
+    }
+}
+
+/// `coffer mount TASK DIR`: prints the directory.
+pub async fn mount(target: &Target, task: String, dir: &Path) -> Result<ExitCode> {
+    let dir = absolute(dir)?;
+    let mut c = Connection::open(target).await?;
+    let outcome = c.tasks.mount(pb::MountRequest { task, dir }).await;
+    c.close().await?;
+    let mounted = outcome.map_err(failed)?.into_inner();
+    println!("{}", mounted.dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `coffer unmount DIR`: prints the task that was mounted there.
+pub async fn unmount(target: &Target, dir: &Path) -> Result<ExitCode> {
+    let dir = absolute(dir)?;
+    let mut c = Connection::open(target).await?;
+    let outcome = c.tasks.unmount(pb::UnmountRequest { dir }).await;
+    c.close().await?;
+    println!("{}", outcome.map_err(failed)?.into_inner().task);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3610,6 +3610,38 @@ pub mod secrets_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MountRequest {
+    #[prost(string, tag = "1")]
+    pub task: ::prost::alloc::string::String,
+    /// An absolute path; created (with its parents) if missing, and
+    /// otherwise empty.
+    #[prost(string, tag = "2")]
+    pub dir: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MountResponse {
+    #[prost(string, tag = "1")]
+    pub dir: ::prost::alloc::string::String,
+    /// Files published.
+    #[prost(uint32, tag = "2")]
+    pub files: u32,
+    /// True if the server mounted a tmpfs on the directory; false if the
+    /// directory was on a tmpfs already.
+    #[prost(bool, tag = "3")]
+    pub own_tmpfs: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnmountRequest {
+    #[prost(string, tag = "1")]
+    pub dir: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnmountResponse {
+    /// The task that was mounted there.
+    #[prost(string, tag = "1")]
+    pub task: ::prost::alloc::string::String,
+}
 /// One secret to attach: `source=NAME[@VERSION][,target=FILE][,uid=U]  [,gid=G][,mode=M]` on the command line.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SecretAttachment {
@@ -3856,6 +3888,51 @@ pub mod tasks_client {
                 .insert(GrpcMethod::new("coffer.v1.Tasks", "InspectTask"));
             self.inner.unary(req, path, codec).await
         }
+        /// Materializes a task that runs on this node in a directory: a fresh
+        /// tmpfs (nodev, nosuid, noexec) on it when the server may mount one,
+        /// else the directory must already be on a tmpfs. One file per secret,
+        /// with its owner and mode, published by a `..data` symlink swap; the
+        /// server keeps the files current as secrets rotate and the task changes.
+        pub async fn mount(
+            &mut self,
+            request: impl tonic::IntoRequest<super::MountRequest>,
+        ) -> std::result::Result<tonic::Response<super::MountResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/coffer.v1.Tasks/Mount");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("coffer.v1.Tasks", "Mount"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Wipes a mount's files and unmounts the tmpfs it mounted.
+        pub async fn unmount(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UnmountRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::UnmountResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/coffer.v1.Tasks/Unmount");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("coffer.v1.Tasks", "Unmount"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -3895,6 +3972,20 @@ pub mod tasks_server {
             &self,
             request: tonic::Request<super::TaskRef>,
         ) -> std::result::Result<tonic::Response<super::TaskResponse>, tonic::Status>;
+        /// Materializes a task that runs on this node in a directory: a fresh
+        /// tmpfs (nodev, nosuid, noexec) on it when the server may mount one,
+        /// else the directory must already be on a tmpfs. One file per secret,
+        /// with its owner and mode, published by a `..data` symlink swap; the
+        /// server keeps the files current as secrets rotate and the task changes.
+        async fn mount(
+            &self,
+            request: tonic::Request<super::MountRequest>,
+        ) -> std::result::Result<tonic::Response<super::MountResponse>, tonic::Status>;
+        /// Wipes a mount's files and unmounts the tmpfs it mounted.
+        async fn unmount(
+            &self,
+            request: tonic::Request<super::UnmountRequest>,
+        ) -> std::result::Result<tonic::Response<super::UnmountResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct TasksServer<T> {
@@ -4129,6 +4220,92 @@ pub mod tasks_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = InspectTaskSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/coffer.v1.Tasks/Mount" => {
+                    #[allow(non_camel_case_types)]
+                    struct MountSvc<T: Tasks>(pub Arc<T>);
+                    impl<T: Tasks> tonic::server::UnaryService<super::MountRequest>
+                    for MountSvc<T> {
+                        type Response = super::MountResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::MountRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Tasks>::mount(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = MountSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/coffer.v1.Tasks/Unmount" => {
+                    #[allow(non_camel_case_types)]
+                    struct UnmountSvc<T: Tasks>(pub Arc<T>);
+                    impl<T: Tasks> tonic::server::UnaryService<super::UnmountRequest>
+                    for UnmountSvc<T> {
+                        type Response = super::UnmountResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UnmountRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Tasks>::unmount(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UnmountSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -146,10 +146,26 @@ impl Server {
         listen: &str,
         extra: &[&str],
     ) -> Server {
-        let mut command = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_coffer")]);
+        match netns {
+            Some(ns) => Server::spawn_under(&["ip", "netns", "exec", ns], dir, log, listen, extra),
+            None => Server::spawn_under(&[], dir, log, listen, extra),
+        }
+    }
+
+    /// [`Server::spawn`] under a command that execs the rest of its
+    /// arguments (`ip netns exec NS`, `setpriv ...`): the child is the
+    /// server.
+    pub fn spawn_under(
+        wrapper: &[&str],
+        dir: &Path,
+        log: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Server {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_coffer"));
                 c
             }
             None => Command::new(env!("CARGO_BIN_EXE_coffer")),
@@ -185,7 +201,22 @@ impl Server {
         listen: &str,
         extra: &[&str],
     ) -> Server {
-        let mut server = Server::spawn_in_netns(netns, dir, log, listen, extra);
+        Server::serving(Server::spawn_in_netns(netns, dir, log, listen, extra))
+    }
+
+    /// [`Server::start`] under a wrapper command ([`Server::spawn_under`]).
+    pub fn start_under(
+        wrapper: &[&str],
+        dir: &Path,
+        log: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Server {
+        Server::serving(Server::spawn_under(wrapper, dir, log, listen, extra))
+    }
+
+    /// Waits until `server` serves.
+    fn serving(mut server: Server) -> Server {
         let (log, socket) = (server.log.clone(), server.socket());
         let mut addr = None;
         wait_for("the server to serve", &log, || {
