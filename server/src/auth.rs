@@ -149,6 +149,40 @@ impl Guard {
     pub fn managers_only(&self) -> ManagersOnly {
         ManagersOnly(self.clone())
     }
+
+    /// The interceptor in front of a service any node may call on the
+    /// port, whose calls check the [`Caller`] further.
+    pub fn nodes_only(&self) -> NodesOnly {
+        NodesOnly(self.clone())
+    }
+}
+
+/// The interceptor in front of a service any node of the cluster may call
+/// on the TCP port: it puts the caller's certificate in the request as a
+/// [`Caller`] (so a call without one came through the socket).
+#[derive(Debug, Clone)]
+pub struct NodesOnly(Guard);
+
+impl Interceptor for NodesOnly {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let node = self.0.nodes(&request).map_err(crate::status::from_auth)?;
+        request.extensions_mut().insert(Caller(node));
+        Ok(request)
+    }
+}
+
+/// Refuses a call that came through the port from a node that is not a
+/// manager (behind [`NodesOnly`]).
+pub fn from_a_manager<T>(request: &Request<T>) -> Result<(), Status> {
+    match request.extensions().get::<Caller>() {
+        Some(Caller(cert)) if cert.role != Role::Manager => {
+            Err(crate::status::from_auth(AuthError::NotAManager {
+                node: cert.node,
+                role: cert.role,
+            }))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The interceptor in front of every manager-only service on the TCP port.

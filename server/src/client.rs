@@ -162,7 +162,8 @@ impl Connection {
         let store = Store::open(Config::new(dir).node_id(node))
             .await
             .with_context(|| format!("opening the store in {}", dir.display()))?;
-        let connection = match crate::mounts::Mounts::open(dir, store.clone()) {
+        let source = crate::mounts::Source::Store(store.clone());
+        let connection = match crate::mounts::Mounts::open(dir, source) {
             Ok(mounts) => Connection::serve_store(store.clone(), lock, mounts).await,
             Err(e) => Err(e),
         };

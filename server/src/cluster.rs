@@ -61,6 +61,15 @@ impl ClusterService {
     }
 
     /// Admits a local caller, or a manager of this cluster.
+    /// The managers' addresses as this member's membership has them.
+    fn managers_addrs(&self) -> Vec<String> {
+        let membership = self.store.metrics().membership_config.membership().clone();
+        membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .collect()
+    }
+
     fn managers_or_local<T>(&self, request: &Request<T>) -> Result<(), Status> {
         if !self.local {
             self.guard
@@ -295,6 +304,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             role: admitted.role.to_string(),
             certificate: admitted.cert_der,
             ca_certificate: cluster.ca.cert_der().to_vec(),
+            managers: self.managers_addrs(),
         }))
     }
 
@@ -487,15 +497,10 @@ impl pb::cluster_server::Cluster for ClusterService {
             tracing::info!(node = format_args!("{node:016x}"), %role, "renewed a node's certificate");
             issued
         };
-        let membership = self.store.metrics().membership_config.membership().clone();
-        let managers = membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
-            .collect();
         Ok(Response::new(pb::RenewResponse {
             role: role.to_string(),
             certificate,
-            managers,
+            managers: self.managers_addrs(),
         }))
     }
 

@@ -24,6 +24,8 @@ pub struct Joined {
     pub cert_der: Vec<u8>,
     pub key: NodeKey,
     pub ca_der: Vec<u8>,
+    /// The managers' addresses the cluster answered.
+    pub managers: Vec<String>,
 }
 
 /// Joins the cluster whose member listens at `addr`, with `token`, as a
@@ -72,6 +74,7 @@ pub async fn join(addr: &str, token: &str, advertise: &str) -> Result<Joined> {
         cert_der: answer.certificate,
         key,
         ca_der,
+        managers: answer.managers,
     })
 }
 

@@ -4,12 +4,18 @@
 //! media; never a secret or a target) so that a restarted server takes
 //! them up again.
 //!
-//! [`Mounts::follow`] keeps every mount current: it watches the vault's
-//! objects in this node's replica and, on any change (and every
-//! [`RECHECK`] besides), publishes a mount again when what its task should
-//! hold (targets, secret versions, owners, modes) differs from what it
-//! holds. A task that is detached or given to another node has its files
-//! removed; its directory stays mounted until `coffer unmount`.
+//! A manager takes its tasks' files from its own replica; a worker, which
+//! holds none, asks the managers (`Tasks.FetchSecrets` over mTLS with its
+//! certificate, which must name the task's node) ([`Source`]).
+//!
+//! [`Mounts::follow`] keeps every mount current: a manager watches the
+//! vault's objects in its replica and checks on any change (and every
+//! [`RECHECK`] besides); a worker asks every [`WORKER_POLL`], sending the
+//! digest of what it holds so that an unchanged task costs no data. A
+//! mount is published again when what its task should hold (targets,
+//! secret versions, owners, modes) differs from what it holds. A task that
+//! is detached or given to another node has its files removed; its
+//! directory stays mounted until `coffer unmount`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,40 +24,151 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use coffer_store::Store;
 use coffer_vault::mount::{self, Medium};
-use coffer_vault::tasks::{Task, TaskFile};
+use coffer_vault::tasks::{digest, Delivery, Task, TaskFile};
 use coffer_vault::VaultError;
 use futures::FutureExt;
 use tokio::sync::{watch, Mutex};
-use tonic::Status;
-use tracing::{info, warn};
+use tonic::{Code, Status};
+use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
 
+use crate::pb;
+use crate::pb::tasks_client::TasksClient;
+use crate::raft::GrpcTransport;
 use crate::status::from_vault;
 
 /// The file that records the node's mounts.
 pub const MOUNTS_FILE: &str = "mounts.json";
 /// How often every mount is checked even when no change was seen.
 pub const RECHECK: Duration = Duration::from_secs(5);
+/// How often a worker asks the managers about each of its mounts.
+pub const WORKER_POLL: Duration = Duration::from_secs(1);
+/// How long a worker waits for one manager's answer.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most mounts one node keeps.
 const MOUNTS_MAX: usize = 4096;
 
-/// What a mount holds: per file, the target, the secret, its version,
-/// owner and mode.
-type Contents = Vec<(String, String, u64, u32, u32, u32)>;
+/// Where a node's mounts get their tasks' files.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A manager: its own replica.
+    Store(Store),
+    /// A worker: the managers, over mTLS with the node's certificate.
+    Managers {
+        /// The worker's data directory (its `identity/managers` names the
+        /// managers, kept current by the agent).
+        dir: PathBuf,
+        /// Channels with the node's certificate, swapped on renewal.
+        transport: GrpcTransport,
+        node: u64,
+    },
+}
 
-fn contents(files: &[TaskFile]) -> Contents {
-    files
-        .iter()
-        .map(|f| {
-            (
-                f.target.clone(),
-                f.secret_id.clone(),
-                f.version,
-                f.uid,
-                f.gid,
-                f.mode,
-            )
+impl Source {
+    /// The node whose tasks this source delivers.
+    pub fn node(&self) -> u64 {
+        match self {
+            Source::Store(store) => store.node_id(),
+            Source::Managers { node, .. } => *node,
+        }
+    }
+
+    /// The files of `task` for this node, unless they match
+    /// `held_digest`.
+    pub async fn fetch(&self, task: &str, held_digest: &str) -> Result<Delivery, Status> {
+        let (dir, transport) = match self {
+            Source::Store(store) => {
+                return Task::deliver(store, task, store.node_id(), held_digest)
+                    .await
+                    .map_err(from_vault)
+            }
+            Source::Managers { dir, transport, .. } => (dir, transport),
+        };
+        let managers = crate::identity::load_managers(dir)
+            .map_err(|e| Status::internal(format!("reading the managers' addresses: {e:#}")))?;
+        let mut last = None;
+        for addr in &managers {
+            let channel = transport.channel(addr).map_err(Status::unavailable)?;
+            let mut client = TasksClient::new(channel)
+                .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES);
+            let mut request = tonic::Request::new(pb::FetchRequest {
+                task: task.to_string(),
+                held_digest: held_digest.to_string(),
+            });
+            request.set_timeout(FETCH_TIMEOUT);
+            match tokio::time::timeout(FETCH_TIMEOUT, client.fetch_secrets(request)).await {
+                Ok(Ok(answer)) => return Ok(delivery(answer.into_inner())),
+                // The cluster's answer, not one manager's trouble.
+                Ok(Err(status))
+                    if matches!(status.code(), Code::NotFound | Code::PermissionDenied) =>
+                {
+                    return Err(status)
+                }
+                Ok(Err(status)) => {
+                    debug!(%addr, "fetching a task's secrets: {}", status.message());
+                    last = Some(format!("{addr}: {}", status.message()));
+                }
+                Err(_) => last = Some(format!("{addr}: no answer within {FETCH_TIMEOUT:?}")),
+            }
+        }
+        Err(Status::unavailable(format!(
+            "no manager answered ({})",
+            last.unwrap_or_else(|| "none known".into())
+        )))
+    }
+}
+
+/// A delivery as the wire carries it.
+pub fn to_pb(delivery: Delivery) -> pb::FetchResponse {
+    match delivery {
+        Delivery::Unchanged { digest } => pb::FetchResponse {
+            unchanged: true,
+            digest,
+            files: Vec::new(),
+        },
+        Delivery::Files { digest, files } => pb::FetchResponse {
+            unchanged: false,
+            digest,
+            files: files
+                .into_iter()
+                .map(|f| pb::SecretFile {
+                    target: f.target,
+                    uid: f.uid,
+                    gid: f.gid,
+                    mode: f.mode,
+                    secret_id: f.secret_id,
+                    version: f.version,
+                    data: f.data.to_vec(),
+                })
+                .collect(),
+        },
+    }
+}
+
+/// A delivery from the wire; the message's data buffers are wiped.
+fn delivery(mut answer: pb::FetchResponse) -> Delivery {
+    if answer.unchanged {
+        return Delivery::Unchanged {
+            digest: answer.digest,
+        };
+    }
+    let files = answer
+        .files
+        .iter_mut()
+        .map(|f| TaskFile {
+            target: std::mem::take(&mut f.target),
+            uid: f.uid,
+            gid: f.gid,
+            mode: f.mode,
+            secret_id: std::mem::take(&mut f.secret_id),
+            version: f.version,
+            data: Zeroizing::new(std::mem::take(&mut f.data)),
         })
-        .collect()
+        .collect();
+    Delivery::Files {
+        digest: answer.digest,
+        files,
+    }
 }
 
 #[derive(Debug)]
@@ -61,15 +178,18 @@ struct Entry {
     medium: Medium,
     /// The tmpfs's size, for one this server mounted.
     size: u64,
-    /// What the directory holds now (`None`: not known since start).
-    published: Option<Contents>,
+    /// The digest of what the directory holds now (`None`: not known
+    /// since start).
+    published: Option<String>,
+    /// The last failure to update it, logged once.
+    failing: Option<String>,
 }
 
 /// The node's mounts; clones share them.
 #[derive(Debug, Clone)]
 pub struct Mounts {
     file: PathBuf,
-    store: Store,
+    source: Source,
     entries: Arc<Mutex<Vec<Entry>>>,
 }
 
@@ -79,6 +199,16 @@ pub struct Mounted {
     pub dir: PathBuf,
     pub files: usize,
     pub medium: Medium,
+}
+
+impl Mounted {
+    pub fn to_pb(&self) -> pb::MountResponse {
+        pb::MountResponse {
+            dir: self.dir.to_string_lossy().into_owned(),
+            files: u32::try_from(self.files).unwrap_or(u32::MAX),
+            own_tmpfs: self.medium == Medium::OwnTmpfs,
+        }
+    }
 }
 
 /// `dir` as the server names it: absolute, with the symlinks of its
@@ -124,8 +254,8 @@ async fn stopped(stopping: &mut watch::Receiver<bool>) {
 }
 
 impl Mounts {
-    /// The mounts recorded in `data_dir`, served from `store`.
-    pub fn open(data_dir: &Path, store: Store) -> Result<Mounts> {
+    /// The mounts recorded in `data_dir`, delivered from `source`.
+    pub fn open(data_dir: &Path, source: Source) -> Result<Mounts> {
         let file = data_dir.join(MOUNTS_FILE);
         let mut entries = Vec::new();
         match std::fs::read(&file) {
@@ -146,6 +276,7 @@ impl Mounts {
                         medium,
                         size: 0,
                         published: None,
+                        failing: None,
                     });
                 }
             }
@@ -154,7 +285,7 @@ impl Mounts {
         }
         Ok(Mounts {
             file,
-            store,
+            source,
             entries: Arc::new(Mutex::new(entries)),
         })
     }
@@ -175,17 +306,9 @@ impl Mounts {
             .map_err(|e| Status::internal(format!("recording the mount: {e:#}")))
     }
 
-    /// The files of `task` if it runs on this node.
-    async fn assigned(&self, task: &str) -> Result<Vec<TaskFile>, VaultError> {
-        let task = Task::find(&self.store, task).await?;
-        let here = self.store.node_id();
-        if task.node != here {
-            return Err(VaultError::Precondition(format!(
-                "task {:?} runs on node {:016x}, not on this one ({here:016x}): mount it there",
-                task.name, task.node
-            )));
-        }
-        task.files(&self.store).await
+    /// Where the mounts get their files.
+    pub fn source(&self) -> &Source {
+        &self.source
     }
 
     /// Mounts `task`'s secrets on `dir` (see `tasks.proto`).
@@ -204,8 +327,14 @@ impl Mounts {
                 "this node keeps at most {MOUNTS_MAX} mounts"
             )));
         }
-        let files = self.assigned(task).await.map_err(from_vault)?;
-        let published = contents(&files);
+        let (published, files) = match self.source.fetch(task, "").await? {
+            Delivery::Files { digest, files } => (digest, files),
+            Delivery::Unchanged { .. } => {
+                return Err(Status::internal(
+                    "the managers answered `unchanged` to a first fetch",
+                ))
+            }
+        };
         let count = files.len();
         let size = mount::size_for(&files);
         let at = dir.clone();
@@ -225,6 +354,7 @@ impl Mounts {
             medium,
             size,
             published: Some(published),
+            failing: None,
         });
         if let Err(e) = self.save(&entries) {
             if let Some(entry) = entries.pop() {
@@ -263,16 +393,20 @@ impl Mounts {
     /// Brings one mount up to date: its tmpfs back after a reboot, its
     /// files to what its task should hold now.
     async fn refresh(&self, entry: &mut Entry) -> Result<(), VaultError> {
-        let files = match self.assigned(&entry.task).await {
-            Ok(files) => files,
+        let held = entry.published.clone().unwrap_or_default();
+        let (wanted, files) = match self.source.fetch(&entry.task, &held).await {
+            Ok(Delivery::Unchanged { .. }) => return Ok(()),
+            Ok(Delivery::Files { digest, files }) => (digest, files),
             // Detached, or given to another node: its files go.
-            Err(VaultError::NotFound(_) | VaultError::Precondition(_)) => Vec::new(),
-            Err(e) => return Err(e),
+            Err(status) if matches!(status.code(), Code::NotFound | Code::PermissionDenied) => {
+                (digest(&[]), Vec::new())
+            }
+            Err(status) => return Err(VaultError::Io(status.message().to_string())),
         };
-        let wanted = contents(&files);
         if entry.published.as_ref() == Some(&wanted) {
             return Ok(());
         }
+        let gone = files.is_empty();
         let size = mount::size_for(&files);
         let (dir, medium, mounted_size) = (entry.dir.clone(), entry.medium, entry.size);
         let grown = blocking(move || {
@@ -291,8 +425,8 @@ impl Mounts {
             Ok(now)
         })
         .await?;
-        if wanted.is_empty() {
-            info!(task = entry.task, dir = %entry.dir.display(), "the task no longer runs here: its files were removed");
+        if gone {
+            info!(task = entry.task, dir = %entry.dir.display(), "the task has no secrets for this node now: its files were removed");
         }
         entry.size = grown;
         entry.published = Some(wanted);
@@ -303,21 +437,39 @@ impl Mounts {
     async fn refresh_all(&self) {
         let mut entries = self.entries.lock().await;
         for entry in entries.iter_mut() {
-            if let Err(e) = self.refresh(entry).await {
-                warn!(task = entry.task, dir = %entry.dir.display(), "updating a mount: {e}");
+            match self.refresh(entry).await {
+                Ok(()) => {
+                    if entry.failing.take().is_some() {
+                        info!(task = entry.task, dir = %entry.dir.display(), "the mount is up to date again");
+                    }
+                }
+                Err(e) => {
+                    let now = e.to_string();
+                    if entry.failing.as_ref() != Some(&now) {
+                        warn!(task = entry.task, dir = %entry.dir.display(), "updating a mount: {now}");
+                        entry.failing = Some(now);
+                    }
+                }
             }
         }
     }
 
     /// Keeps every mount current until `stopping` turns true.
     pub async fn follow(self, mut stopping: watch::Receiver<bool>) {
+        let recheck = match self.source {
+            Source::Store(_) => RECHECK,
+            Source::Managers { .. } => WORKER_POLL,
+        };
         loop {
-            let mut changes = match self.store.watch(&[coffer_vault::SYSTEM_PREFIX], 0) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    warn!("watching for changes to mounted tasks: {e}");
-                    None
-                }
+            let mut changes = match &self.source {
+                Source::Store(store) => match store.watch(&[coffer_vault::SYSTEM_PREFIX], 0) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        warn!("watching for changes to mounted tasks: {e}");
+                        None
+                    }
+                },
+                Source::Managers { .. } => None,
             };
             self.refresh_all().await;
             loop {
@@ -341,7 +493,7 @@ impl Mounts {
                         }
                         self.refresh_all().await;
                     }
-                    () = tokio::time::sleep(RECHECK) => self.refresh_all().await,
+                    () = tokio::time::sleep(recheck) => self.refresh_all().await,
                 }
             }
             tokio::select! {

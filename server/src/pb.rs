@@ -37,3 +37,21 @@ impl std::fmt::Debug for RotateSecretRequest {
             .finish()
     }
 }
+
+/// Shows which file of which secret, and only the size of its data.
+impl std::fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretFile")
+            .field("target", &self.target)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("secret_id", &self.secret_id)
+            .field("version", &self.version)
+            .field(
+                "data",
+                &format_args!("[redacted; {} bytes]", self.data.len()),
+            )
+            .finish()
+    }
+}

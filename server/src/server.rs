@@ -40,7 +40,7 @@ use crate::cluster::ClusterService;
 use crate::identity;
 use crate::kv::KvService;
 use crate::lock::DataDirLock;
-use crate::mounts::Mounts;
+use crate::mounts::{Mounts, Source};
 use crate::pb;
 use crate::pb::cluster_server::ClusterServer;
 use crate::pb::kv_server::KvServer;
@@ -244,7 +244,7 @@ async fn tcp_router(
         .add_service(InterceptedService::new(s.kv, guard.managers_only()))
         .add_service(InterceptedService::new(raft, guard.managers_only()))
         .add_service(InterceptedService::new(s.secrets, guard.managers_only()))
-        .add_service(InterceptedService::new(s.tasks, guard.managers_only()))
+        .add_service(InterceptedService::new(s.tasks, guard.nodes_only()))
         .add_service(s.cluster)
         .add_service(health)
         .add_service(reflection))
@@ -566,7 +566,7 @@ async fn start(
         Start::Known { ca_der, .. } => (identity::load(dir, &keys)?, ca_der),
         Start::Joined(joined) => {
             identity::save(dir, &keys, &joined.cert_der, &joined.key, &joined.ca_der)?;
-            remember_join_addr(config)?;
+            remember_join_addr(config, &joined.managers)?;
             (identity::load(dir, &keys)?, joined.ca_der)
         }
         Start::First => {
@@ -615,7 +615,7 @@ async fn start(
     let unix = bind_private(&socket)?;
 
     let (stop, stopping) = watch::channel(false);
-    let mounts = Mounts::open(dir, store.clone())?;
+    let mounts = Mounts::open(dir, Source::Store(store.clone()))?;
     let local = local_router(
         store,
         stopping.clone(),
@@ -682,11 +682,14 @@ async fn start(
     })
 }
 
-/// A node that just joined asks the node it joined through first.
-pub(crate) fn remember_join_addr(config: &ServerConfig) -> Result<()> {
+/// A node that just joined asks the node it joined through first, then
+/// the other managers the cluster named.
+pub(crate) fn remember_join_addr(config: &ServerConfig, managers: &[String]) -> Result<()> {
     if let Some(join) = &config.join {
         if identity::load_managers(&config.data_dir)?.is_empty() {
-            identity::save_managers(&config.data_dir, std::slice::from_ref(&join.addr))?;
+            let mut known = vec![join.addr.clone()];
+            known.extend(managers.iter().filter(|a| **a != join.addr).cloned());
+            identity::save_managers(&config.data_dir, &known)?;
         }
     }
     Ok(())

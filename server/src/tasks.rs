@@ -2,20 +2,23 @@
 //! leader answers; a follower passes the call on once, having named
 //! itself as the task's node when the request names none. `Mount` and
 //! `Unmount` act on this node ([`crate::mounts`]): served on the socket
-//! only.
+//! only. On the port any node may call (`NodesOnly`): `FetchSecrets`
+//! answers the node that runs the task, from this member's replica; every
+//! other call is for managers.
 
 use coffer_store::{Consistency, Store};
 use coffer_vault::nodes::{self, NodeRecord};
 use coffer_vault::tasks::{Attachment, Task, TaskSecret, DEFAULT_MODE};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{from_a_manager, Caller};
 use crate::mounts::Mounts;
 use crate::pb;
 use crate::pb::tasks_client::TasksClient;
 use crate::raft::{forwarded, leader_channel, GrpcTransport};
 use crate::status::from_vault;
 
-/// On the TCP port it sits behind `Guard::managers_only`, like `Kv`.
+/// On the TCP port it sits behind `Guard::nodes_only`.
 #[derive(Debug, Clone)]
 pub struct TasksService {
     store: Store,
@@ -112,6 +115,7 @@ impl pb::tasks_server::Tasks for TasksService {
         &self,
         mut request: Request<pb::AttachRequest>,
     ) -> Result<Response<pb::TaskResponse>, Status> {
+        from_a_manager(&request)?;
         // No node named: the one the caller asked, before any passing on.
         if request.get_ref().node.is_empty() {
             request.get_mut().node = format!("{:016x}", self.store.node_id());
@@ -133,6 +137,7 @@ impl pb::tasks_server::Tasks for TasksService {
         &self,
         request: Request<pb::TaskRef>,
     ) -> Result<Response<pb::TaskResponse>, Status> {
+        from_a_manager(&request)?;
         if let Some(mut leader) = self.route(&request)? {
             return leader.detach(forwarded(request.into_inner())).await;
         }
@@ -147,6 +152,7 @@ impl pb::tasks_server::Tasks for TasksService {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        from_a_manager(&request)?;
         if let Some(mut leader) = self.route(&request)? {
             return leader.list_tasks(forwarded(request.into_inner())).await;
         }
@@ -160,6 +166,7 @@ impl pb::tasks_server::Tasks for TasksService {
         &self,
         request: Request<pb::TaskRef>,
     ) -> Result<Response<pb::TaskResponse>, Status> {
+        from_a_manager(&request)?;
         if let Some(mut leader) = self.route(&request)? {
             return leader.inspect_task(forwarded(request.into_inner())).await;
         }
@@ -175,11 +182,7 @@ impl pb::tasks_server::Tasks for TasksService {
     ) -> Result<Response<pb::MountResponse>, Status> {
         let r = request.into_inner();
         let mounted = self.mounts()?.mount(&r.task, &r.dir).await?;
-        Ok(Response::new(pb::MountResponse {
-            dir: mounted.dir.to_string_lossy().into_owned(),
-            files: u32::try_from(mounted.files).unwrap_or(u32::MAX),
-            own_tmpfs: mounted.medium == coffer_vault::mount::Medium::OwnTmpfs,
-        }))
+        Ok(Response::new(mounted.to_pb()))
     }
 
     async fn unmount(
@@ -188,5 +191,25 @@ impl pb::tasks_server::Tasks for TasksService {
     ) -> Result<Response<pb::UnmountResponse>, Status> {
         let task = self.mounts()?.unmount(&request.into_inner().dir).await?;
         Ok(Response::new(pb::UnmountResponse { task }))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
+        // On the port, the node its certificate names; on the socket, this
+        // node.
+        let node = match request.extensions().get::<Caller>() {
+            Some(Caller(cert)) => cert.node,
+            None => self.store.node_id(),
+        };
+        let r = request.into_inner();
+        let delivery = Task::deliver(&self.store, &r.task, node, &r.held_digest)
+            .await
+            .map_err(from_vault)?;
+        if let coffer_vault::tasks::Delivery::Files { files, .. } = &delivery {
+            tracing::info!(task = r.task, node = %format!("{node:016x}"), files = files.len(), "delivered a task's secrets");
+        }
+        Ok(Response::new(crate::mounts::to_pb(delivery)))
     }
 }

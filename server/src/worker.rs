@@ -4,6 +4,8 @@
 //! health on its port so that managers see it up. The store's services
 //! answer every caller, on the socket and on the port, that this is a
 //! worker and where to ask instead, as `docker node ls` does on one.
+//! Its socket serves `Tasks` for this node's own tasks ([`WorkerTasks`]):
+//! `mount` and `unmount`, with the files fetched from the managers.
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -22,6 +24,10 @@ use tracing::info;
 
 use crate::agent::Agent;
 use crate::identity;
+use crate::mounts::{Mounts, Source};
+use crate::pb;
+use crate::pb::tasks_server::TasksServer;
+use crate::raft::GrpcTransport;
 use crate::server::{
     bind_private, builder, health_and_reflection, remember_join_addr, serve_tls, until_stopped,
     Running, ServerConfig, Start, SOCKET_FILE,
@@ -75,6 +81,71 @@ impl<const SERVICE: u8> tower::Service<http::Request<Body>> for ManagersServeThi
     }
 }
 
+/// The `Tasks` service on a worker's socket: mounts of this node's own
+/// tasks, with their files from the managers; everything else is a
+/// manager's.
+#[derive(Debug, Clone)]
+pub struct WorkerTasks {
+    mounts: Mounts,
+}
+
+#[tonic::async_trait]
+impl pb::tasks_server::Tasks for WorkerTasks {
+    async fn attach(
+        &self,
+        _: tonic::Request<pb::AttachRequest>,
+    ) -> Result<tonic::Response<pb::TaskResponse>, Status> {
+        Err(Status::failed_precondition(NOT_A_MANAGER))
+    }
+
+    async fn detach(
+        &self,
+        _: tonic::Request<pb::TaskRef>,
+    ) -> Result<tonic::Response<pb::TaskResponse>, Status> {
+        Err(Status::failed_precondition(NOT_A_MANAGER))
+    }
+
+    async fn list_tasks(
+        &self,
+        _: tonic::Request<pb::ListTasksRequest>,
+    ) -> Result<tonic::Response<pb::ListTasksResponse>, Status> {
+        Err(Status::failed_precondition(NOT_A_MANAGER))
+    }
+
+    async fn inspect_task(
+        &self,
+        _: tonic::Request<pb::TaskRef>,
+    ) -> Result<tonic::Response<pb::TaskResponse>, Status> {
+        Err(Status::failed_precondition(NOT_A_MANAGER))
+    }
+
+    async fn mount(
+        &self,
+        request: tonic::Request<pb::MountRequest>,
+    ) -> Result<tonic::Response<pb::MountResponse>, Status> {
+        let r = request.into_inner();
+        let mounted = self.mounts.mount(&r.task, &r.dir).await?;
+        Ok(tonic::Response::new(mounted.to_pb()))
+    }
+
+    async fn unmount(
+        &self,
+        request: tonic::Request<pb::UnmountRequest>,
+    ) -> Result<tonic::Response<pb::UnmountResponse>, Status> {
+        let task = self.mounts.unmount(&request.into_inner().dir).await?;
+        Ok(tonic::Response::new(pb::UnmountResponse { task }))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        request: tonic::Request<pb::FetchRequest>,
+    ) -> Result<tonic::Response<pb::FetchResponse>, Status> {
+        let r = request.into_inner();
+        let delivery = self.mounts.source().fetch(&r.task, &r.held_digest).await?;
+        Ok(tonic::Response::new(crate::mounts::to_pb(delivery)))
+    }
+}
+
 /// Starts a worker: its identity (saved first if it just joined), its
 /// port, its socket and its agent.
 pub(crate) async fn start(
@@ -90,7 +161,7 @@ pub(crate) async fn start(
         Start::Known { ca_der, .. } => ca_der,
         Start::Joined(joined) => {
             identity::save(dir, &keys, &joined.cert_der, &joined.key, &joined.ca_der)?;
-            remember_join_addr(config)?;
+            remember_join_addr(config, &joined.managers)?;
             joined.ca_der
         }
         Start::First => bail!("a new cluster starts with a manager, not a worker"),
@@ -103,6 +174,21 @@ pub(crate) async fn start(
     let unix = bind_private(&socket)?;
 
     let (stop, stopping) = watch::channel(false);
+    // The managers are asked with this node's certificate, which the agent
+    // swaps on renewal.
+    let transport = GrpcTransport::new();
+    transport.set_client_config(tls::client_config(
+        &ca_der,
+        Some((&identity.cert_der, &identity.key)),
+    )?);
+    let mounts = Mounts::open(
+        dir,
+        Source::Managers {
+            dir: dir.clone(),
+            transport: transport.clone(),
+            node: identity.cert.node,
+        },
+    )?;
     let router = || async {
         let (health, reflection) = health_and_reflection(false).await?;
         anyhow::Ok(
@@ -110,14 +196,24 @@ pub(crate) async fn start(
                 .add_service(ManagersServeThis::<KV>)
                 .add_service(ManagersServeThis::<CLUSTER>)
                 .add_service(ManagersServeThis::<SECRETS>)
-                .add_service(ManagersServeThis::<TASKS>)
                 .add_service(health)
                 .add_service(reflection),
         )
     };
-    let on_port = serve_tls(router().await?, tls, tcp, stopping.clone());
+    let on_port = serve_tls(
+        router().await?.add_service(ManagersServeThis::<TASKS>),
+        tls,
+        tcp,
+        stopping.clone(),
+    );
+    let tasks = TasksServer::new(WorkerTasks {
+        mounts: mounts.clone(),
+    })
+    .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(crate::server::MAX_MESSAGE_BYTES);
     let on_socket = router()
         .await?
+        .add_service(tasks)
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), until_stopped(stopping));
     let served = tokio::spawn(async move { tokio::try_join!(on_socket, on_port).map(|_| ()) });
     info!(
@@ -128,13 +224,14 @@ pub(crate) async fn start(
         socket = %socket.display(),
         "coffer worker is up: it holds no replica of the store"
     );
+    let following = tokio::spawn(mounts.follow(stop.subscribe()));
     let agent = Agent {
         dir: dir.clone(),
         keys,
         identity,
         ca_der,
         resolver: certs,
-        transport: None,
+        transport: Some(transport),
         store: None,
         managers: identity::load_managers(dir)?,
         own: None,
@@ -144,6 +241,6 @@ pub(crate) async fn start(
         socket,
         stop,
         agent,
-        tasks: Vec::new(),
+        tasks: vec![following],
     })
 }

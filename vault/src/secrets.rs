@@ -10,8 +10,8 @@
 //! - `\0coffer/secret-users/<id>`: the tasks that use it ([`crate::tasks`]
 //!   keeps it), which removal and rotation check in the same transaction.
 //!
-//! Nothing here hands data out but [`Secret::data`], which only task
-//! delivery calls. `Debug` of every type here shows no data.
+//! Nothing here hands data out but `Secret::data_of` (crate-private), which
+//! only task delivery ([`crate::tasks::Task::files`]) calls. `Debug` of every type here shows no data.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -378,31 +378,18 @@ impl Secret {
         }
     }
 
-    /// The data of `version` (the current one if `None`): for delivery to
-    /// the node that runs a task referencing it, and for nothing else.
-    pub(crate) async fn data(
-        &self,
+    /// The data of version `version` of secret `id`, read directly (for
+    /// task delivery, which has just resolved the version).
+    pub(crate) async fn data_of(
         store: &Store,
-        version: Option<u64>,
+        id: &str,
+        version: u64,
     ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-        let version = version.unwrap_or_else(|| self.version());
-        if !self.versions.iter().any(|v| v.version == version) {
-            return Err(VaultError::NotFound(format!(
-                "secret {:?} has no version {version} (kept: {})",
-                self.name,
-                self.versions
-                    .iter()
-                    .map(|v| v.version.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        match store.get(&data_key(&self.id, version)).await? {
+        match store.get(&data_key(id, version)).await? {
             Some(value) => Ok(Zeroizing::new(value.as_slice().to_vec())),
-            None => Err(VaultError::Corrupt {
-                what: "secret",
-                detail: format!("the data of version {version} is missing"),
-            }),
+            None => Err(VaultError::NotFound(format!(
+                "secret {id} has no version {version} any more"
+            ))),
         }
     }
 
@@ -559,7 +546,10 @@ mod tests {
             Secret::find(&store, "nope").await,
             Err(VaultError::NotFound(_))
         ));
-        assert_eq!(&*s.data(&store, None).await.unwrap(), b"password123yoyo");
+        assert_eq!(
+            &*Secret::data_of(&store, &s.id, s.version()).await.unwrap(),
+            b"password123yoyo"
+        );
 
         // Twelve rotations keep the last ten versions.
         for i in 2..=13u64 {
@@ -571,10 +561,13 @@ mod tests {
         let s = Secret::find(&store, "my_password").await.unwrap();
         let kept: Vec<u64> = s.versions.iter().map(|v| v.version).collect();
         assert_eq!(kept, (4..=13).collect::<Vec<_>>());
-        assert_eq!(&*s.data(&store, None).await.unwrap(), b"v13");
-        assert_eq!(&*s.data(&store, Some(4)).await.unwrap(), b"v4");
+        assert_eq!(
+            &*Secret::data_of(&store, &s.id, s.version()).await.unwrap(),
+            b"v13"
+        );
+        assert_eq!(&*Secret::data_of(&store, &s.id, 4).await.unwrap(), b"v4");
         assert!(matches!(
-            s.data(&store, Some(3)).await,
+            Secret::data_of(&store, &s.id, 3).await,
             Err(VaultError::NotFound(_))
         ));
         assert!(store.get(&data_key(&s.id, 3)).await.unwrap().is_none());

@@ -88,6 +88,35 @@ impl Attachment {
     }
 }
 
+/// One file of a task's secrets as it should be now: which version of
+/// which secret, under which name, owner and mode (no data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    pub target: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub secret_id: String,
+    /// The version delivered.
+    pub version: u64,
+}
+
+/// A digest of what a task's files should hold (SHA-256 over every
+/// [`FileRef`], in order): equal digests, equal files.
+pub fn digest(refs: &[FileRef]) -> String {
+    let mut w = Writer::new(1);
+    for r in refs {
+        w.bytes(r.target.as_bytes())
+            .u64(u64::from(r.uid))
+            .u64(u64::from(r.gid))
+            .u64(u64::from(r.mode))
+            .bytes(r.secret_id.as_bytes())
+            .u64(r.version);
+    }
+    let sum = ring::digest::digest(&ring::digest::SHA256, &w.finish());
+    sum.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// One file of a task's secrets, with its data: for the node that runs
 /// the task. `Debug` shows no data.
 pub struct TaskFile {
@@ -99,6 +128,32 @@ pub struct TaskFile {
     /// The version delivered.
     pub version: u64,
     pub data: Zeroizing<Vec<u8>>,
+}
+
+/// What a node receives for one of its tasks.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The files still match the digest the node holds.
+    Unchanged { digest: String },
+    /// The files as they are now.
+    Files {
+        digest: String,
+        files: Vec<TaskFile>,
+    },
+}
+
+impl TaskFile {
+    /// What this file is, without its data.
+    pub fn reference(&self) -> FileRef {
+        FileRef {
+            target: self.target.clone(),
+            uid: self.uid,
+            gid: self.gid,
+            mode: self.mode,
+            secret_id: self.secret_id.clone(),
+            version: self.version,
+        }
+    }
 }
 
 impl std::fmt::Debug for TaskFile {
@@ -430,21 +485,67 @@ impl Task {
             .collect()
     }
 
-    /// The files of this task's secrets, with their data: for the node
-    /// that runs it, and for nothing else.
-    pub async fn files(&self, store: &Store) -> Result<Vec<TaskFile>, VaultError> {
-        let mut files = Vec::with_capacity(self.secrets.len());
+    /// For node `node`, the files of task `name`, unless they still match
+    /// `held_digest`. `Denied` unless the task runs on `node`: only the
+    /// node that runs a task receives its secrets.
+    pub async fn deliver(
+        store: &Store,
+        name: &str,
+        node: u64,
+        held_digest: &str,
+    ) -> Result<Delivery, VaultError> {
+        let task = Task::find(store, name).await?;
+        if task.node != node {
+            return Err(VaultError::Denied(format!(
+                "task {name:?} does not run on node {node:016x}: only the node that runs a task receives its secrets"
+            )));
+        }
+        let refs = task.resolve(store).await?;
+        let digest = digest(&refs);
+        if digest == held_digest {
+            return Ok(Delivery::Unchanged { digest });
+        }
+        let files = Task::files_of(store, refs).await?;
+        Ok(Delivery::Files { digest, files })
+    }
+
+    /// What this task's files should hold now: each secret's pinned or
+    /// current version (no data).
+    pub async fn resolve(&self, store: &Store) -> Result<Vec<FileRef>, VaultError> {
+        let mut refs = Vec::with_capacity(self.secrets.len());
         for s in &self.secrets {
             let secret = Secret::find(store, &s.secret_id).await?;
-            let version = s.version.unwrap_or_else(|| secret.version());
-            files.push(TaskFile {
+            refs.push(FileRef {
                 target: s.target.clone(),
                 uid: s.uid,
                 gid: s.gid,
                 mode: s.mode,
                 secret_id: s.secret_id.clone(),
-                version,
-                data: secret.data(store, Some(version)).await?,
+                version: s.version.unwrap_or_else(|| secret.version()),
+            });
+        }
+        Ok(refs)
+    }
+
+    /// The files of this task's secrets, with their data: for the node
+    /// that runs it, and for nothing else.
+    pub async fn files(&self, store: &Store) -> Result<Vec<TaskFile>, VaultError> {
+        Task::files_of(store, self.resolve(store).await?).await
+    }
+
+    /// The data of the files `refs` name.
+    pub async fn files_of(store: &Store, refs: Vec<FileRef>) -> Result<Vec<TaskFile>, VaultError> {
+        let mut files = Vec::with_capacity(refs.len());
+        for r in refs {
+            let data = Secret::data_of(store, &r.secret_id, r.version).await?;
+            files.push(TaskFile {
+                target: r.target,
+                uid: r.uid,
+                gid: r.gid,
+                mode: r.mode,
+                secret_id: r.secret_id,
+                version: r.version,
+                data,
             });
         }
         Ok(files)
@@ -693,6 +794,21 @@ mod tests {
             ]
         );
         assert!(!format!("{files:?}").contains("hunter2"));
+        // Delivered to the task's node alone, and not again while unchanged.
+        let Delivery::Files { digest, files } =
+            Task::deliver(&store, "web", node, "").await.unwrap()
+        else {
+            panic!("no files");
+        };
+        assert_eq!(files.len(), 3);
+        assert!(matches!(
+            Task::deliver(&store, "web", node, &digest).await.unwrap(),
+            Delivery::Unchanged { .. }
+        ));
+        assert!(matches!(
+            Task::deliver(&store, "web", node + 1, "").await,
+            Err(VaultError::Denied(_))
+        ));
 
         // Detached: the secrets are free again.
         Task::detach(&store, "web").await.unwrap();

@@ -101,6 +101,10 @@ pub struct JoinResponse {
     pub certificate: ::prost::alloc::vec::Vec<u8>,
     #[prost(bytes = "vec", tag = "4")]
     pub ca_certificate: ::prost::alloc::vec::Vec<u8>,
+    /// The managers' addresses (HOST:PORT), where the new node asks from
+    /// then on; the same list Renew answers.
+    #[prost(string, repeated, tag = "5")]
+    pub managers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AddMemberRequest {
@@ -3611,6 +3615,45 @@ pub mod secrets_server {
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FetchRequest {
+    #[prost(string, tag = "1")]
+    pub task: ::prost::alloc::string::String,
+    /// The `digest` of an earlier answer, or empty.
+    #[prost(string, tag = "2")]
+    pub held_digest: ::prost::alloc::string::String,
+}
+/// One file of a task, with its data.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct SecretFile {
+    #[prost(string, tag = "1")]
+    pub target: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub uid: u32,
+    #[prost(uint32, tag = "3")]
+    pub gid: u32,
+    #[prost(uint32, tag = "4")]
+    pub mode: u32,
+    #[prost(string, tag = "5")]
+    pub secret_id: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "6")]
+    pub version: u64,
+    #[prost(bytes = "vec", tag = "7")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct FetchResponse {
+    /// The files are what `held_digest` says: none are sent.
+    #[prost(bool, tag = "1")]
+    pub unchanged: bool,
+    /// What the task's files hold now (targets, owners, modes, secrets and
+    /// versions).
+    #[prost(string, tag = "2")]
+    pub digest: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "3")]
+    pub files: ::prost::alloc::vec::Vec<SecretFile>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MountRequest {
     #[prost(string, tag = "1")]
     pub task: ::prost::alloc::string::String,
@@ -3933,6 +3976,36 @@ pub mod tasks_client {
             req.extensions_mut().insert(GrpcMethod::new("coffer.v1.Tasks", "Unmount"));
             self.inner.unary(req, path, codec).await
         }
+        /// The files of a task with their data: the one call that returns secret
+        /// data, and only to the node that runs the task. On the port, any node
+        /// of the cluster may call it, and the task must run on the node its
+        /// certificate names (PERMISSION_DENIED otherwise); on the socket, the
+        /// task must run on the serving node (PERMISSION_DENIED otherwise).
+        /// Any manager answers from its replica (a linearizable read); a worker
+        /// answers on its socket by asking the managers. Given the digest of
+        /// what the caller holds, it answers `unchanged`, without data, when the
+        /// task's files are still the same.
+        pub async fn fetch_secrets(
+            &mut self,
+            request: impl tonic::IntoRequest<super::FetchRequest>,
+        ) -> std::result::Result<tonic::Response<super::FetchResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/coffer.v1.Tasks/FetchSecrets",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("coffer.v1.Tasks", "FetchSecrets"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -3986,6 +4059,19 @@ pub mod tasks_server {
             &self,
             request: tonic::Request<super::UnmountRequest>,
         ) -> std::result::Result<tonic::Response<super::UnmountResponse>, tonic::Status>;
+        /// The files of a task with their data: the one call that returns secret
+        /// data, and only to the node that runs the task. On the port, any node
+        /// of the cluster may call it, and the task must run on the node its
+        /// certificate names (PERMISSION_DENIED otherwise); on the socket, the
+        /// task must run on the serving node (PERMISSION_DENIED otherwise).
+        /// Any manager answers from its replica (a linearizable read); a worker
+        /// answers on its socket by asking the managers. Given the digest of
+        /// what the caller holds, it answers `unchanged`, without data, when the
+        /// task's files are still the same.
+        async fn fetch_secrets(
+            &self,
+            request: tonic::Request<super::FetchRequest>,
+        ) -> std::result::Result<tonic::Response<super::FetchResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct TasksServer<T> {
@@ -4306,6 +4392,49 @@ pub mod tasks_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = UnmountSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/coffer.v1.Tasks/FetchSecrets" => {
+                    #[allow(non_camel_case_types)]
+                    struct FetchSecretsSvc<T: Tasks>(pub Arc<T>);
+                    impl<T: Tasks> tonic::server::UnaryService<super::FetchRequest>
+                    for FetchSecretsSvc<T> {
+                        type Response = super::FetchResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::FetchRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Tasks>::fetch_secrets(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = FetchSecretsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

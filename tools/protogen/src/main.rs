@@ -79,6 +79,7 @@ fn generate(protos: &[PathBuf], include: &Path, out: &Path) -> Result<()> {
         .skip_debug([
             "coffer.v1.CreateSecretRequest",
             "coffer.v1.RotateSecretRequest",
+            "coffer.v1.SecretFile",
         ])
         .emit_rerun_if_changed(false)
         .out_dir(out)

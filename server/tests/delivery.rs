@@ -1,0 +1,207 @@
+//! Delivery across processes: three managers and a worker. A task on the
+//! worker gets its mount from the managers; the worker holds no replica
+//! and no secret; another node's identity is refused the task's secrets;
+//! rotations reach the worker's file, also after the leader is killed,
+//! and no secret or assignment is lost.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use coffer_server::client::{Connection, Target};
+use coffer_server::pb;
+use serde_json::Value;
+use support::{coffer_with_input, files_under, ok, refused, three_managers, wait_for, Server};
+
+fn nodes(via: &Server) -> Vec<Value> {
+    let out = ok(via.coffer(&["node", "ls", "--format", "json"]));
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Unmounts what a failed test left mounted.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// `FetchSecrets` for `task` on `addr`'s port, with the certificate of
+/// the node whose data directory is `identity`.
+fn fetch(addr: &str, identity: &Path, task: &str) -> Result<pb::FetchResponse, tonic::Status> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let target = Target::host(&format!("https://{addr}"), identity.to_path_buf()).unwrap();
+        let mut c = Connection::open(&target).await.unwrap();
+        let answer = c
+            .tasks
+            .fetch_secrets(pb::FetchRequest {
+                task: task.to_string(),
+                held_digest: String::new(),
+            })
+            .await;
+        c.close().await.unwrap();
+        answer.map(tonic::Response::into_inner)
+    })
+}
+
+/// Waits until `file` reads `want`; how long that took.
+fn until_reads(file: &Path, want: &[u8], log: &Path) -> Duration {
+    let start = Instant::now();
+    wait_for(
+        &format!(
+            "{} to read {:?}",
+            file.display(),
+            String::from_utf8_lossy(want)
+        ),
+        log,
+        || std::fs::read(file).is_ok_and(|got| got == want),
+    );
+    start.elapsed()
+}
+
+#[test]
+fn a_worker_gets_its_own_tasks_secrets_and_no_other_node_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut managers = three_managers(root);
+    let token = ok(managers[0].coffer(&["join-token", "-q", "worker"]));
+    let w = Server::join_in(root, "w", &managers[0], &token);
+    let mut worker_id = String::new();
+    wait_for("the worker in node ls", &managers[0].log, || {
+        let all = nodes(&managers[0]);
+        match all.iter().find(|n| n["role"] == "worker") {
+            Some(n) => {
+                worker_id = n["id"].as_str().unwrap().to_string();
+                true
+            }
+            None => false,
+        }
+    });
+
+    let m = &managers[1];
+    ok(coffer_with_input(
+        &m.dir,
+        &["secret", "create", "payments_key", "-"],
+        Some(b"PAYMENTS-v1"),
+    ));
+    ok(m.coffer(&[
+        "task",
+        "attach",
+        "job",
+        "--node",
+        &worker_id,
+        "--secret",
+        "source=payments_key,target=key,uid=1000,mode=0400",
+    ]));
+    // A task on a manager, which the worker must never get.
+    ok(managers[0].coffer(&["task", "attach", "other", "--secret", "payments_key"]));
+
+    let run = root.join("w-run/job");
+    let _cleanup = Unmount(run.clone());
+    ok(w.coffer(&["mount", "job", run.to_str().unwrap()]));
+    let key = run.join("key");
+    assert_eq!(std::fs::read(&key).unwrap(), b"PAYMENTS-v1");
+    refused(
+        w.coffer(&["mount", "other", root.join("w-run/other").to_str().unwrap()]),
+        "does not run on node",
+    );
+    // The worker's socket serves only its mounts.
+    refused(w.coffer(&["task", "ls"]), "this node is a worker");
+
+    // Only the task's node gets its secrets over the port.
+    let leader_port = &managers[0].addr;
+    let got = fetch(leader_port, &w.dir, "job").unwrap();
+    assert_eq!(got.files.len(), 1);
+    assert_eq!(got.files[0].data, b"PAYMENTS-v1");
+    assert!(!format!("{got:?}").contains("PAYMENTS"));
+    for (identity, task) in [(&managers[2].dir, "job"), (&w.dir, "other")] {
+        let status = fetch(leader_port, identity, task).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    }
+
+    // A rotation reaches the worker's file.
+    let rotated = coffer_with_input(
+        &managers[2].dir,
+        &["secret", "rotate", "payments_key", "-"],
+        Some(b"PAYMENTS-v2"),
+    );
+    assert_eq!(ok(rotated), "2");
+    let took = until_reads(&key, b"PAYMENTS-v2", &w.log);
+    eprintln!("rotation to the worker's file: {took:?}");
+
+    // The leader killed: the next rotation still reaches the worker, and
+    // nothing is lost.
+    let leader = nodes(&managers[1])
+        .into_iter()
+        .find(|n| n["leader"] == true)
+        .unwrap();
+    let at = managers
+        .iter()
+        .position(|s| s.addr == leader["address"].as_str().unwrap())
+        .unwrap();
+    managers[at].signal("KILL");
+    managers[at].wait();
+    let survivor = &managers[(at + 1) % 3];
+    let deadline = Instant::now() + support::DEADLINE;
+    loop {
+        let out = coffer_with_input(
+            &survivor.dir,
+            &["secret", "rotate", "payments_key", "-"],
+            Some(b"PAYMENTS-v3"),
+        );
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rotation after the kill");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = until_reads(&key, b"PAYMENTS-v3", &w.log);
+    eprintln!("rotation to the worker's file after a leader kill: {took:?}");
+    let tasks: Value =
+        serde_json::from_str(&ok(survivor.coffer(&["task", "ls", "--format", "json"]))).unwrap();
+    let names: Vec<&str> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["job", "other"]);
+    let shown = ok(survivor.coffer(&["secret", "inspect", "payments_key"]));
+    assert!(shown.contains("\"version\": 3"), "{shown}");
+
+    // The worker holds no replica, and no secret on disk or in its log.
+    ok(w.coffer(&["unmount", run.to_str().unwrap()]));
+    assert!(!w.dir.join("db").exists());
+    let mut files = vec![w.log.clone()];
+    files.extend(files_under(&w.dir));
+    for file in files {
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        for needle in [&b"PAYMENTS"[..], b"payments_key"] {
+            assert!(
+                !contains(&bytes, needle),
+                "{} holds {:?}",
+                file.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+}
