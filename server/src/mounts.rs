@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use coffer_store::Store;
 use coffer_vault::mount::{self, Medium};
-use coffer_vault::tasks::{digest, Delivery, Task, TaskFile};
+use coffer_vault::tasks::{digest, Delivery, FileRef, Task, TaskFile};
 use coffer_vault::VaultError;
 use futures::FutureExt;
 use tokio::sync::{watch, Mutex};
@@ -131,14 +131,14 @@ pub fn to_pb(delivery: Delivery) -> pb::FetchResponse {
             digest,
             files: files
                 .into_iter()
-                .map(|f| pb::SecretFile {
-                    target: f.target,
-                    uid: f.uid,
-                    gid: f.gid,
-                    mode: f.mode,
-                    secret_id: f.secret_id,
-                    version: f.version,
-                    data: f.data.to_vec(),
+                .map(|TaskFile { file, data }| pb::SecretFile {
+                    target: file.target,
+                    uid: file.uid,
+                    gid: file.gid,
+                    mode: file.mode,
+                    secret_id: file.secret_id,
+                    version: file.version,
+                    data: data.to_vec(),
                 })
                 .collect(),
         },
@@ -156,12 +156,14 @@ fn delivery(mut answer: pb::FetchResponse) -> Delivery {
         .files
         .iter_mut()
         .map(|f| TaskFile {
-            target: std::mem::take(&mut f.target),
-            uid: f.uid,
-            gid: f.gid,
-            mode: f.mode,
-            secret_id: std::mem::take(&mut f.secret_id),
-            version: f.version,
+            file: FileRef {
+                target: std::mem::take(&mut f.target),
+                uid: f.uid,
+                gid: f.gid,
+                mode: f.mode,
+                secret_id: std::mem::take(&mut f.secret_id),
+                version: f.version,
+            },
             data: Zeroizing::new(std::mem::take(&mut f.data)),
         })
         .collect();

@@ -181,7 +181,7 @@ pub fn publish(dir: &Path, files: &[TaskFile]) -> Result<(), VaultError> {
         .create(&new)
         .map_err(|e| io("creating", &new, e))?;
     for f in files {
-        let path = new.join(&f.target);
+        let path = new.join(&f.file.target);
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -191,9 +191,9 @@ pub fn publish(dir: &Path, files: &[TaskFile]) -> Result<(), VaultError> {
             .map_err(|e| io("creating", &path, e))?;
         file.write_all(&f.data)
             .map_err(|e| io("writing", &path, e))?;
-        fchown(&file, Some(f.uid), Some(f.gid))
+        fchown(&file, Some(f.file.uid), Some(f.file.gid))
             .map_err(|e| io("setting the owner of", &path, e))?;
-        file.set_permissions(fs::Permissions::from_mode(f.mode))
+        file.set_permissions(fs::Permissions::from_mode(f.file.mode))
             .map_err(|e| io("setting the mode of", &path, e))?;
     }
     let previous = fs::read_link(dir.join(DATA_LINK)).ok();
@@ -204,7 +204,7 @@ pub fn publish(dir: &Path, files: &[TaskFile]) -> Result<(), VaultError> {
     fs::rename(&staged, dir.join(DATA_LINK)).map_err(|e| io("publishing", dir, e))?;
     // The files' own links: added for new targets, removed for old ones.
     let wanted: std::collections::BTreeSet<&str> =
-        files.iter().map(|f| f.target.as_str()).collect();
+        files.iter().map(|f| f.file.target.as_str()).collect();
     for target in &wanted {
         let link = dir.join(target);
         if fs::symlink_metadata(&link).is_err() {
@@ -302,17 +302,20 @@ pub fn wipe(dir: &Path, medium: Medium) -> Result<(), VaultError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tasks::FileRef;
     use std::os::unix::fs::MetadataExt;
     use zeroize::Zeroizing;
 
     fn file(target: &str, data: &[u8], mode: u32) -> TaskFile {
         TaskFile {
-            target: target.into(),
-            uid: 1000,
-            gid: 1001,
-            mode,
-            secret_id: "s".into(),
-            version: 1,
+            file: FileRef {
+                target: target.into(),
+                uid: 1000,
+                gid: 1001,
+                mode,
+                secret_id: "s".into(),
+                version: 1,
+            },
             data: Zeroizing::new(data.to_vec()),
         }
     }

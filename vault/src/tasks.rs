@@ -120,13 +120,8 @@ pub fn digest(refs: &[FileRef]) -> String {
 /// One file of a task's secrets, with its data: for the node that runs
 /// the task. `Debug` shows no data.
 pub struct TaskFile {
-    pub target: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub mode: u32,
-    pub secret_id: String,
-    /// The version delivered.
-    pub version: u64,
+    /// What the file is.
+    pub file: FileRef,
     pub data: Zeroizing<Vec<u8>>,
 }
 
@@ -142,29 +137,10 @@ pub enum Delivery {
     },
 }
 
-impl TaskFile {
-    /// What this file is, without its data.
-    pub fn reference(&self) -> FileRef {
-        FileRef {
-            target: self.target.clone(),
-            uid: self.uid,
-            gid: self.gid,
-            mode: self.mode,
-            secret_id: self.secret_id.clone(),
-            version: self.version,
-        }
-    }
-}
-
 impl std::fmt::Debug for TaskFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskFile")
-            .field("target", &self.target)
-            .field("uid", &self.uid)
-            .field("gid", &self.gid)
-            .field("mode", &format_args!("{:o}", self.mode))
-            .field("secret_id", &self.secret_id)
-            .field("version", &self.version)
+            .field("file", &self.file)
             .field("data", &format_args!("[{} bytes]", self.data.len()))
             .finish()
     }
@@ -538,15 +514,7 @@ impl Task {
         let mut files = Vec::with_capacity(refs.len());
         for r in refs {
             let data = Secret::data_of(store, &r.secret_id, r.version).await?;
-            files.push(TaskFile {
-                target: r.target,
-                uid: r.uid,
-                gid: r.gid,
-                mode: r.mode,
-                secret_id: r.secret_id,
-                version: r.version,
-                data,
-            });
+            files.push(TaskFile { file: r, data });
         }
         Ok(files)
     }
@@ -783,7 +751,7 @@ mod tests {
             .unwrap();
         let got: Vec<(&str, &[u8], u64)> = files
             .iter()
-            .map(|f| (f.target.as_str(), f.data.as_slice(), f.version))
+            .map(|f| (f.file.target.as_str(), f.data.as_slice(), f.file.version))
             .collect();
         assert_eq!(
             got,

@@ -100,6 +100,24 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Asserts that no needle appears in any of `files` (those that can be
+/// read: a file removed meanwhile is skipped).
+pub fn assert_in_none(files: &[PathBuf], needles: &[&str]) {
+    for file in files {
+        let Ok(bytes) = std::fs::read(file) else {
+            continue;
+        };
+        for needle in needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{} holds {:?}",
+                file.display(),
+                needle
+            );
+        }
+    }
+}
+
 /// `coffer --host unix://SOCKET ARGS...`: through the socket only, never
 /// opening the directory (which would take the lock a restart needs).
 pub fn coffer_at(socket: &Path, args: &[&str]) -> Output {
