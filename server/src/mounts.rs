@@ -10,13 +10,16 @@
 //!
 //! [`Mounts::follow`] keeps every mount current: a manager watches the
 //! vault's objects in its replica and checks on any change (and every
-//! [`RECHECK`] besides); a worker asks every [`WORKER_POLL`], sending the
-//! digest of what it holds so that an unchanged task costs no data. A
+//! [`RECHECK`] besides); a worker keeps one long poll open per mount
+//! (`FetchSecrets` with the digest of what it holds and [`WORKER_WAIT`]),
+//! which a manager answers as soon as its replica applies a change to
+//! the task's files, and with no data while they are unchanged. A
 //! mount is published again when what its task should hold (targets,
 //! secret versions, owners, modes) differs from what it holds. A task that
 //! is detached or given to another node has its files removed; its
 //! directory stays mounted until `coffer unmount`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +27,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use coffer_store::Store;
 use coffer_vault::mount::{self, Medium};
-use coffer_vault::tasks::{digest, Delivery, FileRef, Task, TaskFile};
+use coffer_vault::tasks::{digest, Delivery, FileRef, TaskFile};
 use coffer_vault::VaultError;
-use futures::FutureExt;
-use tokio::sync::{watch, Mutex};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{watch, Mutex, Notify};
+use tokio::time::Instant;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
@@ -36,15 +41,24 @@ use crate::pb;
 use crate::pb::tasks_client::TasksClient;
 use crate::raft::GrpcTransport;
 use crate::status::from_vault;
+use crate::tasks::{deliver_waiting, LONGEST_WAIT};
 
 /// The file that records the node's mounts.
 pub const MOUNTS_FILE: &str = "mounts.json";
 /// How often every mount is checked even when no change was seen.
 pub const RECHECK: Duration = Duration::from_secs(5);
-/// How often a worker asks the managers about each of its mounts.
-pub const WORKER_POLL: Duration = Duration::from_secs(1);
-/// How long a worker waits for one manager's answer.
+/// How long a manager holds a worker's question about one of its mounts
+/// while the task's files are unchanged.
+pub const WORKER_WAIT: Duration = Duration::from_secs(20);
+/// How long a worker waits for one manager's answer, past the wait it
+/// asked for.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// A worker asks again about a mount no sooner than this after it last
+/// asked (a bound on a manager that answers `unchanged` at once), and
+/// after a failure waits this, doubled with each further failure...
+const WORKER_GAP: Duration = Duration::from_millis(100);
+/// ... up to this.
+const WORKER_RETRY_MAX: Duration = Duration::from_secs(2);
 /// The most mounts one node keeps.
 const MOUNTS_MAX: usize = 4096;
 
@@ -74,16 +88,24 @@ impl Source {
     }
 
     /// The files of `task` for this node, unless they match
-    /// `held_digest`.
-    pub async fn fetch(&self, task: &str, held_digest: &str) -> Result<Delivery, Status> {
+    /// `held_digest`; while they do, the answer waits up to `wait` for a
+    /// change (see [`deliver_waiting`]).
+    pub async fn fetch(
+        &self,
+        task: &str,
+        held_digest: &str,
+        wait: Duration,
+    ) -> Result<Delivery, Status> {
         let (dir, transport) = match self {
             Source::Store(store) => {
-                return Task::deliver(store, task, store.node_id(), held_digest)
-                    .await
-                    .map_err(from_vault)
+                let node = store.node_id();
+                let stop = std::future::pending();
+                return deliver_waiting(store, task, node, held_digest, wait, stop).await;
             }
             Source::Managers { dir, transport, .. } => (dir, transport),
         };
+        let wait = wait.min(LONGEST_WAIT);
+        let timeout = wait + FETCH_TIMEOUT;
         let managers = crate::identity::load_managers(dir)
             .map_err(|e| Status::internal(format!("reading the managers' addresses: {e:#}")))?;
         let mut last = None;
@@ -94,9 +116,10 @@ impl Source {
             let mut request = tonic::Request::new(pb::FetchRequest {
                 task: task.to_string(),
                 held_digest: held_digest.to_string(),
+                wait_seconds: u32::try_from(wait.as_secs()).unwrap_or(u32::MAX),
             });
-            request.set_timeout(FETCH_TIMEOUT);
-            match tokio::time::timeout(FETCH_TIMEOUT, client.fetch_secrets(request)).await {
+            request.set_timeout(timeout);
+            match tokio::time::timeout(timeout, client.fetch_secrets(request)).await {
                 Ok(Ok(answer)) => return Ok(delivery(answer.into_inner())),
                 // The cluster's answer, not one manager's trouble.
                 Ok(Err(status))
@@ -108,7 +131,7 @@ impl Source {
                     debug!(%addr, "fetching a task's secrets: {}", status.message());
                     last = Some(format!("{addr}: {}", status.message()));
                 }
-                Err(_) => last = Some(format!("{addr}: no answer within {FETCH_TIMEOUT:?}")),
+                Err(_) => last = Some(format!("{addr}: no answer within {timeout:?}")),
             }
         }
         Err(Status::unavailable(format!(
@@ -187,12 +210,35 @@ struct Entry {
     failing: Option<String>,
 }
 
+impl Entry {
+    /// Notes how an update went, logging a failure once and the recovery.
+    fn note(&mut self, result: Result<(), VaultError>) {
+        match result {
+            Ok(()) => {
+                if self.failing.take().is_some() {
+                    info!(task = self.task, dir = %self.dir.display(), "the mount is up to date again");
+                }
+            }
+            Err(e) => {
+                let now = e.to_string();
+                if self.failing.as_ref() != Some(&now) {
+                    warn!(task = self.task, dir = %self.dir.display(), "updating a mount: {now}");
+                    self.failing = Some(now);
+                }
+            }
+        }
+    }
+}
+
 /// The node's mounts; clones share them.
 #[derive(Debug, Clone)]
 pub struct Mounts {
     file: PathBuf,
     source: Source,
     entries: Arc<Mutex<Vec<Entry>>>,
+    /// Told when a mount is made or removed (a worker's follower then
+    /// asks about the new ones).
+    changed: Arc<Notify>,
 }
 
 /// A mount just made.
@@ -289,6 +335,7 @@ impl Mounts {
             file,
             source,
             entries: Arc::new(Mutex::new(entries)),
+            changed: Arc::new(Notify::new()),
         })
     }
 
@@ -329,7 +376,7 @@ impl Mounts {
                 "this node keeps at most {MOUNTS_MAX} mounts"
             )));
         }
-        let (published, files) = match self.source.fetch(task, "").await? {
+        let (published, files) = match self.source.fetch(task, "", Duration::ZERO).await? {
             Delivery::Files { digest, files } => (digest, files),
             Delivery::Unchanged { .. } => {
                 return Err(Status::internal(
@@ -364,6 +411,7 @@ impl Mounts {
             }
             return Err(e);
         }
+        self.changed.notify_one();
         info!(task, dir = %dir.display(), files = count, medium = medium.as_str(), "mounted a task's secrets");
         Ok(Mounted {
             dir,
@@ -387,6 +435,7 @@ impl Mounts {
             .await
             .map_err(from_vault)?;
         let entry = entries.remove(at);
+        self.changed.notify_one();
         self.save(&entries)?;
         info!(task = entry.task, dir = %dir.display(), "unmounted a task's secrets");
         Ok(entry.task)
@@ -396,7 +445,13 @@ impl Mounts {
     /// files to what its task should hold now.
     async fn refresh(&self, entry: &mut Entry) -> Result<(), VaultError> {
         let held = entry.published.clone().unwrap_or_default();
-        let (wanted, files) = match self.source.fetch(&entry.task, &held).await {
+        let fetched = self.source.fetch(&entry.task, &held, Duration::ZERO).await;
+        Mounts::apply(entry, fetched).await
+    }
+
+    /// Brings one mount to what `fetched` says its task should hold.
+    async fn apply(entry: &mut Entry, fetched: Result<Delivery, Status>) -> Result<(), VaultError> {
+        let (wanted, files) = match fetched {
             Ok(Delivery::Unchanged { .. }) => return Ok(()),
             Ok(Delivery::Files { digest, files }) => (digest, files),
             // Detached, or given to another node: its files go.
@@ -439,39 +494,96 @@ impl Mounts {
     async fn refresh_all(&self) {
         let mut entries = self.entries.lock().await;
         for entry in entries.iter_mut() {
-            match self.refresh(entry).await {
-                Ok(()) => {
-                    if entry.failing.take().is_some() {
-                        info!(task = entry.task, dir = %entry.dir.display(), "the mount is up to date again");
+            let result = self.refresh(entry).await;
+            entry.note(result);
+        }
+    }
+
+    /// Keeps every mount current until `stopping` turns true.
+    pub async fn follow(self, stopping: watch::Receiver<bool>) {
+        match &self.source {
+            Source::Store(store) => {
+                let store = store.clone();
+                self.follow_store(&store, stopping).await
+            }
+            Source::Managers { .. } => self.follow_managers(stopping).await,
+        }
+    }
+
+    /// A worker's: one long poll per mount at a time, each followed by
+    /// the next as soon as it is answered (and applied).
+    async fn follow_managers(self, mut stopping: watch::Receiver<bool>) {
+        // The mounts asked about, and when each may be asked about again
+        // (with the failures in a row that set it).
+        let mut asking: HashMap<PathBuf, Instant> = HashMap::new();
+        let mut not_before: HashMap<PathBuf, (Instant, u32)> = HashMap::new();
+        let mut questions = FuturesUnordered::new();
+        loop {
+            {
+                let entries = self.entries.lock().await;
+                not_before.retain(|dir, _| entries.iter().any(|e| &e.dir == dir));
+                for e in entries.iter() {
+                    if asking.contains_key(&e.dir) {
+                        continue;
                     }
+                    let (dir, task) = (e.dir.clone(), e.task.clone());
+                    let held = e.published.clone().unwrap_or_default();
+                    let start = not_before.get(&dir).map(|(at, _)| *at);
+                    asking.insert(dir.clone(), Instant::now());
+                    let source = self.source.clone();
+                    questions.push(async move {
+                        if let Some(at) = start {
+                            tokio::time::sleep_until(at).await;
+                        }
+                        let fetched = source.fetch(&task, &held, WORKER_WAIT).await;
+                        (dir, task, held, fetched)
+                    });
                 }
-                Err(e) => {
-                    let now = e.to_string();
-                    if entry.failing.as_ref() != Some(&now) {
-                        warn!(task = entry.task, dir = %entry.dir.display(), "updating a mount: {now}");
-                        entry.failing = Some(now);
-                    }
+            }
+            let answered = async {
+                match questions.next().await {
+                    Some(answer) => answer,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = stopped(&mut stopping) => return,
+                () = self.changed.notified() => {}
+                (dir, task, held, fetched) = answered => {
+                    let asked = asking.remove(&dir).unwrap_or_else(Instant::now);
+                    let mut entries = self.entries.lock().await;
+                    // Unless it was unmounted, or mounted again, meanwhile.
+                    let Some(entry) = entries.iter_mut().find(|e| {
+                        e.dir == dir && e.task == task && e.published.as_deref().unwrap_or("") == held
+                    }) else {
+                        continue;
+                    };
+                    let result = Mounts::apply(entry, fetched).await;
+                    let failures = not_before.get(&dir).map_or(0, |(_, n)| *n);
+                    let next = match result {
+                        Ok(()) => (asked + WORKER_GAP, 0),
+                        Err(_) => {
+                            let backoff = WORKER_GAP.saturating_mul(1 << failures.min(5));
+                            (Instant::now() + backoff.min(WORKER_RETRY_MAX), failures + 1)
+                        }
+                    };
+                    not_before.insert(dir, next);
+                    entry.note(result);
                 }
             }
         }
     }
 
-    /// Keeps every mount current until `stopping` turns true.
-    pub async fn follow(self, mut stopping: watch::Receiver<bool>) {
-        let recheck = match self.source {
-            Source::Store(_) => RECHECK,
-            Source::Managers { .. } => WORKER_POLL,
-        };
+    /// A manager's: a watch on its replica, every mount checked on each
+    /// change and every [`RECHECK`].
+    async fn follow_store(self, store: &Store, mut stopping: watch::Receiver<bool>) {
         loop {
-            let mut changes = match &self.source {
-                Source::Store(store) => match store.watch(&[coffer_vault::SYSTEM_PREFIX], 0) {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        warn!("watching for changes to mounted tasks: {e}");
-                        None
-                    }
-                },
-                Source::Managers { .. } => None,
+            let mut changes = match store.watch(&[coffer_vault::SYSTEM_PREFIX], 0) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    warn!("watching for changes to mounted tasks: {e}");
+                    None
+                }
             };
             self.refresh_all().await;
             loop {
@@ -495,7 +607,7 @@ impl Mounts {
                         }
                         self.refresh_all().await;
                     }
-                    () = tokio::time::sleep(recheck) => self.refresh_all().await,
+                    () = tokio::time::sleep(RECHECK) => self.refresh_all().await,
                 }
             }
             tokio::select! {

@@ -141,7 +141,7 @@ fn services(
     guard: Guard,
     mounts: Option<Mounts>,
 ) -> Services {
-    let mut kv = KvService::new(store.clone(), stopping);
+    let mut kv = KvService::new(store.clone(), stopping.clone());
     if let Some(transport) = leader.clone() {
         kv = kv.forwarding(transport);
     }
@@ -151,9 +151,14 @@ fn services(
     let secrets = SecretsServer::new(SecretsService::new(store.clone(), leader.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let tasks = TasksServer::new(TasksService::new(store.clone(), leader.clone(), mounts))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let tasks = TasksServer::new(TasksService::new(
+        store.clone(),
+        leader.clone(),
+        mounts,
+        stopping.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let cluster = ClusterServer::new(ClusterService::new(store.clone(), local, leader, guard));
     Services {
         kv,

@@ -4,11 +4,18 @@
 //! `Unmount` act on this node ([`crate::mounts`]): served on the socket
 //! only. On the port any node may call (`NodesOnly`): `FetchSecrets`
 //! answers the node that runs the task, from this member's replica; every
-//! other call is for managers.
+//! other call is for managers. A `FetchSecrets` with `wait_seconds` is a
+//! long poll: while the caller's files are current it waits on a watch of
+//! the replica ([`deliver_waiting`]).
+
+use std::future::Future;
+use std::time::Duration;
 
 use coffer_store::{Consistency, Store};
 use coffer_vault::nodes::{self, NodeRecord};
-use coffer_vault::tasks::{Attachment, Task, TaskSecret, DEFAULT_MODE};
+use coffer_vault::tasks::{Attachment, Delivery, Task, TaskSecret, DEFAULT_MODE};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{from_a_manager, Caller};
@@ -16,7 +23,62 @@ use crate::mounts::Mounts;
 use crate::pb;
 use crate::pb::tasks_client::TasksClient;
 use crate::raft::{forwarded, leader_channel, GrpcTransport};
-use crate::status::from_vault;
+use crate::server::until_stopped;
+use crate::status::{from_store, from_vault};
+
+/// The longest a `FetchSecrets` waits for a task's files to change.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(30);
+/// How often a waiting `FetchSecrets` reads the task again even when its
+/// replica saw no change: a member cut off from the leader then fails the
+/// read, and its caller turns to another manager.
+const RECHECK_WAIT: Duration = Duration::from_secs(5);
+
+/// For node `node`, the files of `task` unless they match `held`, as
+/// [`Task::deliver`]; while they match, it waits up to `wait` (at most
+/// [`LONGEST_WAIT`]) for a change in the replica, answering `unchanged`
+/// when the wait is over or `stop` completes.
+pub async fn deliver_waiting(
+    store: &Store,
+    task: &str,
+    node: u64,
+    held: &str,
+    wait: Duration,
+    stop: impl Future<Output = ()>,
+) -> Result<Delivery, Status> {
+    let deadline = Instant::now() + wait.min(LONGEST_WAIT);
+    tokio::pin!(stop);
+    loop {
+        // Watched before the read: no change between the two is missed.
+        let changes = match wait.is_zero() {
+            true => None,
+            false => Some(
+                store
+                    .watch(&[coffer_vault::SYSTEM_PREFIX], 0)
+                    .map_err(from_store)?,
+            ),
+        };
+        let delivery = Task::deliver(store, task, node, held)
+            .await
+            .map_err(from_vault)?;
+        let (Some(mut changes), Delivery::Unchanged { .. }) = (changes, &delivery) else {
+            return Ok(delivery);
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(delivery);
+        }
+        tokio::select! {
+            seen = changes.next() => {
+                if seen.is_err() {
+                    // The watch ended (compaction, a closing store).
+                    return Ok(delivery);
+                }
+            }
+            () = tokio::time::sleep_until(deadline.min(now + RECHECK_WAIT)) => {}
+            () = &mut stop => return Ok(delivery),
+        }
+    }
+}
 
 /// On the TCP port it sits behind `Guard::nodes_only`.
 #[derive(Debug, Clone)]
@@ -27,6 +89,8 @@ pub struct TasksService {
     peers: Option<GrpcTransport>,
     /// This node's mounts (none on the port: mounts are the local CLI's).
     mounts: Option<Mounts>,
+    /// Turns true when the server stops: long polls answer then.
+    stopping: watch::Receiver<bool>,
 }
 
 fn to_pb(task: Task) -> pb::Task {
@@ -69,11 +133,17 @@ fn attachment(a: pb::SecretAttachment) -> Attachment {
 }
 
 impl TasksService {
-    pub fn new(store: Store, peers: Option<GrpcTransport>, mounts: Option<Mounts>) -> TasksService {
+    pub fn new(
+        store: Store,
+        peers: Option<GrpcTransport>,
+        mounts: Option<Mounts>,
+        stopping: watch::Receiver<bool>,
+    ) -> TasksService {
         TasksService {
             store,
             peers,
             mounts,
+            stopping,
         }
     }
 
@@ -204,10 +274,11 @@ impl pb::tasks_server::Tasks for TasksService {
             None => self.store.node_id(),
         };
         let r = request.into_inner();
-        let delivery = Task::deliver(&self.store, &r.task, node, &r.held_digest)
-            .await
-            .map_err(from_vault)?;
-        if let coffer_vault::tasks::Delivery::Files { files, .. } = &delivery {
+        let wait = Duration::from_secs(u64::from(r.wait_seconds));
+        let stop = until_stopped(self.stopping.clone());
+        let delivery =
+            deliver_waiting(&self.store, &r.task, node, &r.held_digest, wait, stop).await?;
+        if let Delivery::Files { files, .. } = &delivery {
             tracing::info!(task = r.task, node = %format!("{node:016x}"), files = files.len(), "delivered a task's secrets");
         }
         Ok(Response::new(crate::mounts::to_pb(delivery)))

@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use coffer_store::LocalKeys;
@@ -87,6 +88,8 @@ impl<const SERVICE: u8> tower::Service<http::Request<Body>> for ManagersServeThi
 #[derive(Debug, Clone)]
 pub struct WorkerTasks {
     mounts: Mounts,
+    /// Turns true when the worker stops: a waiting fetch ends then.
+    stopping: watch::Receiver<bool>,
 }
 
 #[tonic::async_trait]
@@ -141,7 +144,14 @@ impl pb::tasks_server::Tasks for WorkerTasks {
         request: tonic::Request<pb::FetchRequest>,
     ) -> Result<tonic::Response<pb::FetchResponse>, Status> {
         let r = request.into_inner();
-        let delivery = self.mounts.source().fetch(&r.task, &r.held_digest).await?;
+        let wait = Duration::from_secs(u64::from(r.wait_seconds));
+        let fetched = self.mounts.source().fetch(&r.task, &r.held_digest, wait);
+        let delivery = tokio::select! {
+            delivery = fetched => delivery?,
+            () = until_stopped(self.stopping.clone()) => {
+                return Err(Status::unavailable("this node is stopping"))
+            }
+        };
         Ok(tonic::Response::new(crate::mounts::to_pb(delivery)))
     }
 }
@@ -208,6 +218,7 @@ pub(crate) async fn start(
     );
     let tasks = TasksServer::new(WorkerTasks {
         mounts: mounts.clone(),
+        stopping: stopping.clone(),
     })
     .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(crate::server::MAX_MESSAGE_BYTES);

@@ -42,6 +42,18 @@ impl Drop for Unmount {
 /// `FetchSecrets` for `task` on `addr`'s port, with the certificate of
 /// the node whose data directory is `identity`.
 fn fetch(addr: &str, identity: &Path, task: &str) -> Result<pb::FetchResponse, tonic::Status> {
+    fetch_waiting(addr, identity, task, "", 0)
+}
+
+/// `FetchSecrets` holding `held`, waiting up to `wait` seconds for a
+/// change.
+fn fetch_waiting(
+    addr: &str,
+    identity: &Path,
+    task: &str,
+    held: &str,
+    wait: u32,
+) -> Result<pb::FetchResponse, tonic::Status> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let target = Target::host(&format!("https://{addr}"), identity.to_path_buf()).unwrap();
@@ -50,7 +62,8 @@ fn fetch(addr: &str, identity: &Path, task: &str) -> Result<pb::FetchResponse, t
             .tasks
             .fetch_secrets(pb::FetchRequest {
                 task: task.to_string(),
-                held_digest: String::new(),
+                held_digest: held.to_string(),
+                wait_seconds: wait,
             })
             .await;
         c.close().await.unwrap();
@@ -133,6 +146,26 @@ fn a_worker_gets_its_own_tasks_secrets_and_no_other_node_does() {
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     }
 
+    // A long poll: while the files are the ones held, the answer waits
+    // for the time asked, and a rotation ends the wait at once.
+    let start = Instant::now();
+    let same = fetch_waiting(leader_port, &w.dir, "job", &got.digest, 1).unwrap();
+    assert!(same.unchanged && same.files.is_empty(), "{same:?}");
+    assert_eq!(same.digest, got.digest);
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    let asking = {
+        let (addr, identity, held) = (leader_port.clone(), w.dir.clone(), got.digest.clone());
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let answer = fetch_waiting(&addr, &identity, "job", &held, 30);
+            (answer, start.elapsed())
+        })
+    };
+
     // A rotation reaches the worker's file.
     let rotated = coffer_with_input(
         &managers[2].dir,
@@ -142,6 +175,14 @@ fn a_worker_gets_its_own_tasks_secrets_and_no_other_node_does() {
     assert_eq!(ok(rotated), "2");
     let took = until_reads(&key, b"PAYMENTS-v2", &w.log);
     eprintln!("rotation to the worker's file: {took:?}");
+    let (answer, waited) = asking.join().unwrap();
+    let answer = answer.unwrap();
+    assert!(
+        !answer.unchanged && answer.digest != got.digest,
+        "{answer:?}"
+    );
+    assert_eq!(answer.files[0].data, b"PAYMENTS-v2");
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
 
     // The leader killed: the next rotation still reaches the worker, and
     // nothing is lost.

@@ -3621,6 +3621,10 @@ pub struct FetchRequest {
     /// The `digest` of an earlier answer, or empty.
     #[prost(string, tag = "2")]
     pub held_digest: ::prost::alloc::string::String,
+    /// While the files still match `held_digest`: how long to wait for a
+    /// change before answering `unchanged` (0: answer at once; capped at 30).
+    #[prost(uint32, tag = "3")]
+    pub wait_seconds: u32,
 }
 /// One file of a task, with its data.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -3984,7 +3988,10 @@ pub mod tasks_client {
         /// Any manager answers from its replica (a linearizable read); a worker
         /// answers on its socket by asking the managers. Given the digest of
         /// what the caller holds, it answers `unchanged`, without data, when the
-        /// task's files are still the same.
+        /// task's files are still the same; with `wait_seconds`, it first waits
+        /// that long (at most 30 s, less when the server stops) for them to
+        /// change, so that a caller learns of a rotation as soon as it is
+        /// applied (a long poll).
         pub async fn fetch_secrets(
             &mut self,
             request: impl tonic::IntoRequest<super::FetchRequest>,
@@ -4067,7 +4074,10 @@ pub mod tasks_server {
         /// Any manager answers from its replica (a linearizable read); a worker
         /// answers on its socket by asking the managers. Given the digest of
         /// what the caller holds, it answers `unchanged`, without data, when the
-        /// task's files are still the same.
+        /// task's files are still the same; with `wait_seconds`, it first waits
+        /// that long (at most 30 s, less when the server stops) for them to
+        /// change, so that a caller learns of a rotation as soon as it is
+        /// applied (a long poll).
         async fn fetch_secrets(
             &self,
             request: tonic::Request<super::FetchRequest>,
