@@ -15,6 +15,7 @@ use coffer_server::pb;
 use serde_json::Value;
 use support::{
     assert_in_none, coffer_with_input, files_under, ok, refused, three_managers, wait_for, Server,
+    Unmount,
 };
 
 fn nodes(via: &Server) -> Vec<Value> {
@@ -24,19 +25,6 @@ fn nodes(via: &Server) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-/// Unmounts what a failed test left mounted.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
 }
 
 /// `FetchSecrets` for `task` on `addr`'s port, with the certificate of

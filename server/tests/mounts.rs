@@ -9,44 +9,14 @@
 mod support;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{
-    assert_in_none, coffer_with_input, files_under, ok, refused, wait_for, Server, DEADLINE,
+    assert_in_none, coffer_with_input, files_under, mount_of, ok, refused, wait_for, Server,
+    Unmount, DEADLINE,
 };
-
-/// The mount on `dir` from /proc/self/mountinfo: (options, fs type).
-fn mount_of(dir: &Path) -> Option<(String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = dir.to_str().unwrap();
-    info.lines().rev().find_map(|line| {
-        let (head, tail) = line.split_once(" - ")?;
-        let fields: Vec<&str> = head.split(' ').collect();
-        (fields.get(4) == Some(&want)).then(|| {
-            (
-                fields[5].to_string(),
-                tail.split(' ').next().unwrap_or("").to_string(),
-            )
-        })
-    })
-}
-
-/// Unmounts what a failed test left mounted.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if mount_of(&self.0).is_some() {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-}
 
 #[test]
 fn the_seed_flow_runs_end_to_end_and_leaves_nothing_in_the_clear() {

@@ -344,3 +344,33 @@ pub fn three_managers(root: &Path) -> [Server; 3] {
     }
     [n1, n2, n3]
 }
+
+/// The mount on `dir` from /proc/self/mountinfo: (options, fs type).
+pub fn mount_of(dir: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = dir.to_str().unwrap();
+    info.lines().rev().find_map(|line| {
+        let (head, tail) = line.split_once(" - ")?;
+        let fields: Vec<&str> = head.split(' ').collect();
+        (fields.get(4) == Some(&want)).then(|| {
+            (
+                fields[5].to_string(),
+                tail.split(' ').next().unwrap_or("").to_string(),
+            )
+        })
+    })
+}
+
+/// Unmounts what a failed test left mounted.
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if mount_of(&self.0).is_some() {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
