@@ -102,6 +102,18 @@ impl pb::raft_server::Raft for RaftService {
         Ok(Response::new(pb::RaftMessage { payload }))
     }
 
+    async fn read_index(
+        &self,
+        _: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let index = self
+            .store
+            .handle_read_index()
+            .await
+            .map_err(crate::status::from_store)?;
+        Ok(Response::new(pb::ReadIndexResponse { index }))
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
@@ -387,6 +399,21 @@ impl Transport for GrpcTransport {
                 .map_err(|s| call_failed(target, s))?;
             wire::decode_vote_response(&answer.into_inner().payload)
                 .map_err(|e| TransportError::Remote(format!("node {target}: {e}")))
+        })
+    }
+
+    fn read_index(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+    ) -> BoxFuture<'static, Result<u64, TransportError>> {
+        let client = self.client(target, node);
+        Box::pin(async move {
+            let answer = client?
+                .read_index(timed(pb::ReadIndexRequest {}))
+                .await
+                .map_err(|s| call_failed(target, s))?;
+            Ok(answer.into_inner().index)
         })
     }
 

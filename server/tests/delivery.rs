@@ -1,5 +1,6 @@
 //! Delivery across processes: three managers and a worker. A task on the
-//! worker gets its mount from the managers; the worker holds no replica
+//! worker gets its mount from the managers, and a follower manager from
+//! its replica (through the leader's read index); the worker holds no replica
 //! and no secret; another node's identity is refused the task's secrets;
 //! rotations reach the worker's file, also after the leader is killed,
 //! and no secret or assignment is lost.
@@ -17,15 +18,6 @@ use support::{
     assert_in_none, coffer_with_input, files_under, ok, refused, three_managers, wait_for, Server,
     Unmount,
 };
-
-fn nodes(via: &Server) -> Vec<Value> {
-    let out = ok(via.coffer(&["node", "ls", "--format", "json"]));
-    serde_json::from_str::<Value>(&out)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
 
 /// `FetchSecrets` for `task` on `addr`'s port, with the certificate of
 /// the node whose data directory is `identity`.
@@ -83,7 +75,7 @@ fn a_worker_gets_its_own_tasks_secrets_and_no_other_node_does() {
     let w = Server::join_in(root, "w", &managers[0], &token);
     let mut worker_id = String::new();
     wait_for("the worker in node ls", &managers[0].log, || {
-        let all = nodes(&managers[0]);
+        let all = managers[0].nodes();
         match all.iter().find(|n| n["role"] == "worker") {
             Some(n) => {
                 worker_id = n["id"].as_str().unwrap().to_string();
@@ -120,6 +112,30 @@ fn a_worker_gets_its_own_tasks_secrets_and_no_other_node_does() {
         w.coffer(&["mount", "other", root.join("w-run/other").to_str().unwrap()]),
         "does not run on node",
     );
+    // A follower manager mounts its own task from its replica: its reads
+    // take the leader's read index.
+    let follower = managers
+        .iter()
+        .find(|s| {
+            let all = managers[0].nodes();
+            all.iter()
+                .any(|n| n["address"] == s.addr.as_str() && n["leader"] == false)
+        })
+        .unwrap();
+    ok(m.coffer(&[
+        "task",
+        "attach",
+        "near",
+        "--node",
+        &follower.id(),
+        "--secret",
+        "source=payments_key,target=key",
+    ]));
+    let near = root.join("follower-run/near");
+    let _cleanup_near = Unmount(near.clone());
+    ok(follower.coffer(&["mount", "near", near.to_str().unwrap()]));
+    assert_eq!(std::fs::read(near.join("key")).unwrap(), b"PAYMENTS-v1");
+
     // The worker's socket serves only its mounts.
     refused(w.coffer(&["task", "ls"]), "this node is a worker");
 
@@ -163,6 +179,8 @@ fn a_worker_gets_its_own_tasks_secrets_and_no_other_node_does() {
     assert_eq!(ok(rotated), "2");
     let took = until_reads(&key, b"PAYMENTS-v2", &w.log);
     eprintln!("rotation to the worker's file: {took:?}");
+    until_reads(&near.join("key"), b"PAYMENTS-v2", &follower.log);
+    ok(follower.coffer(&["unmount", near.to_str().unwrap()]));
     let (answer, waited) = asking.join().unwrap();
     let answer = answer.unwrap();
     assert!(
@@ -174,7 +192,8 @@ fn a_worker_gets_its_own_tasks_secrets_and_no_other_node_does() {
 
     // The leader killed: the next rotation still reaches the worker, and
     // nothing is lost.
-    let leader = nodes(&managers[1])
+    let leader = managers[1]
+        .nodes()
         .into_iter()
         .find(|n| n["leader"] == true)
         .unwrap();
@@ -209,7 +228,7 @@ fn a_worker_gets_its_own_tasks_secrets_and_no_other_node_does() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["job", "other"]);
+    assert_eq!(names, ["job", "near", "other"]);
     let shown = ok(survivor.coffer(&["secret", "inspect", "payments_key"]));
     assert!(shown.contains("\"version\": 3"), "{shown}");
 

@@ -11,27 +11,8 @@ mod support;
 use serde_json::Value;
 use support::{files_under, ok, read, refused, wait_for, Server};
 
-/// `node ls --format json` through `node`.
-fn nodes(node: &Server) -> Vec<Value> {
-    let out = ok(node.coffer(&["node", "ls", "--format", "json"]));
-    serde_json::from_str::<Value>(&out)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn node_with<'a>(nodes: &'a [Value], id: &str) -> Option<&'a Value> {
     nodes.iter().find(|n| n["id"] == id)
-}
-
-/// This server's node id, as `node ls` shows it (from its log).
-fn id_of(server: &Server) -> String {
-    let log = server.log();
-    log.split_whitespace()
-        .find_map(|w| w.strip_prefix("node="))
-        .unwrap_or_else(|| panic!("no node id in:\n{log}"))
-        .to_string()
 }
 
 #[test]
@@ -41,7 +22,7 @@ fn a_worker_holds_no_replica_and_is_removed_for_good() {
     let manager = Server::start_in(root, "m1", "127.0.0.1:0", &[]);
     let token = ok(manager.coffer(&["join-token", "-q", "worker"]));
     let mut worker = Server::join_in(root, "w1", &manager, &token);
-    let wid = id_of(&worker);
+    let wid = worker.id();
     assert!(worker.log().contains("role=worker"), "{}", worker.log());
 
     // Its identity and nothing else: no store, the key sealed.
@@ -61,10 +42,10 @@ fn a_worker_holds_no_replica_and_is_removed_for_good() {
 
     // The managers list it, and see it answer.
     wait_for("the worker to answer", &manager.log, || {
-        let all = nodes(&manager);
+        let all = manager.nodes();
         node_with(&all, &wid).is_some_and(|w| w["reachable"] == true)
     });
-    let all = nodes(&manager);
+    let all = manager.nodes();
     let w = node_with(&all, &wid).unwrap();
     assert_eq!(w["role"], "worker");
     assert_eq!(w["membership"], "none");
@@ -91,15 +72,15 @@ fn a_worker_holds_no_replica_and_is_removed_for_good() {
     worker.stop("TERM");
     let addr = worker.addr.clone();
     worker = Server::start(&worker.dir, &worker.log, &addr, &[]);
-    assert_eq!(id_of(&worker), wid);
+    assert_eq!(worker.id(), wid);
 
     // Stopped, it goes without --force; by a prefix of its id.
     assert!(worker.stop("TERM").success());
     wait_for("the worker to be seen down", &manager.log, || {
-        node_with(&nodes(&manager), &wid).is_some_and(|w| w["reachable"] == false)
+        node_with(&manager.nodes(), &wid).is_some_and(|w| w["reachable"] == false)
     });
     assert_eq!(ok(manager.coffer(&["node", "rm", &wid[..6]])), wid);
-    assert!(node_with(&nodes(&manager), &wid).is_none());
+    assert!(node_with(&manager.nodes(), &wid).is_none());
     refused(manager.coffer(&["node", "rm", &wid]), "no node");
     refused(manager.coffer(&["node", "promote", &wid]), "no node");
     let _ = read(&manager.log);
@@ -110,7 +91,7 @@ fn demotion_keeps_a_reachable_quorum_and_the_cluster_commits() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let [n1, n2, mut n3] = support::three_managers(root);
-    let (id2, id3) = (id_of(&n2), id_of(&n3));
+    let (id2, id3) = (n2.id(), n3.id());
 
     // With n3 down, demoting n2 would leave n1 and n3 with one answering.
     assert!(n3.stop("TERM").success());
@@ -118,17 +99,17 @@ fn demotion_keeps_a_reachable_quorum_and_the_cluster_commits() {
         n1.coffer(&["node", "demote", &id2]),
         "fewer than the 2 a quorum needs",
     );
-    let all = nodes(&n1);
+    let all = n1.nodes();
     assert_eq!(node_with(&all, &id2).unwrap()["membership"], "voter");
 
     // Back up, the demotion goes through (asked through a follower).
     n3.restart();
     wait_for("n3 to answer", &n1.log, || {
-        node_with(&nodes(&n1), &id3).is_some_and(|n| n["reachable"] == true)
+        node_with(&n1.nodes(), &id3).is_some_and(|n| n["reachable"] == true)
     });
     let said = ok(n3.coffer(&["node", "demote", &id2]));
     assert!(said.contains("is now a worker"), "{said}");
-    let all = nodes(&n1);
+    let all = n1.nodes();
     let demoted = node_with(&all, &id2).unwrap();
     assert_eq!(demoted["role"], "worker");
     assert_eq!(demoted["membership"], "none");
@@ -151,14 +132,14 @@ fn nodes_follow_promotion_demotion_and_removal_on_their_own() {
     let mut m1 = Server::start_in(root, "m1", "127.0.0.1:0", &[]);
     let token = ok(m1.coffer(&["join-token", "-q", "worker"]));
     let w = Server::join_in(root, "w", &m1, &token);
-    let wid = id_of(&w);
+    let wid = w.id();
     ok(m1.coffer(&["kv", "put", "before", "promotion"]));
 
     // Promoted, the worker takes a manager certificate and a replica,
     // and votes.
     assert!(ok(m1.coffer(&["node", "promote", &wid])).contains("is now a manager"));
     wait_for("the promoted worker to vote", &w.log, || {
-        node_with(&nodes(&m1), &wid).is_some_and(|n| n["membership"] == "voter")
+        node_with(&m1.nodes(), &wid).is_some_and(|n| n["membership"] == "voter")
     });
     assert!(w.dir.join("db").exists());
     wait_for("the replica to catch up", &w.log, || {
@@ -176,7 +157,7 @@ fn nodes_follow_promotion_demotion_and_removal_on_their_own() {
         !m1.dir.join("db").exists(),
         "a demoted manager kept its replica"
     );
-    let all = nodes(&w);
+    let all = w.nodes();
     assert_eq!(
         node_with(&all, "0000000000000001").unwrap()["membership"],
         "none"

@@ -190,6 +190,23 @@ impl Transport for NodeTransport {
         })
     }
 
+    fn read_index(
+        &self,
+        target: NodeId,
+        _node: &BasicNode,
+    ) -> BoxFuture<'static, Result<u64, TransportError>> {
+        let (from, router) = (self.from, self.router.clone());
+        Box::pin(async move {
+            let store = router.route(from, target)?;
+            let index = store
+                .handle_read_index()
+                .await
+                .map_err(|e| remote(target, e))?;
+            router.check(from, target)?;
+            Ok(index)
+        })
+    }
+
     fn vote(
         &self,
         target: NodeId,

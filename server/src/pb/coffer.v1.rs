@@ -2518,6 +2518,13 @@ pub mod kv_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReadIndexRequest {}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReadIndexResponse {
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RaftMessage {
     #[prost(bytes = "vec", tag = "1")]
@@ -2683,6 +2690,31 @@ pub mod raft_client {
                 .insert(GrpcMethod::new("coffer.v1.Raft", "InstallSnapshot"));
             self.inner.client_streaming(req, path, codec).await
         }
+        /// A follower's read index: the leader confirms with a quorum that it
+        /// still leads, then answers the log index the follower must have
+        /// applied before it serves a linearizable read. A member that does not
+        /// lead answers FAILED_PRECONDITION or UNAVAILABLE, as for a write.
+        pub async fn read_index(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReadIndexRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReadIndexResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/coffer.v1.Raft/ReadIndex");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("coffer.v1.Raft", "ReadIndex"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2715,6 +2747,17 @@ pub mod raft_server {
             &self,
             request: tonic::Request<tonic::Streaming<super::SnapshotChunk>>,
         ) -> std::result::Result<tonic::Response<super::RaftMessage>, tonic::Status>;
+        /// A follower's read index: the leader confirms with a quorum that it
+        /// still leads, then answers the log index the follower must have
+        /// applied before it serves a linearizable read. A member that does not
+        /// lead answers FAILED_PRECONDITION or UNAVAILABLE, as for a write.
+        async fn read_index(
+            &self,
+            request: tonic::Request<super::ReadIndexRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReadIndexResponse>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct RaftServer<T> {
@@ -2921,6 +2964,49 @@ pub mod raft_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/coffer.v1.Raft/ReadIndex" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReadIndexSvc<T: Raft>(pub Arc<T>);
+                    impl<T: Raft> tonic::server::UnaryService<super::ReadIndexRequest>
+                    for ReadIndexSvc<T> {
+                        type Response = super::ReadIndexResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReadIndexRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Raft>::read_index(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReadIndexSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -318,6 +318,24 @@ impl Server {
         self.wait()
     }
 
+    /// `node ls --format json` through this server.
+    pub fn nodes(&self) -> Vec<serde_json::Value> {
+        let out = ok(self.coffer(&["node", "ls", "--format", "json"]));
+        match serde_json::from_str(&out).unwrap() {
+            serde_json::Value::Array(all) => all,
+            other => panic!("node ls gave {other}"),
+        }
+    }
+
+    /// This server's node id, as `node ls` shows it (from its log).
+    pub fn id(&self) -> String {
+        let log = self.log();
+        log.split_whitespace()
+            .find_map(|w| w.strip_prefix("node="))
+            .unwrap_or_else(|| panic!("no node id in:\n{log}"))
+            .to_string()
+    }
+
     /// Waits until it logs that it is a voting member.
     pub fn wait_until_voting(&self) {
         wait_for("a voting member", &self.log, || {

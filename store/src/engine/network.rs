@@ -36,6 +36,9 @@ pub enum TransportError {
     /// openraft retries with at most `entries_hint` entries.
     #[error("payload too large: send at most {entries_hint} entries")]
     PayloadTooLarge { entries_hint: u64 },
+    /// The transport does not carry this kind of request.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 /// Carries Raft RPCs to other members.
@@ -63,6 +66,24 @@ pub trait Transport: Send + Sync + 'static {
         vote: Vote<NodeId>,
         snapshot: Snapshot<TypeConfig>,
     ) -> BoxFuture<'static, Result<SnapshotResponse<NodeId>, TransportError>>;
+
+    /// Asks `target`, the leader, for a read index: the log index this
+    /// member must have applied before it serves a linearizable read (the
+    /// leader confirms with a quorum that it still leads first, see
+    /// [`crate::Store::handle_read_index`]). A transport that does not
+    /// carry it keeps the default, `Unsupported`: linearizable reads on a
+    /// follower are then refused with `NotLeader`.
+    fn read_index(
+        &self,
+        target: NodeId,
+        _node: &BasicNode,
+    ) -> BoxFuture<'static, Result<u64, TransportError>> {
+        Box::pin(async move {
+            Err(TransportError::Unsupported(format!(
+                "node {target}: this transport carries no read index"
+            )))
+        })
+    }
 }
 
 /// A transport for a store that has no peers: every RPC is unreachable.
@@ -150,7 +171,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 fn rpc_err<E: std::error::Error>(e: TransportError) -> RPCError<NodeId, BasicNode, E> {
     match e {
         TransportError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
-        TransportError::Remote(_) => RPCError::Network(NetworkError::new(&e)),
+        TransportError::Remote(_) | TransportError::Unsupported(_) => {
+            RPCError::Network(NetworkError::new(&e))
+        }
         TransportError::PayloadTooLarge { entries_hint } => RPCError::PayloadTooLarge(
             openraft::error::PayloadTooLarge::new_entries_hint(entries_hint.max(1)),
         ),
@@ -194,7 +217,9 @@ impl RaftNetwork<TypeConfig> for Network {
             closed = cancel => Err(StreamingError::Closed(closed)),
             res = send => res.map_err(|e| match e {
                 TransportError::Unreachable(_) => StreamingError::Unreachable(Unreachable::new(&e)),
-                TransportError::Remote(_) | TransportError::PayloadTooLarge { .. } => {
+                TransportError::Remote(_)
+                | TransportError::PayloadTooLarge { .. }
+                | TransportError::Unsupported(_) => {
                     StreamingError::Network(NetworkError::new(&e))
                 }
             }),

@@ -20,7 +20,7 @@ use crate::config::{Bootstrap, Config, Encryption};
 use crate::engine::db::Db;
 use crate::engine::keys::{self, LocalKeys};
 use crate::engine::log_store::LogStore;
-use crate::engine::network::{NetworkFactory, NoPeers, Transport};
+use crate::engine::network::{NetworkFactory, NoPeers, Transport, TransportError};
 use crate::engine::proposer::{self, Queued};
 use crate::engine::retry::{self, Refused};
 use crate::engine::state_machine::{LeaseInfo, Notice, Shared, StateMachine};
@@ -34,6 +34,10 @@ use crate::types::{NodeId, TypeConfig};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
     /// Linearizable: confirmed with a quorum (read index) before reading.
+    /// On a follower, the leader's read index through the transport
+    /// ([`Transport::read_index`]), then this member's own state once it
+    /// has applied up to that index (`NotLeader` when the transport does
+    /// not carry read indexes, as with no peers).
     Linearizable,
     /// This member's applied state, which may lag the leader.
     Stale,
@@ -134,6 +138,9 @@ pub struct Store {
 
 struct Inner {
     raft: Raft<TypeConfig>,
+    /// How this member reaches the others (for read indexes; openraft
+    /// holds its own handle for replication).
+    transport: Arc<dyn Transport>,
     shared: Arc<Shared>,
     config: Config,
     proposals: mpsc::Sender<Queued>,
@@ -231,7 +238,9 @@ impl Store {
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            NetworkFactory { transport },
+            NetworkFactory {
+                transport: transport.clone(),
+            },
             log_store,
             StateMachine {
                 shared: shared.clone(),
@@ -247,6 +256,7 @@ impl Store {
                     config.request_timeout,
                 ),
                 raft,
+                transport,
                 shared,
                 config,
             }),
@@ -381,11 +391,34 @@ impl Store {
             return Ok(());
         }
         let raft = &self.inner.raft;
+        let transport = &self.inner.transport;
         let barrier = retry::through_election(self.inner.config.request_timeout, || async move {
             match raft.ensure_linearizable().await {
                 Ok(_) => Ok(()),
+                // A follower: the leader's read index, then this member's
+                // state applied up to it.
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    Err(Refused::Forward(f))
+                    let (Some(leader), Some(node)) = (f.leader_id, f.leader_node.as_ref()) else {
+                        return Err(Refused::Forward(f));
+                    };
+                    let index = match transport.read_index(leader, node).await {
+                        Ok(index) => index,
+                        Err(TransportError::Unsupported(_)) => return Err(Refused::Forward(f)),
+                        // The leader changing or out of reach: asked again
+                        // (through the election) until the deadline.
+                        Err(e) => {
+                            tracing::debug!(leader, "no read index from the leader: {e}");
+                            return Err(Refused::Forward(openraft::error::ForwardToLeader {
+                                leader_id: None,
+                                leader_node: None,
+                            }));
+                        }
+                    };
+                    raft.wait(None)
+                        .applied_index_at_least(Some(index), "a follower's read index")
+                        .await
+                        .map(|_| ())
+                        .map_err(|_| Refused::Failed(Error::Stopped))
                 }
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
                     Err(Refused::Failed(Error::Unavailable(q.to_string())))
@@ -741,6 +774,23 @@ impl Store {
             .append_entries(rpc)
             .await
             .map_err(Error::from)
+    }
+
+    /// Answers a follower's read index (see [`Transport::read_index`]):
+    /// once a quorum has confirmed that this member still leads, the log
+    /// index a linearizable read must see applied. `NotLeader` on a
+    /// follower.
+    pub async fn handle_read_index(&self) -> Result<u64, Error> {
+        match self.inner.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map_or(0, |id| id.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(retry::not_leader(f))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(Error::Unavailable(q.to_string()))
+            }
+            Err(RaftError::Fatal(f)) => Err(Error::from(f)),
+        }
     }
 
     /// Handles a RequestVote RPC from a candidate.
