@@ -53,8 +53,9 @@ pub const WORKER_WAIT: Duration = Duration::from_secs(20);
 /// How long a worker waits for one manager's answer, past the wait it
 /// asked for.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// A worker asks again about a mount no sooner than this after it last
-/// asked (a bound on a manager that answers `unchanged` at once), and
+/// A worker asks again about a mount whose answer was `unchanged` no
+/// sooner than this after it last asked (a bound on a manager that
+/// answers at once), and
 /// after a failure waits this, doubled with each further failure...
 const WORKER_GAP: Duration = Duration::from_millis(100);
 /// ... up to this.
@@ -558,9 +559,13 @@ impl Mounts {
                     }) else {
                         continue;
                     };
+                    // A change: asked again at once; `unchanged`: no sooner
+                    // than the gap after the last question.
+                    let changed = matches!(fetched, Ok(Delivery::Files { .. }));
                     let result = Mounts::apply(entry, fetched).await;
                     let failures = not_before.get(&dir).map_or(0, |(_, n)| *n);
                     let next = match result {
+                        Ok(()) if changed => (Instant::now(), 0),
                         Ok(()) => (asked + WORKER_GAP, 0),
                         Err(_) => {
                             let backoff = WORKER_GAP.saturating_mul(1 << failures.min(5));
