@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::types::NodeId;
+use crate::unlock::UnlockKey;
 
 /// Default store quota: 2 GiB of keys and values.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
@@ -53,6 +54,11 @@ pub struct Config {
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     pub encryption: Encryption,
+    /// The cluster unlock key (autolock): a new data directory is sealed
+    /// under it, and one sealed under it opens only with it (`Locked`
+    /// without, `WrongUnlockKey` with another). Ignored by a directory
+    /// whose key-encryption key is in `keys/kek`.
+    pub unlock_key: Option<UnlockKey>,
 }
 
 impl Config {
@@ -71,6 +77,7 @@ impl Config {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             encryption: Encryption::On,
+            unlock_key: None,
         }
     }
 

@@ -22,6 +22,13 @@ pub enum OpenError {
     /// The key-encryption key does not open the keyring.
     #[error("{path}: wrong key-encryption key: this data directory was sealed under another key")]
     WrongKey { path: PathBuf },
+    /// The keyring is sealed under a cluster unlock key (autolock) and
+    /// none was given.
+    #[error("{path}: this node is locked (autolock): it opens only with the cluster's unlock key (`coffer unlock`)", path = .path.display())]
+    Locked { path: PathBuf },
+    /// The unlock key given is not the one the keyring is sealed under.
+    #[error("{path}: wrong unlock key: the keyring is sealed under another one", path = .path.display())]
+    WrongUnlockKey { path: PathBuf },
     /// A file under the data directory is damaged.
     #[error("corruption in {path}: {detail}")]
     Corruption { path: PathBuf, detail: String },

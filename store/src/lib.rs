@@ -33,6 +33,8 @@ internal_modules!(
     types,
 );
 pub mod range;
+pub mod unlock;
+pub use unlock::{UnlockKey, UnlockKeyError};
 
 pub use codec::{DecodeError, EncodeError};
 
@@ -78,7 +80,7 @@ pub use config::{Bootstrap, Config, Encryption, DEFAULT_QUOTA_BYTES};
 #[cfg(feature = "engine")]
 pub use engine::blocking;
 #[cfg(feature = "engine")]
-pub use engine::keys::LocalKeys;
+pub use engine::keys::{is_autolocked, reseal_keyring, LocalKeys};
 #[cfg(feature = "engine")]
 pub use engine::network::{NoPeers, Transport, TransportError};
 #[cfg(feature = "engine")]

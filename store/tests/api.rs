@@ -986,7 +986,7 @@ async fn past_revisions_read_until_compacted_and_their_rows_go_with_them() {
 
     // Only the live versions are left: a at 6 and c at 5.
     let cipher = std::sync::Arc::new(
-        coffer_store::engine::keys::open_keyring(dir.path(), false)
+        coffer_store::engine::keys::open_keyring(dir.path(), false, None)
             .unwrap()
             .cipher()
             .unwrap(),

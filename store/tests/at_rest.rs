@@ -233,7 +233,10 @@ async fn snapshot_now(store: &Store, dir: &Path) {
 /// Opens the RocksDB database of a closed store directly, flushes every
 /// column family to SST files and compacts them.
 fn flush_and_compact(dir: &Path) {
-    let cipher = keys::open_keyring(dir, false).unwrap().cipher().unwrap();
+    let cipher = keys::open_keyring(dir, false, None)
+        .unwrap()
+        .cipher()
+        .unwrap();
     let db = Db::open(&dir.join("db"), Arc::new(cipher)).unwrap();
     for cf in ALL_CFS {
         db.db.flush_cf(db.cf(cf).unwrap()).unwrap();
@@ -611,7 +614,10 @@ fn open_and_read_all(
         return Outcome::Detected(msg);
     }
     // Read every row of every column family through the sealed path.
-    let cipher = keys::open_keyring(dir, false).unwrap().cipher().unwrap();
+    let cipher = keys::open_keyring(dir, false, None)
+        .unwrap()
+        .cipher()
+        .unwrap();
     let db = match Db::open(&dir.join("db"), Arc::new(cipher)) {
         Ok(db) => db,
         Err(e) => {

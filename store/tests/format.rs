@@ -314,7 +314,12 @@ async fn a_directory_written_now_reads_back_the_same() {
     // Some column families in SST files, the rest only in the WAL, so the
     // fixture covers both of RocksDB's read paths.
     {
-        let cipher = Arc::new(keys::open_keyring(&dir, false).unwrap().cipher().unwrap());
+        let cipher = Arc::new(
+            keys::open_keyring(&dir, false, None)
+                .unwrap()
+                .cipher()
+                .unwrap(),
+        );
         let db = Db::open(&dir.join("db"), cipher).unwrap();
         for cf in [CF_KV, CF_EVENTS, CF_LEASES] {
             db.db.flush_cf(db.cf(cf).unwrap()).unwrap();
@@ -337,7 +342,12 @@ async fn other_format_versions_are_refused_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     fixture_copy(FORMAT_VERSION, &dir);
-    let cipher = Arc::new(keys::open_keyring(&dir, false).unwrap().cipher().unwrap());
+    let cipher = Arc::new(
+        keys::open_keyring(&dir, false, None)
+            .unwrap()
+            .cipher()
+            .unwrap(),
+    );
     let set_format = |row: Option<u32>| {
         let db = Db::open(&dir.join("db"), cipher.clone()).unwrap();
         let mut batch = rocksdb::WriteBatch::default();

@@ -12,6 +12,7 @@ use crate::crypto::Cipher;
 use crate::error::{Error, OpenError};
 use crate::keyring::{self, KekSource, Keyring, KeyringError, KeyringFile};
 use crate::snapshot::sync_dir;
+use crate::unlock::UnlockKey;
 use zeroize::Zeroizing;
 
 pub const KEYS_DIR: &str = "keys";
@@ -109,8 +110,55 @@ fn keyring_err(path: PathBuf, e: KeyringError) -> OpenError {
     }
 }
 
-/// Opens the keyring under `dir/keys`, creating keys if `create` and none exist.
-pub fn open_keyring(dir: &Path, create: bool) -> Result<Keyring, OpenError> {
+/// Seals `ring` under a key-encryption key of its own: one derived from
+/// `unlock` (autolock; `keys/kek` removed), or a new random one written
+/// to `keys/kek` first. The keyring file is replaced atomically; a crash
+/// between the two files leaves the previous sealing in force, and any
+/// `keys/kek` a keyring sealed under an unlock key does not use is
+/// removed on the next open.
+fn seal_keyring(keys: &Path, ring: &Keyring, unlock: Option<&UnlockKey>) -> Result<(), OpenError> {
+    let kek_path = keys.join(KEK_FILE);
+    let ring_path = keys.join(KEYRING_FILE);
+    let seal_err = |e| keyring_err(ring_path.clone(), e);
+    match unlock {
+        Some(key) => {
+            let params = crate::crypto::KdfParams::generate();
+            let kek = key
+                .derive_kek(&params)
+                .map_err(|e| OpenError::Config(e.to_string()))?;
+            let sealed = ring
+                .seal(&kek, KekSource::UnlockKey(params))
+                .map_err(seal_err)?;
+            write_private(&ring_path, &sealed)?;
+            remove_stale_kek(keys)
+        }
+        None => {
+            let kek = crate::crypto::SecretKey::random();
+            write_private(&kek_path, &keyring::encode_kek_file(&kek))?;
+            let sealed = ring.seal(&kek, KekSource::File).map_err(seal_err)?;
+            write_private(&ring_path, &sealed)
+        }
+    }
+}
+
+/// Removes `keys/kek` (a keyring sealed under an unlock key uses none).
+fn remove_stale_kek(keys: &Path) -> Result<(), OpenError> {
+    let kek_path = keys.join(KEK_FILE);
+    match fs::remove_file(&kek_path) {
+        Ok(()) => sync_dir(keys).map_err(io(keys)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(&kek_path)(e)),
+    }
+}
+
+/// Opens the keyring under `dir/keys`, creating keys if `create` and none
+/// exist (sealed under `unlock` when given). A keyring sealed under an
+/// unlock key needs it: `Locked` without, `WrongUnlockKey` with another.
+pub fn open_keyring(
+    dir: &Path,
+    create: bool,
+    unlock: Option<&UnlockKey>,
+) -> Result<Keyring, OpenError> {
     let keys = dir.join(KEYS_DIR);
     let kek_path = keys.join(KEK_FILE);
     let ring_path = keys.join(KEYRING_FILE);
@@ -127,13 +175,8 @@ pub fn open_keyring(dir: &Path, create: bool) -> Result<Keyring, OpenError> {
             .mode(KEYS_DIR_MODE)
             .create(&keys)
             .map_err(io(&keys))?;
-        let kek = crate::crypto::SecretKey::random();
-        write_private(&kek_path, &keyring::encode_kek_file(&kek))?;
         let ring = Keyring::generate();
-        let sealed = ring
-            .seal(&kek, KekSource::File)
-            .map_err(|e| keyring_err(ring_path.clone(), e))?;
-        write_private(&ring_path, &sealed)?;
+        seal_keyring(&keys, &ring, unlock)?;
         return Ok(ring);
     }
     check_private(&keys, KEYS_DIR_MODE)?;
@@ -145,11 +188,46 @@ pub fn open_keyring(dir: &Path, create: bool) -> Result<Keyring, OpenError> {
                 .map_err(|e| keyring_err(kek_path.clone(), e))?;
             file.unseal(&kek).map_err(|e| keyring_err(ring_path, e))
         }
-        KekSource::UnlockKey(_) => Err(OpenError::Config(format!(
-            "{} is sealed under a cluster unlock key (autolock); unlocking is done by the server",
-            ring_path.display()
-        ))),
+        KekSource::UnlockKey(params) => {
+            let Some(key) = unlock else {
+                return Err(OpenError::Locked { path: ring_path });
+            };
+            let kek = key
+                .derive_kek(&params)
+                .map_err(|e| OpenError::Config(e.to_string()))?;
+            let ring = file.unseal(&kek).map_err(|e| match e {
+                KeyringError::WrongKey => OpenError::WrongUnlockKey {
+                    path: ring_path.clone(),
+                },
+                other => keyring_err(ring_path.clone(), other),
+            })?;
+            remove_stale_kek(&keys)?;
+            Ok(ring)
+        }
     }
+}
+
+/// Seals the keyring of the data directory `dir` anew: under the unlock
+/// key `to` (autolock on, or a new unlock key), or under a random
+/// key-encryption key in `keys/kek` (`None`: autolock off). `from` is the
+/// unlock key it is sealed under now (`None` if it is not). The data keys
+/// stay the same, so a store open on `dir` keeps running, and the files
+/// sealed with [`LocalKeys`] stay readable.
+pub fn reseal_keyring(
+    dir: &Path,
+    from: Option<&UnlockKey>,
+    to: Option<&UnlockKey>,
+) -> Result<(), OpenError> {
+    let ring = open_keyring(dir, false, from)?;
+    seal_keyring(&dir.join(KEYS_DIR), &ring, to)
+}
+
+/// Whether the keyring of `dir` is sealed under an unlock key (autolock).
+pub fn is_autolocked(dir: &Path) -> Result<bool, OpenError> {
+    let ring_path = dir.join(KEYS_DIR).join(KEYRING_FILE);
+    let file = KeyringFile::parse(&read_limited(&ring_path, keyring::KEYRING_BYTES_MAX)?)
+        .map_err(|e| keyring_err(ring_path.clone(), e))?;
+    Ok(matches!(file.source, KekSource::UnlockKey(_)))
 }
 
 /// Whether the directory already holds a store.
@@ -171,12 +249,18 @@ impl LocalKeys {
     /// 0700) if it holds none, and from then on the same keys a store
     /// opened on `dir` uses.
     pub fn open(dir: &Path) -> Result<LocalKeys, OpenError> {
+        LocalKeys::open_with(dir, None)
+    }
+
+    /// [`LocalKeys::open`] for a data directory that may be sealed under
+    /// the unlock key `unlock` (autolock).
+    pub fn open_with(dir: &Path, unlock: Option<&UnlockKey>) -> Result<LocalKeys, OpenError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(io(dir))?;
-        let keyring = open_keyring(dir, !has_data(dir))?;
+        let keyring = open_keyring(dir, !has_data(dir), unlock)?;
         let cipher = keyring.cipher().map_err(|e| OpenError::Corruption {
             path: dir.join(KEYS_DIR),
             detail: e.to_string(),

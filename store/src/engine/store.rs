@@ -199,7 +199,7 @@ impl Store {
             .create(&dir)
             .map_err(io_open(&dir))?;
         let fresh = !keys::has_data(&dir);
-        let keyring = keys::open_keyring(&dir, fresh)?;
+        let keyring = keys::open_keyring(&dir, fresh, config.unlock_key.as_ref())?;
         let cipher = Arc::new(match config.encryption {
             Encryption::On => keyring.cipher().map_err(|e| OpenError::Corruption {
                 path: dir.join(keys::KEYS_DIR),

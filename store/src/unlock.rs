@@ -1,0 +1,121 @@
+//! The cluster unlock key of autolock: `CFKEY-1-` and 64 hex digits (32
+//! random bytes). With autolock on, a data directory's key-encryption key
+//! is derived from it with argon2id (the parameters and salt are in the
+//! keyring's header), so a copy of the directory reveals nothing without
+//! it; it is never written to disk.
+
+use std::fmt;
+
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, KdfError, KdfParams, SecretKey};
+
+/// What every unlock key starts with.
+pub const UNLOCK_KEY_PREFIX: &str = "CFKEY-1-";
+const KEY_BYTES: usize = 32;
+
+/// A cluster unlock key. Its bytes are wiped when dropped; `Debug` and
+/// every error leave them out.
+#[derive(Clone)]
+pub struct UnlockKey(Zeroizing<[u8; KEY_BYTES]>);
+
+/// Text that is not an unlock key (the text itself is never repeated).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("not an unlock key: an unlock key is {UNLOCK_KEY_PREFIX} followed by 64 hex digits")]
+pub struct UnlockKeyError;
+
+impl fmt::Debug for UnlockKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UnlockKey(..)")
+    }
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+impl UnlockKey {
+    /// A new key from the operating system's CSPRNG.
+    pub fn generate() -> UnlockKey {
+        UnlockKey(Zeroizing::new(*SecretKey::random().expose()))
+    }
+
+    /// Parses `CFKEY-1-<64 hex digits>`, ignoring surrounding whitespace
+    /// (a trailing newline from a file or a prompt).
+    pub fn parse(text: &str) -> Result<UnlockKey, UnlockKeyError> {
+        let digits = text
+            .trim()
+            .strip_prefix(UNLOCK_KEY_PREFIX)
+            .ok_or(UnlockKeyError)?
+            .as_bytes();
+        if digits.len() != 2 * KEY_BYTES {
+            return Err(UnlockKeyError);
+        }
+        let mut key = Zeroizing::new([0u8; KEY_BYTES]);
+        for (byte, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
+            let (Some(hi), Some(lo)) = (hex_digit(pair[0]), hex_digit(pair[1])) else {
+                return Err(UnlockKeyError);
+            };
+            *byte = hi << 4 | lo;
+        }
+        Ok(UnlockKey(key))
+    }
+
+    /// The key as an operator types it: `CFKEY-1-` and 64 lowercase hex
+    /// digits, in a buffer wiped when dropped.
+    pub fn to_text(&self) -> Zeroizing<String> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = Zeroizing::new(String::with_capacity(UNLOCK_KEY_PREFIX.len() + 64));
+        text.push_str(UNLOCK_KEY_PREFIX);
+        for b in self.0.iter() {
+            text.push(char::from(HEX[usize::from(b >> 4)]));
+            text.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        text
+    }
+
+    /// The key-encryption key this unlock key gives under `params`.
+    pub(crate) fn derive_kek(&self, params: &KdfParams) -> Result<SecretKey, KdfError> {
+        crypto::derive_kek(&self.0[..], params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_anything_else() {
+        let key = UnlockKey::generate();
+        let text = key.to_text();
+        assert!(text.starts_with(UNLOCK_KEY_PREFIX) && text.len() == 8 + 64);
+        let again = UnlockKey::parse(&format!("  {}\n", text.as_str())).unwrap();
+        assert_eq!(again.to_text().as_str(), text.as_str());
+        // Hex digits in either case; the prefix exactly.
+        let upper = format!("{UNLOCK_KEY_PREFIX}{}", text[8..].to_uppercase());
+        assert_eq!(
+            UnlockKey::parse(&upper).unwrap().to_text().as_str(),
+            text.as_str()
+        );
+        assert!(UnlockKey::parse(&text.to_lowercase()).is_err());
+        for bad in [
+            "",
+            "CFKEY-1-",
+            "CFKEY-2-00",
+            &text[..text.len() - 1],
+            &format!("{}0", text.as_str()),
+            &format!("{}g", &text[..text.len() - 1]),
+            &text.replace(UNLOCK_KEY_PREFIX, "CFTKN-1-"),
+        ] {
+            let err = UnlockKey::parse(bad).unwrap_err();
+            assert!(!err.to_string().contains(&text[8..]));
+        }
+        assert_eq!(format!("{key:?}"), "UnlockKey(..)");
+    }
+}
