@@ -108,5 +108,6 @@ mod tests {
         let last = flipped.len() - 5;
         flipped[last] ^= 0xff;
         assert!(Cluster::decode(&flipped).is_err());
+        crate::record::assert_decoder_survives_damage(&record, Cluster::decode);
     }
 }

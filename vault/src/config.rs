@@ -161,6 +161,7 @@ mod tests {
             cert_expiry: Duration::from_secs(1),
         };
         assert!(ClusterConfig::decode(&tiny.encode()).is_err());
+        crate::record::assert_decoder_survives_damage(&record, ClusterConfig::decode);
     }
 
     #[tokio::test]

@@ -205,6 +205,7 @@ mod tests {
         let last = other_state.len() - 1;
         other_state[last] = b'x';
         assert!(NodeRecord::decode(&other_state).is_err());
+        crate::record::assert_decoder_survives_damage(&record, NodeRecord::decode);
         assert!(NodeRecord::active(1, Role::Worker, &"a".repeat(ADDR_BYTES_MAX + 1)).is_err());
     }
 

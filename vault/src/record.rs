@@ -117,6 +117,47 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Test support for every vault decoder: `decode` must answer (`Ok` or
+/// `Err`, never a panic or a huge allocation) for `record` damaged in many
+/// seeded random ways: bytes changed, runs overwritten with 0xff (lengths
+/// and counts near their limits), cut short, extended, or spliced with
+/// itself; and every strict prefix must be an error.
+#[cfg(test)]
+pub(crate) fn assert_decoder_survives_damage<T>(
+    record: &[u8],
+    decode: impl Fn(&[u8]) -> Result<T, VaultError>,
+) {
+    use rand::{Rng, SeedableRng};
+    assert!(decode(record).is_ok(), "the undamaged record must decode");
+    for cut in 0..record.len() {
+        assert!(
+            decode(&record[..cut]).is_err(),
+            "a record cut at {cut} decoded"
+        );
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x00c0_ffee);
+    for _ in 0..20_000 {
+        let mut damaged = record.to_vec();
+        for _ in 0..rng.gen_range(1..4) {
+            let at = rng.gen_range(0..damaged.len().max(1));
+            match rng.gen_range(0..5) {
+                0 if !damaged.is_empty() => damaged[at] = rng.gen(),
+                1 if !damaged.is_empty() => {
+                    let end = (at + 4).min(damaged.len());
+                    damaged[at..end].fill(0xff);
+                }
+                2 => damaged.truncate(at),
+                3 => damaged.extend((0..rng.gen_range(1..16)).map(|_| rng.gen::<u8>())),
+                _ => {
+                    let tail = damaged[at.min(damaged.len())..].to_vec();
+                    damaged.extend_from_slice(&tail);
+                }
+            }
+        }
+        let _ = decode(&damaged);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

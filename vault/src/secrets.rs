@@ -520,6 +520,7 @@ mod tests {
         for cut in 0..record.len() {
             assert!(Secret::decode(&record[..cut]).is_err(), "cut at {cut}");
         }
+        crate::record::assert_decoder_survives_damage(&record, Secret::decode);
     }
 
     #[tokio::test]

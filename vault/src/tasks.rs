@@ -651,6 +651,15 @@ mod tests {
         for cut in 0..record.len() {
             assert!(Task::decode(&record[..cut]).is_err(), "cut at {cut}");
         }
+        crate::record::assert_decoder_survives_damage(&record, Task::decode);
+        let users = Users(BTreeSet::from([
+            ("web.1".to_string(), 0),
+            ("api.2".to_string(), 3),
+        ]));
+        let Op::Put { value, .. } = users.store_op("s") else {
+            panic!("users are written with a put");
+        };
+        crate::record::assert_decoder_survives_damage(&value, Users::decode);
     }
 
     async fn store_with_node(dir: &std::path::Path) -> Store {

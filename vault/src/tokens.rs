@@ -218,5 +218,7 @@ mod tests {
         for bad in ["", "CFTKN", "SWMTKN-1-abc-def", "CFTKN-1-", "cftkn-1-00-00"] {
             assert!(JoinToken::parse(bad).is_err(), "{bad:?}");
         }
+        let record = tokens.encode();
+        crate::record::assert_decoder_survives_damage(&record, JoinTokens::decode);
     }
 }
