@@ -89,6 +89,11 @@ pub enum Command {
         /// theirs once 60% of it has passed.
         #[arg(long, value_name = "DURATION", value_parser = coffer_vault::config::parse_duration)]
         cert_expiry: Option<std::time::Duration>,
+        /// On a new cluster: seal this manager's keys under a cluster
+        /// unlock key, printed once on standard output. A restarted
+        /// manager then stays locked until `coffer unlock` gives it.
+        #[arg(long)]
+        autolock: bool,
         /// Log lines as text (for people) or JSON (for log collectors).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -118,6 +123,10 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// Unlocks a manager that restarted autolocked: reads the cluster's
+    /// unlock key from a prompt (a terminal, without echo) or from
+    /// standard input, and gives it to the server on --data-dir.
+    Unlock,
     /// Prints the cluster's root CA certificate (PEM).
     Ca,
     /// The cluster's nodes.
@@ -286,6 +295,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             join,
             token,
             cert_expiry,
+            autolock,
             log_format,
         } => {
             init_logs(log_format);
@@ -299,6 +309,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 advertise,
                 join,
                 cert_expiry,
+                autolock,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -332,6 +343,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             )
             .await
         }
+        Command::Unlock => unlock(cli.host.as_deref(), &cli.data_dir).await,
         Command::Ca => {
             ca(&target(
                 cli.host.as_deref(),
@@ -381,6 +393,58 @@ where
     let answer = call(connection.cluster.clone()).await;
     connection.close().await?;
     Ok(answer.map_err(crate::status::failed)?.into_inner())
+}
+
+/// Reads the unlock key: from a prompt without echo when standard input
+/// is a terminal, else its first line.
+fn read_unlock_key() -> Result<coffer_store::UnlockKey> {
+    use anyhow::Context as _;
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let mut line = zeroize::Zeroizing::new(String::new());
+    if stdin.is_terminal() {
+        use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+        let before = tcgetattr(&stdin).context("reading the terminal's settings")?;
+        let mut quiet = before.clone();
+        quiet.local_modes.remove(LocalModes::ECHO);
+        eprint!("Unlock key: ");
+        std::io::stderr().flush().ok();
+        tcsetattr(&stdin, OptionalActions::Now, &quiet).context("turning echo off")?;
+        let read = stdin.lock().read_line(&mut line);
+        tcsetattr(&stdin, OptionalActions::Now, &before).context("turning echo on")?;
+        eprintln!();
+        read.context("reading the unlock key")?;
+    } else {
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .context("reading the unlock key from standard input")?;
+    }
+    Ok(coffer_store::UnlockKey::parse(&line)?)
+}
+
+/// `coffer unlock`: the key to the locked server's socket.
+async fn unlock(host: Option<&str>, data_dir: &Path) -> Result<ExitCode> {
+    use anyhow::Context as _;
+    let socket = match host {
+        Some(url) => match Target::host(url, PathBuf::new())? {
+            Target::Socket(path) => path,
+            _ => anyhow::bail!("unlock goes to a server's Unix socket: give --data-dir, or --host unix:///path/coffer.sock"),
+        },
+        None => data_dir.join(server::SOCKET_FILE),
+    };
+    let key = read_unlock_key()?;
+    let connection = crate::client::Connection::open(&Target::Socket(socket.clone()))
+        .await
+        .with_context(|| format!("no server answers on {}: start `coffer server` on its data directory, then unlock it", socket.display()))?;
+    let request = crate::pb::UnlockRequest {
+        key: key.to_text().to_string(),
+    };
+    let answer = connection.cluster.clone().unlock(request).await;
+    connection.close().await?;
+    answer.map_err(crate::status::failed)?;
+    eprintln!("unlocked: the server opens its store and starts serving");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn ca(target: &Target) -> Result<ExitCode> {

@@ -450,6 +450,15 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 
+    async fn unlock(
+        &self,
+        _: Request<pb::UnlockRequest>,
+    ) -> Result<Response<pb::UnlockResponse>, Status> {
+        Err(Status::failed_precondition(
+            "this node is not locked: it is serving already",
+        ))
+    }
+
     async fn renew(
         &self,
         request: Request<pb::RenewRequest>,

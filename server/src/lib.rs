@@ -15,6 +15,7 @@ pub mod identity;
 pub mod join;
 pub mod kv;
 pub mod lock;
+pub mod locked;
 pub mod mounts;
 pub mod pb;
 pub mod raft;

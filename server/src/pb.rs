@@ -55,3 +55,12 @@ impl std::fmt::Debug for SecretFile {
             .finish()
     }
 }
+
+/// Never shows the key.
+impl std::fmt::Debug for UnlockRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnlockRequest")
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use coffer_store::{Config, Store};
+use coffer_store::{Config, Store, UnlockKey};
 use std::sync::Arc;
 
 use coffer_store::Bootstrap;
@@ -89,6 +89,9 @@ pub struct ServerConfig {
     pub join: Option<JoinConfig>,
     /// How long node certificates last, on a new cluster.
     pub cert_expiry: Option<Duration>,
+    /// On a new cluster: seal the keys under a cluster unlock key
+    /// (printed once), so that a restarted manager starts locked.
+    pub autolock: bool,
 }
 
 /// `--join ADDR --token T`.
@@ -456,16 +459,35 @@ async fn serve_manager(
         Start::Joined(joined) => (joined.cert.node, Bootstrap::Join),
         Start::First => (1, Bootstrap::SingleNode),
     };
+    let unlock_key = match &start_as {
+        // Autolocked: nothing opens before `coffer unlock`.
+        Start::Known { .. } if coffer_store::is_autolocked(dir)? => {
+            match crate::locked::until_unlocked(dir, signals).await? {
+                Some(key) => Some(key),
+                None => return Ok(Ended::Stopped),
+            }
+        }
+        Start::First if config.autolock => {
+            let key = UnlockKey::generate();
+            // As `docker swarm init --autolock` does: once, on standard
+            // output (never in the log).
+            println!(
+                "Autolock is on. A restarted manager stays locked until it is given this unlock key (`coffer unlock`):\n\n    {}\n\nKeep it safe: without it a restarted manager cannot open its data.\n",
+                key.to_text().as_str()
+            );
+            Some(key)
+        }
+        _ => None,
+    };
     let transport = GrpcTransport::new();
-    let store = Store::open_with_transport(
-        Config::new(dir)
-            .node_id(node)
-            .bootstrap(bootstrap)
-            .advertise_addr(advertise.to_string()),
-        Arc::new(transport.clone()),
-    )
-    .await
-    .with_context(|| format!("opening the store in {}", dir.display()))?;
+    let mut store_config = Config::new(dir)
+        .node_id(node)
+        .bootstrap(bootstrap)
+        .advertise_addr(advertise.to_string());
+    store_config.unlock_key = unlock_key;
+    let store = Store::open_with_transport(store_config, Arc::new(transport.clone()))
+        .await
+        .with_context(|| format!("opening the store in {}", dir.display()))?;
     let running = match start(config, &store, tcp, advertise, &transport, start_as).await {
         Ok(running) => running,
         Err(e) => {

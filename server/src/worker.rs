@@ -38,10 +38,11 @@ use crate::tls::{self, NodeCertResolver};
 /// What a worker answers for a service only managers serve.
 const NOT_A_MANAGER: &str = "this node is a worker: it holds no replica of the cluster's state. Run this against a manager (--host or its --data-dir), or promote this node first";
 
-/// Answers every call of the service named `NAME` with
-/// `FAILED_PRECONDITION` and [`NOT_A_MANAGER`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ManagersServeThis<const SERVICE: u8>;
+/// Answers every call of the service `SERVICE` names with
+/// `FAILED_PRECONDITION` and one message: [`NOT_A_MANAGER`] on a worker,
+/// `locked::LOCKED` on a locked manager.
+#[derive(Debug, Clone, Copy)]
+pub struct Refuse<const SERVICE: u8>(pub &'static str);
 
 /// `coffer.v1.Kv`.
 pub const KV: u8 = 0;
@@ -52,23 +53,23 @@ pub const SECRETS: u8 = 2;
 /// `coffer.v1.Tasks`.
 pub const TASKS: u8 = 3;
 
-impl NamedService for ManagersServeThis<KV> {
+impl NamedService for Refuse<KV> {
     const NAME: &'static str = "coffer.v1.Kv";
 }
 
-impl NamedService for ManagersServeThis<CLUSTER> {
+impl NamedService for Refuse<CLUSTER> {
     const NAME: &'static str = "coffer.v1.Cluster";
 }
 
-impl NamedService for ManagersServeThis<SECRETS> {
+impl NamedService for Refuse<SECRETS> {
     const NAME: &'static str = "coffer.v1.Secrets";
 }
 
-impl NamedService for ManagersServeThis<TASKS> {
+impl NamedService for Refuse<TASKS> {
     const NAME: &'static str = "coffer.v1.Tasks";
 }
 
-impl<const SERVICE: u8> tower::Service<http::Request<Body>> for ManagersServeThis<SERVICE> {
+impl<const SERVICE: u8> tower::Service<http::Request<Body>> for Refuse<SERVICE> {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = Ready<Result<Self::Response, Infallible>>;
@@ -78,7 +79,7 @@ impl<const SERVICE: u8> tower::Service<http::Request<Body>> for ManagersServeThi
     }
 
     fn call(&mut self, _: http::Request<Body>) -> Self::Future {
-        ready(Ok(Status::failed_precondition(NOT_A_MANAGER).into_http()))
+        ready(Ok(Status::failed_precondition(self.0).into_http()))
     }
 }
 
@@ -203,15 +204,15 @@ pub(crate) async fn start(
         let (health, reflection) = health_and_reflection(false).await?;
         anyhow::Ok(
             builder()
-                .add_service(ManagersServeThis::<KV>)
-                .add_service(ManagersServeThis::<CLUSTER>)
-                .add_service(ManagersServeThis::<SECRETS>)
+                .add_service(Refuse::<KV>(NOT_A_MANAGER))
+                .add_service(Refuse::<CLUSTER>(NOT_A_MANAGER))
+                .add_service(Refuse::<SECRETS>(NOT_A_MANAGER))
                 .add_service(health)
                 .add_service(reflection),
         )
     };
     let on_port = serve_tls(
-        router().await?.add_service(ManagersServeThis::<TASKS>),
+        router().await?.add_service(Refuse::<TASKS>(NOT_A_MANAGER)),
         tls,
         tcp,
         stopping.clone(),

@@ -193,7 +193,9 @@ impl Server {
             .arg(dir)
             .args(["server", "--listen", listen])
             .args(extra)
-            .stdout(Stdio::null())
+            // What the server prints for the operator (join commands, an
+            // unlock key), beside the log.
+            .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .unwrap();
@@ -203,6 +205,15 @@ impl Server {
             log: log.to_path_buf(),
             addr: String::new(),
         }
+    }
+
+    /// Waits until the socket of a server that was spawned answers a
+    /// connection (a locked node serves its socket, not its port).
+    pub fn wait_for_socket(&self) {
+        let socket = self.socket();
+        wait_for("the socket to answer", &self.log, || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
     }
 
     /// Starts a server and waits until it serves: its log names the

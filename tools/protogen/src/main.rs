@@ -80,6 +80,7 @@ fn generate(protos: &[PathBuf], include: &Path, out: &Path) -> Result<()> {
             "coffer.v1.CreateSecretRequest",
             "coffer.v1.RotateSecretRequest",
             "coffer.v1.SecretFile",
+            "coffer.v1.UnlockRequest",
         ])
         .emit_rerun_if_changed(false)
         .out_dir(out)

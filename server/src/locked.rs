@@ -1,0 +1,173 @@
+//! A manager that restarted autolocked (`coffer server --autolock`): its
+//! keyring is sealed under the cluster's unlock key, so until `coffer
+//! unlock` gives it, the node can open neither its store nor its TLS key.
+//! Meanwhile its socket serves health and `Cluster.Unlock`; every other
+//! call answers `FAILED_PRECONDITION` with [`LOCKED`], and its port is not
+//! served. A wrong key is refused after a delay that doubles with each
+//! wrong attempt in a row (attempts are taken one at a time).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use coffer_store::{LocalKeys, OpenError, UnlockKey};
+use tokio::sync::{oneshot, watch, Mutex};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::pb;
+use crate::pb::cluster_server::ClusterServer;
+use crate::server::{bind_private, builder, health_and_reflection, until_stopped, SOCKET_FILE};
+use crate::signals::Interrupts;
+use crate::worker::{Refuse, KV, SECRETS, TASKS};
+
+/// What a locked node answers.
+pub const LOCKED: &str = "this node is locked (autolock): unlock it with the cluster's unlock key: `coffer unlock` (it reads the key from a prompt or standard input)";
+
+/// The first wrong key's delay, doubled for each further one in a row...
+const WRONG_KEY_DELAY: Duration = Duration::from_millis(250);
+/// ... up to this.
+const WRONG_KEY_DELAY_MAX: Duration = Duration::from_secs(10);
+
+/// `Cluster` on a locked node: `Unlock` alone.
+struct LockedCluster {
+    dir: PathBuf,
+    /// Wrong keys in a row; the lock also takes attempts one at a time.
+    wrong: Mutex<u32>,
+    unlocked: Mutex<Option<oneshot::Sender<UnlockKey>>>,
+}
+
+fn locked<T>() -> Result<Response<T>, Status> {
+    Err(Status::failed_precondition(LOCKED))
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for Arc<LockedCluster> {
+    async fn root_ca(
+        &self,
+        _: Request<pb::RootCaRequest>,
+    ) -> Result<Response<pb::RootCaResponse>, Status> {
+        locked()
+    }
+    async fn join(
+        &self,
+        _: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        locked()
+    }
+    async fn add_member(
+        &self,
+        _: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        locked()
+    }
+    async fn join_token(
+        &self,
+        _: Request<pb::JoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenResponse>, Status> {
+        locked()
+    }
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        locked()
+    }
+    async fn remove_node(
+        &self,
+        _: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        locked()
+    }
+    async fn set_role(
+        &self,
+        _: Request<pb::SetRoleRequest>,
+    ) -> Result<Response<pb::SetRoleResponse>, Status> {
+        locked()
+    }
+    async fn renew(
+        &self,
+        _: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        locked()
+    }
+
+    async fn unlock(
+        &self,
+        request: Request<pb::UnlockRequest>,
+    ) -> Result<Response<pb::UnlockResponse>, Status> {
+        let key = UnlockKey::parse(&request.into_inner().key)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut wrong = self.wrong.lock().await;
+        let (dir, tried) = (self.dir.clone(), key.clone());
+        let opened = tokio::task::spawn_blocking(move || LocalKeys::open_with(&dir, Some(&tried)))
+            .await
+            .map_err(|e| Status::internal(format!("checking the unlock key: {e}")))?;
+        match opened {
+            Ok(_) => {
+                let Some(unlocked) = self.unlocked.lock().await.take() else {
+                    return Err(Status::failed_precondition(
+                        "this node is unlocking already",
+                    ));
+                };
+                *wrong = 0;
+                let _ = unlocked.send(key);
+                info!("unlocked: opening the store");
+                Ok(Response::new(pb::UnlockResponse {}))
+            }
+            Err(OpenError::WrongUnlockKey { .. }) => {
+                *wrong = wrong.saturating_add(1);
+                let delay = WRONG_KEY_DELAY
+                    .saturating_mul(1 << (*wrong - 1).min(6))
+                    .min(WRONG_KEY_DELAY_MAX);
+                warn!(attempts = *wrong, "a wrong unlock key");
+                tokio::time::sleep(delay).await;
+                Err(Status::permission_denied(
+                    "wrong unlock key: this node's keys are sealed under another one",
+                ))
+            }
+            Err(e) => Err(Status::internal(format!("opening the keys: {e}"))),
+        }
+    }
+}
+
+/// Serves the locked socket of the data directory `dir` until an unlock
+/// (the key) or SIGTERM/SIGINT (`None`).
+pub(crate) async fn until_unlocked(
+    dir: &Path,
+    signals: &mut Interrupts,
+) -> Result<Option<UnlockKey>> {
+    let (unlocked_tx, unlocked_rx) = oneshot::channel();
+    let cluster = Arc::new(LockedCluster {
+        dir: dir.to_path_buf(),
+        wrong: Mutex::new(0),
+        unlocked: Mutex::new(Some(unlocked_tx)),
+    });
+    let (health, reflection) = health_and_reflection(false).await?;
+    let socket = dir.join(SOCKET_FILE);
+    let unix = bind_private(&socket)?;
+    let (stop, stopping) = watch::channel(false);
+    let served = builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(ClusterServer::new(cluster))
+        .add_service(Refuse::<KV>(LOCKED))
+        .add_service(Refuse::<SECRETS>(LOCKED))
+        .add_service(Refuse::<TASKS>(LOCKED))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), until_stopped(stopping));
+    let served = tokio::spawn(served);
+    warn!(socket = %socket.display(), "{LOCKED}");
+    let key = tokio::select! {
+        () = signals.next() => None,
+        key = unlocked_rx => key.ok(),
+    };
+    let _ = stop.send(true);
+    served
+        .await
+        .context("the locked socket's server")?
+        .context("serving the locked socket")?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(key)
+}

@@ -1,0 +1,94 @@
+//! Autolock across processes: a manager initialised with `--autolock`
+//! prints its unlock key once; SIGKILLed and restarted, it is locked (its
+//! socket answers every call but `unlock` with the locked error, and the
+//! data directory cannot be opened without a server either); a wrong or
+//! malformed key is refused; the right key from standard input unlocks
+//! it and every write is there; no file holds the unlock key or the data
+//! in the clear.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::{
+    assert_in_none, coffer_with_input, files_under, ok, read, refused, wait_for, Server,
+};
+
+#[test]
+fn an_autolocked_manager_restarts_locked_until_unlocked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut n1 = Server::start_in(root, "n1", "127.0.0.1:0", &["--autolock"]);
+    let printed = read(&root.join("n1.out"));
+    let key = printed
+        .split_whitespace()
+        .find(|w| w.starts_with("CFKEY-1-"))
+        .unwrap_or_else(|| panic!("no unlock key printed:\n{printed}"))
+        .to_string();
+    assert!(
+        !n1.log().contains(&key[8..]),
+        "the unlock key is in the log"
+    );
+    ok(coffer_with_input(
+        &n1.dir,
+        &["kv", "put", "app/db-password", "-"],
+        Some(b"CANARY-autolock"),
+    ));
+    ok(coffer_with_input(
+        &n1.dir,
+        &["secret", "create", "my_password", "-"],
+        Some(b"password123yoyo"),
+    ));
+
+    n1.stop("KILL");
+    let (dir, log, addr) = (n1.dir.clone(), n1.log.clone(), n1.addr.clone());
+    drop(n1);
+    // Not served, the data directory cannot be opened without the key.
+    refused(
+        support::coffer(&dir, &["kv", "get", "app/db-password"]),
+        "locked",
+    );
+
+    let mut n1 = Server::spawn(&dir, &log, &addr, &[]);
+    n1.wait_for_socket();
+    refused(
+        n1.coffer(&["kv", "get", "app/db-password"]),
+        "this node is locked",
+    );
+    refused(n1.coffer(&["secret", "ls"]), "coffer unlock");
+    let wrong = format!("CFKEY-1-{}", "0".repeat(64));
+    refused(
+        coffer_with_input(&dir, &["unlock"], Some(wrong.as_bytes())),
+        "wrong unlock key",
+    );
+    refused(
+        coffer_with_input(&dir, &["unlock"], Some(b"CFKEY-1-not-hex")),
+        "not an unlock key",
+    );
+    ok(coffer_with_input(&dir, &["unlock"], Some(key.as_bytes())));
+    wait_for("the unlocked server to serve", &log, || {
+        read(&log).contains("coffer server is up")
+    });
+    assert_eq!(
+        ok(n1.coffer(&["kv", "get", "app/db-password"])),
+        "CANARY-autolock"
+    );
+    assert!(ok(n1.coffer(&["secret", "ls", "-q"])).lines().count() == 1);
+    refused(
+        coffer_with_input(&dir, &["unlock"], Some(key.as_bytes())),
+        "not locked",
+    );
+
+    n1.stop("TERM");
+    let mut files = vec![log.clone()];
+    files.extend(files_under(&dir));
+    assert_in_none(
+        &files,
+        &[
+            &key[8..],
+            "CANARY-autolock",
+            "password123yoyo",
+            "my_password",
+        ],
+    );
+    assert!(!dir.join("keys/kek").exists());
+}
