@@ -127,6 +127,18 @@ pub enum Command {
     /// unlock key from a prompt (a terminal, without echo) or from
     /// standard input, and gives it to the server on --data-dir.
     Unlock,
+    /// Prints the cluster's unlock key (autolock), which `coffer unlock`
+    /// takes on a locked manager.
+    UnlockKey {
+        /// Replace it first: every manager seals its keys under the new
+        /// one (a manager that is down does so when it returns, and its
+        /// old key unlocks it until then).
+        #[arg(long)]
+        rotate: bool,
+        /// Print the key alone.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Prints the cluster's root CA certificate (PEM).
     Ca,
     /// The cluster's nodes.
@@ -344,6 +356,22 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             .await
         }
         Command::Unlock => unlock(cli.host.as_deref(), &cli.data_dir).await,
+        Command::UnlockKey { rotate, quiet } => {
+            let target = target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?;
+            let request = crate::pb::UnlockKeyRequest { rotate };
+            let mut answer =
+                cluster_call(&target, |mut c| async move { c.unlock_key(request).await }).await?;
+            let key = zeroize::Zeroizing::new(std::mem::take(&mut answer.key));
+            if quiet {
+                println!("{}", key.as_str());
+            } else {
+                println!(
+                    "To unlock a locked manager, run `coffer unlock` on it and give it this key:\n\n    {}\n",
+                    key.as_str()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ca => {
             ca(&target(
                 cli.host.as_deref(),

@@ -450,6 +450,42 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 
+    async fn unlock_key(
+        &self,
+        request: Request<pb::UnlockKeyRequest>,
+    ) -> Result<Response<pb::UnlockKeyResponse>, Status> {
+        self.managers_or_local(&request)?;
+        let rotate = request.get_ref().rotate;
+        if rotate {
+            if let Some(mut leader) = self.leader_client(request.metadata())? {
+                return leader.unlock_key(forwarded(request.into_inner())).await;
+            }
+        }
+        let Some(current) = coffer_vault::autolock::unlock_key(&self.store)
+            .await
+            .map_err(from_vault)?
+        else {
+            return Err(Status::failed_precondition(
+                "autolock is off on this cluster: it is turned on when the cluster is created (`coffer server --autolock`)",
+            ));
+        };
+        let key = if rotate {
+            let new = coffer_store::UnlockKey::generate();
+            coffer_vault::autolock::set_unlock_key(&self.store, Some(&new))
+                .await
+                .map_err(from_vault)?;
+            tracing::info!(
+                "rotated the cluster's unlock key: every manager seals its keys under the new one"
+            );
+            new
+        } else {
+            current
+        };
+        Ok(Response::new(pb::UnlockKeyResponse {
+            key: key.to_text().to_string(),
+        }))
+    }
+
     async fn unlock(
         &self,
         _: Request<pb::UnlockRequest>,

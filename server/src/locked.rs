@@ -94,6 +94,13 @@ impl pb::cluster_server::Cluster for Arc<LockedCluster> {
         locked()
     }
 
+    async fn unlock_key(
+        &self,
+        _: Request<pb::UnlockKeyRequest>,
+    ) -> Result<Response<pb::UnlockKeyResponse>, Status> {
+        locked()
+    }
+
     async fn unlock(
         &self,
         request: Request<pb::UnlockRequest>,
@@ -129,6 +136,72 @@ impl pb::cluster_server::Cluster for Arc<LockedCluster> {
                 ))
             }
             Err(e) => Err(Status::internal(format!("opening the keys: {e}"))),
+        }
+    }
+}
+
+/// How often [`follow_unlock_key`] reads the setting even when its watch
+/// saw no change.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Keeps this manager's keyring sealed as the cluster's autolock setting
+/// says: under its unlock key (sealed anew when the key is rotated, or
+/// when this manager joined an autolocked cluster), or under `keys/kek`
+/// once autolock is off. `sealed_under` is the key it is sealed under
+/// now. Checks on every change to the setting and every [`RECHECK`];
+/// a failure is logged and tried again then.
+pub(crate) async fn follow_unlock_key(
+    store: coffer_store::Store,
+    dir: PathBuf,
+    mut sealed_under: Option<UnlockKey>,
+    stopping: watch::Receiver<bool>,
+) {
+    use futures::FutureExt;
+    loop {
+        let mut changes = store.watch(coffer_vault::autolock::key(), 0).ok();
+        match coffer_vault::autolock::setting(&store).await {
+            // Never set: the keyring stays as it is.
+            Ok(None) => {}
+            Ok(Some(wanted)) => {
+                let same = match (&wanted, &sealed_under) {
+                    (Some(a), Some(b)) => a.to_text() == b.to_text(),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    let (at, from, to) = (dir.clone(), sealed_under.clone(), wanted.clone());
+                    let resealed = tokio::task::spawn_blocking(move || {
+                        coffer_store::reseal_keyring(&at, from.as_ref(), to.as_ref())
+                    })
+                    .await;
+                    match resealed {
+                        Ok(Ok(())) => {
+                            match &wanted {
+                                Some(_) => info!("sealed this node's keys under the cluster's current unlock key"),
+                                None => info!("autolock is off: this node's keys are sealed under keys/kek again"),
+                            }
+                            sealed_under = wanted;
+                        }
+                        Ok(Err(e)) => warn!("sealing this node's keys as autolock says: {e}"),
+                        Err(e) => warn!("sealing this node's keys as autolock says: {e}"),
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("reading the autolock setting: {e}"),
+        }
+        let changed = async {
+            match changes.as_mut() {
+                Some(w) => {
+                    let _ = w.next().await;
+                    while let Some(Ok(_)) = w.next().now_or_never() {}
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = until_stopped(stopping.clone()) => return,
+            () = changed => {}
+            () = tokio::time::sleep(RECHECK) => {}
         }
     }
 }

@@ -64,3 +64,12 @@ impl std::fmt::Debug for UnlockRequest {
             .finish()
     }
 }
+
+/// Never shows the key.
+impl std::fmt::Debug for UnlockKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnlockKeyResponse")
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}

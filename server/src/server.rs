@@ -484,6 +484,8 @@ async fn serve_manager(
         .node_id(node)
         .bootstrap(bootstrap)
         .advertise_addr(advertise.to_string());
+    let first_autolocked = matches!(start_as, Start::First) && unlock_key.is_some();
+    let sealed_under = unlock_key.clone();
     store_config.unlock_key = unlock_key;
     let store = Store::open_with_transport(store_config, Arc::new(transport.clone()))
         .await
@@ -495,6 +497,25 @@ async fn serve_manager(
             return Err(e);
         }
     };
+    let mut running = running;
+    if first_autolocked {
+        // The cluster's record of its unlock key, which every manager
+        // follows (and `coffer unlock-key` prints).
+        if let Err(e) = coffer_vault::autolock::set_unlock_key(&store, sealed_under.as_ref()).await
+        {
+            let _ = running.stop.send(true);
+            store.shutdown().await.ok();
+            return Err(e).context("recording the cluster's unlock key");
+        }
+    }
+    running
+        .tasks
+        .push(tokio::spawn(crate::locked::follow_unlock_key(
+            store.clone(),
+            dir.clone(),
+            sealed_under,
+            running.stop.subscribe(),
+        )));
     let ended = serve(signals, running).await;
     store.shutdown().await.context("closing the store")?;
     ended

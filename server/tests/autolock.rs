@@ -3,8 +3,9 @@
 //! socket answers every call but `unlock` with the locked error, and the
 //! data directory cannot be opened without a server either); a wrong or
 //! malformed key is refused; the right key from standard input unlocks
-//! it and every write is there; no file holds the unlock key or the data
-//! in the clear.
+//! it and every write is there; `unlock-key --rotate` replaces the key,
+//! after which only the new one unlocks it; no file holds an unlock key or
+//! the data in the clear.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -78,6 +79,38 @@ fn an_autolocked_manager_restarts_locked_until_unlocked() {
         "not locked",
     );
 
+    // `unlock-key` prints it again; `--rotate` replaces it, the node seals
+    // its keys under the new one, and only that one unlocks it next time.
+    assert_eq!(ok(n1.coffer(&["unlock-key", "-q"])), key);
+    let rotated = ok(n1.coffer(&["unlock-key", "--rotate", "-q"]));
+    assert!(
+        rotated.starts_with("CFKEY-1-") && rotated != key,
+        "{rotated}"
+    );
+    assert_eq!(ok(n1.coffer(&["unlock-key", "-q"])), rotated);
+    wait_for("the keys sealed under the new unlock key", &log, || {
+        read(&log).contains("sealed this node's keys under the cluster's current unlock key")
+    });
+    n1.stop("KILL");
+    let mut n1 = Server::spawn(&dir, &log, &addr, &[]);
+    n1.wait_for_socket();
+    refused(
+        coffer_with_input(&dir, &["unlock"], Some(key.as_bytes())),
+        "wrong unlock key",
+    );
+    ok(coffer_with_input(
+        &dir,
+        &["unlock"],
+        Some(rotated.as_bytes()),
+    ));
+    wait_for("the unlocked server to serve", &log, || {
+        read(&log).contains("coffer server is up")
+    });
+    assert_eq!(
+        ok(n1.coffer(&["kv", "get", "app/db-password"])),
+        "CANARY-autolock"
+    );
+
     n1.stop("TERM");
     let mut files = vec![log.clone()];
     files.extend(files_under(&dir));
@@ -91,4 +124,39 @@ fn an_autolocked_manager_restarts_locked_until_unlocked() {
         ],
     );
     assert!(!dir.join("keys/kek").exists());
+}
+
+/// A manager that joins an autolocked cluster seals its keys under the
+/// cluster's unlock key once its replica holds the setting: restarted,
+/// it is locked, and the cluster's key unlocks it.
+#[test]
+fn a_manager_joining_an_autolocked_cluster_is_autolocked_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let n1 = Server::start_in(root, "n1", "127.0.0.1:0", &["--autolock"]);
+    let key = ok(n1.coffer(&["unlock-key", "-q"]));
+    let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
+    let mut n2 = Server::join_in(root, "n2", &n1, &token);
+    n2.wait_until_voting();
+    wait_for("the joined manager to seal its keys", &n2.log, || {
+        n2.log()
+            .contains("sealed this node's keys under the cluster's current unlock key")
+    });
+    assert!(!n2.dir.join("keys/kek").exists());
+
+    n2.stop("KILL");
+    let (dir, log, addr) = (n2.dir.clone(), n2.log.clone(), n2.addr.clone());
+    drop(n2);
+    let mut n2 = Server::spawn(&dir, &log, &addr, &[]);
+    n2.wait_for_socket();
+    refused(n2.coffer(&["node", "ls"]), "this node is locked");
+    ok(coffer_with_input(&dir, &["unlock"], Some(key.as_bytes())));
+    wait_for("the unlocked manager to serve", &log, || {
+        read(&log).contains("coffer server is up")
+    });
+    n2.wait_until_voting();
+    n2.stop("TERM");
+    let mut files = vec![log.clone()];
+    files.extend(files_under(&dir));
+    assert_in_none(&files, &[&key[8..]]);
 }
