@@ -139,6 +139,9 @@ pub enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// The cluster's settings.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Prints the cluster's root CA certificate (PEM).
     Ca,
     /// The cluster's nodes.
@@ -155,6 +158,17 @@ pub enum Command {
         quiet: bool,
         #[arg(value_parser = ["worker", "manager"])]
         role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Changes the cluster's settings.
+    Update {
+        /// Autolock on (prints the unlock key, which a restarted manager
+        /// then needs: `coffer unlock`) or off.
+        #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+        autolock: Option<bool>,
     },
 }
 
@@ -356,6 +370,26 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             .await
         }
         Command::Unlock => unlock(cli.host.as_deref(), &cli.data_dir).await,
+        Command::Cluster(ClusterCommand::Update { autolock }) => {
+            let target = target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?;
+            let request = crate::pb::UpdateClusterRequest { autolock };
+            let mut answer =
+                cluster_call(
+                    &target,
+                    |mut c| async move { c.update_cluster(request).await },
+                )
+                .await?;
+            let key = zeroize::Zeroizing::new(std::mem::take(&mut answer.unlock_key));
+            match (autolock, key.is_empty()) {
+                (Some(true), false) => println!(
+                    "Autolock is on. A restarted manager stays locked until it is given this unlock key (`coffer unlock`):\n\n    {}\n",
+                    key.as_str()
+                ),
+                (Some(false), _) => println!("Autolock is off: every manager seals its keys under a key file again."),
+                _ => println!("The cluster is unchanged."),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::UnlockKey { rotate, quiet } => {
             let target = target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?;
             let request = crate::pb::UnlockKeyRequest { rotate };

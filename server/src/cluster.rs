@@ -486,6 +486,43 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 
+    async fn update_cluster(
+        &self,
+        request: Request<pb::UpdateClusterRequest>,
+    ) -> Result<Response<pb::UpdateClusterResponse>, Status> {
+        self.managers_or_local(&request)?;
+        if let Some(mut leader) = self.leader_client(request.metadata())? {
+            return leader.update_cluster(forwarded(request.into_inner())).await;
+        }
+        let current = coffer_vault::autolock::unlock_key(&self.store)
+            .await
+            .map_err(from_vault)?;
+        let key = match (request.into_inner().autolock, current) {
+            (Some(true), Some(key)) | (None, Some(key)) => Some(key),
+            (Some(true), None) => {
+                let key = coffer_store::UnlockKey::generate();
+                coffer_vault::autolock::set_unlock_key(&self.store, Some(&key))
+                    .await
+                    .map_err(from_vault)?;
+                tracing::info!("autolock turned on: every manager seals its keys under the cluster's unlock key");
+                Some(key)
+            }
+            (Some(false), _) => {
+                coffer_vault::autolock::set_unlock_key(&self.store, None)
+                    .await
+                    .map_err(from_vault)?;
+                tracing::info!(
+                    "autolock turned off: every manager seals its keys under a key file again"
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        Ok(Response::new(pb::UpdateClusterResponse {
+            unlock_key: key.map(|k| k.to_text().to_string()).unwrap_or_default(),
+        }))
+    }
+
     async fn unlock(
         &self,
         _: Request<pb::UnlockRequest>,

@@ -100,6 +100,12 @@ impl pb::cluster_server::Cluster for Arc<LockedCluster> {
     ) -> Result<Response<pb::UnlockKeyResponse>, Status> {
         locked()
     }
+    async fn update_cluster(
+        &self,
+        _: Request<pb::UpdateClusterRequest>,
+    ) -> Result<Response<pb::UpdateClusterResponse>, Status> {
+        locked()
+    }
 
     async fn unlock(
         &self,

@@ -73,3 +73,12 @@ impl std::fmt::Debug for UnlockKeyResponse {
             .finish()
     }
 }
+
+/// Never shows the key.
+impl std::fmt::Debug for UpdateClusterResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateClusterResponse")
+            .field("unlock_key", &"[redacted]")
+            .finish()
+    }
+}

@@ -160,3 +160,58 @@ fn a_manager_joining_an_autolocked_cluster_is_autolocked_too() {
     files.extend(files_under(&dir));
     assert_in_none(&files, &[&key[8..]]);
 }
+
+/// `cluster update --autolock=true` on a running cluster prints a key and
+/// the manager seals its keys under it (locked after a restart);
+/// `--autolock=false` seals them under a key file again (a restart needs
+/// no key).
+#[test]
+fn autolock_is_turned_on_and_off_on_a_running_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut n1 = Server::start_in(root, "n1", "127.0.0.1:0", &[]);
+    ok(coffer_with_input(
+        &n1.dir,
+        &["kv", "put", "k", "-"],
+        Some(b"CANARY-update"),
+    ));
+    refused(n1.coffer(&["unlock-key"]), "autolock is off");
+    let printed = ok(n1.coffer(&["cluster", "update", "--autolock=true"]));
+    let key = printed
+        .split_whitespace()
+        .find(|w| w.starts_with("CFKEY-1-"))
+        .unwrap_or_else(|| panic!("no unlock key printed:\n{printed}"))
+        .to_string();
+    assert_eq!(ok(n1.coffer(&["unlock-key", "-q"])), key);
+    wait_for("the keys sealed under the unlock key", &n1.log, || {
+        n1.log()
+            .contains("sealed this node's keys under the cluster's current unlock key")
+    });
+    assert!(!n1.dir.join("keys/kek").exists());
+
+    n1.stop("KILL");
+    let (dir, log, addr) = (n1.dir.clone(), n1.log.clone(), n1.addr.clone());
+    drop(n1);
+    let n1 = Server::spawn(&dir, &log, &addr, &[]);
+    n1.wait_for_socket();
+    refused(n1.coffer(&["kv", "get", "k"]), "this node is locked");
+    ok(coffer_with_input(&dir, &["unlock"], Some(key.as_bytes())));
+    wait_for("the unlocked server to serve", &log, || {
+        read(&log).contains("coffer server is up")
+    });
+    assert!(ok(n1.coffer(&["cluster", "update", "--autolock=false"])).contains("off"));
+    wait_for("the keys sealed under a key file", &log, || {
+        read(&log).contains("autolock is off: this node's keys are sealed under keys/kek again")
+    });
+    assert!(dir.join("keys/kek").exists());
+
+    let mut n1 = n1;
+    n1.stop("KILL");
+    drop(n1);
+    let mut n1 = Server::start(&dir, &log, &addr, &[]);
+    assert_eq!(ok(n1.coffer(&["kv", "get", "k"])), "CANARY-update");
+    n1.stop("TERM");
+    let mut files = vec![log.clone()];
+    files.extend(files_under(&dir));
+    assert_in_none(&files, &[&key[8..], "CANARY-update"]);
+}
