@@ -215,3 +215,112 @@ fn autolock_is_turned_on_and_off_on_a_running_cluster() {
     files.extend(files_under(&dir));
     assert_in_none(&files, &[&key[8..], "CANARY-update"]);
 }
+
+/// How many times `server`'s log says it sealed its keys under the
+/// cluster's current unlock key.
+fn sealings(log: &std::path::Path) -> usize {
+    read(log)
+        .matches("sealed this node's keys under the cluster's current unlock key")
+        .count()
+}
+
+/// Restarts `server` (killed) on its directory and address: locked.
+fn restart_locked(server: Server) -> Server {
+    let (dir, log, addr) = (server.dir.clone(), server.log.clone(), server.addr.clone());
+    drop(server);
+    let mut restarted = Server::spawn(&dir, &log, &addr, &[]);
+    restarted.wait_for_socket();
+    restarted.addr = addr;
+    restarted
+}
+
+/// Unlocks `server` with `key` and waits until it serves.
+fn unlock(server: &Server, key: &str) {
+    ok(coffer_with_input(
+        &server.dir,
+        &["unlock"],
+        Some(key.as_bytes()),
+    ));
+    wait_for("the unlocked server to serve", &server.log, || {
+        server.log().contains("coffer server is up")
+    });
+}
+
+/// On three autolocked managers, the unlock key is rotated while one is
+/// down: after a restart of all three, the two that were up unlock with
+/// the new key only, the one that was down with the old key, and once
+/// unlocked it seals its keys under the new one.
+#[test]
+fn a_manager_down_during_a_rotation_unlocks_with_its_old_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let n1 = Server::start_in(root, "n1", "127.0.0.1:0", &["--autolock"]);
+    let old = ok(n1.coffer(&["unlock-key", "-q"]));
+    let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
+    let n2 = Server::join_in(root, "n2", &n1, &token);
+    let mut n3 = Server::join_in(root, "n3", &n1, &token);
+    for n in [&n2, &n3] {
+        n.wait_until_voting();
+        wait_for("the joined manager to seal its keys", &n.log, || {
+            sealings(&n.log) == 1
+        });
+    }
+    ok(coffer_with_input(
+        &n1.dir,
+        &["kv", "put", "k", "-"],
+        Some(b"v1"),
+    ));
+
+    n3.stop("KILL");
+    let new = ok(n1.coffer(&["unlock-key", "--rotate", "-q"]));
+    assert_ne!(new, old);
+    wait_for("n2 to seal its keys under the new key", &n2.log, || {
+        sealings(&n2.log) == 2
+    });
+    wait_for("n1 to seal its keys under the new key", &n1.log, || {
+        sealings(&n1.log) == 1
+    });
+    ok(coffer_with_input(
+        &n1.dir,
+        &["kv", "put", "k", "-"],
+        Some(b"v2"),
+    ));
+
+    let (mut n1, mut n2) = (n1, n2);
+    n1.stop("KILL");
+    n2.stop("KILL");
+    let n1 = restart_locked(n1);
+    let n2 = restart_locked(n2);
+    let n3 = restart_locked(n3);
+    for n in [&n1, &n2] {
+        refused(
+            coffer_with_input(&n.dir, &["unlock"], Some(old.as_bytes())),
+            "wrong unlock key",
+        );
+        unlock(n, &new);
+    }
+    refused(
+        coffer_with_input(&n3.dir, &["unlock"], Some(new.as_bytes())),
+        "wrong unlock key",
+    );
+    unlock(&n3, &old);
+    wait_for("n3 to seal its keys under the new key", &n3.log, || {
+        sealings(&n3.log) == 1
+    });
+    n3.wait_until_voting();
+    assert_eq!(ok(n3.coffer(&["kv", "get", "k"])), "v2");
+
+    let mut n3 = n3;
+    n3.stop("KILL");
+    let n3 = restart_locked(n3);
+    refused(
+        coffer_with_input(&n3.dir, &["unlock"], Some(old.as_bytes())),
+        "wrong unlock key",
+    );
+    unlock(&n3, &new);
+    for n in [&n1, &n2, &n3] {
+        let mut files = vec![n.log.clone()];
+        files.extend(files_under(&n.dir));
+        assert_in_none(&files, &[&old[8..], &new[8..]]);
+    }
+}
