@@ -8,6 +8,8 @@
 //!   never wrong data.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -23,6 +25,7 @@ use coffer_store::{
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use support::files_under;
 
 const ALL_CFS: [&str; 5] = [CF_META, CF_LOG, CF_KV, CF_EVENTS, CF_LEASES];
 /// Fragments every canary contains: if none of these is on disk, no canary is.
@@ -102,25 +105,6 @@ fn canary_key(n: usize) -> Vec<u8> {
 fn canary_value(tag: &str, n: usize, size: usize) -> Vec<u8> {
     let unit = format!("CANARY-VALUE-plugh-{tag}{n:03};");
     unit.bytes().cycle().take(size).collect()
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let entry = entry.unwrap();
-            let ty = entry.file_type().unwrap();
-            if ty.is_dir() {
-                stack.push(entry.path());
-            } else {
-                out.push(entry.path());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

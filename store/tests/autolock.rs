@@ -5,7 +5,11 @@
 //! readable.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
+
+use support::files_under;
 
 use coffer_store::{is_autolocked, reseal_keyring, Config, LocalKeys, OpenError, Store, UnlockKey};
 
@@ -17,22 +21,6 @@ fn config(dir: &Path, key: Option<&UnlockKey>) -> Config {
 
 async fn open(dir: &Path, key: Option<&UnlockKey>) -> Result<Store, OpenError> {
     Store::open(config(dir, key)).await
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 /// Neither the unlock key's text nor its hex digits nor its raw bytes
