@@ -16,6 +16,7 @@
 //! run). Run as root, so that mounts get their own tmpfs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -25,35 +26,8 @@ use std::time::{Duration, Instant};
 
 use coffer_server::client::{Connection, Target};
 use coffer_server::pb;
+use common::Sample;
 use support::{ok, Server, Unmount};
-
-/// Latencies of one figure.
-struct Sample(Vec<Duration>);
-
-impl Sample {
-    fn at(&self, permille: usize) -> Duration {
-        let mut all = self.0.clone();
-        all.sort();
-        all.get((all.len().max(1) - 1) * permille / 1000)
-            .copied()
-            .unwrap_or_default()
-    }
-
-    fn line(&self) -> String {
-        format!(
-            "p50 {:>8.2} ms   p99 {:>8.2} ms   min {:>8.2} ms   max {:>8.2} ms   (n = {})",
-            ms(self.at(500)),
-            ms(self.at(990)),
-            ms(self.at(0)),
-            ms(self.at(1000)),
-            self.0.len()
-        )
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 async fn connect(socket: &Path) -> Connection {
     Connection::open(&Target::Socket(socket.to_path_buf()))

@@ -113,6 +113,13 @@ impl Agent {
         };
         let cert = NodeCert::verify_with(&certificate, &self.ca_der)
             .context("the certificate the managers issued")?;
+        if cert.cluster_id != self.identity.cert.cluster_id {
+            bail!(
+                "the managers issued a certificate for cluster {}, not this node's {}",
+                cert.cluster_id,
+                self.identity.cert.cluster_id
+            );
+        }
         if cert.node != self.identity.cert.node {
             bail!(
                 "the managers issued a certificate for node {:016x}, not this one",

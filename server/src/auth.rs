@@ -29,6 +29,8 @@ pub enum AuthError {
     NotAManager { node: u64, role: Role },
     #[error("node {0:016x} was removed from the cluster; it must join again under a new id")]
     Removed(u64),
+    #[error("the client certificate is for another cluster ({0}) under the same CA")]
+    OtherCluster(String),
 }
 
 /// The caller's certificate, for handlers that need to know who calls.
@@ -117,16 +119,28 @@ fn caller<T>(request: &Request<T>) -> Result<NodeCert, AuthError> {
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     removed: Removed,
+    /// This cluster's id: an operator's CA may sign for several clusters,
+    /// so a certificate must name this one too. `None` on the socket.
+    cluster_id: Option<Arc<str>>,
 }
 
 impl Guard {
-    pub fn new(removed: Removed) -> Guard {
-        Guard { removed }
+    /// The guard of cluster `cluster_id`'s port.
+    pub fn new(removed: Removed, cluster_id: &str) -> Guard {
+        Guard {
+            removed,
+            cluster_id: Some(cluster_id.into()),
+        }
     }
 
     /// Admits any node of this cluster that was not removed.
     pub fn nodes<T>(&self, request: &Request<T>) -> Result<NodeCert, AuthError> {
         let node = caller(request)?;
+        if let Some(ours) = &self.cluster_id {
+            if node.cluster_id != **ours {
+                return Err(AuthError::OtherCluster(node.cluster_id));
+            }
+        }
         if self.removed.contains(node.node) {
             return Err(AuthError::Removed(node.node));
         }

@@ -94,6 +94,31 @@ pub enum Command {
         /// manager then stays locked until `coffer unlock` gives it.
         #[arg(long)]
         autolock: bool,
+        /// On a new cluster: the operator's own CA certificate (PEM), a
+        /// root or an intermediate, instead of a generated root CA. Its
+        /// key (--ca-key) is sealed in the store like a generated one.
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "ca_key",
+            conflicts_with = "join"
+        )]
+        ca_cert: Option<PathBuf>,
+        /// The key of --ca-cert: unencrypted PKCS#8 PEM (ECDSA P-256 or
+        /// P-384, Ed25519, or RSA).
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "ca_cert",
+            conflicts_with = "join"
+        )]
+        ca_key: Option<PathBuf>,
+        /// Recovery of a cluster that lost its quorum for good: this
+        /// surviving manager keeps its data and identity and becomes the
+        /// cluster's only member; the others are removed, and new
+        /// managers join with a manager token. Start without it afterwards.
+        #[arg(long, conflicts_with_all = ["join", "ca_cert", "autolock", "cert_expiry"])]
+        force_new_cluster: bool,
         /// Log lines as text (for people) or JSON (for log collectors).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -322,6 +347,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             token,
             cert_expiry,
             autolock,
+            ca_cert,
+            ca_key,
+            force_new_cluster,
             log_format,
         } => {
             init_logs(log_format);
@@ -336,6 +364,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 join,
                 cert_expiry,
                 autolock,
+                ca: match (ca_cert, ca_key) {
+                    (Some(cert), Some(key)) => Some(server::CaFiles { cert, key }),
+                    _ => None,
+                },
+                force_new_cluster,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -608,3 +608,23 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 }
+
+/// After `--force-new-cluster`: every other manager the cluster recorded
+/// is no longer a member, so its node record is marked removed (its id
+/// and certificate refused from now on, as after `node rm`; should it
+/// come back, it cannot disturb the new cluster). Workers stay.
+pub async fn remove_other_managers(store: &Store) -> Result<(), coffer_vault::VaultError> {
+    for mut node in NodeRecord::list(store, Consistency::Linearizable).await? {
+        if node.id == store.node_id() || node.role != Role::Manager || node.is_removed() {
+            continue;
+        }
+        node.state = NodeState::Removed;
+        node.save(store).await?;
+        tracing::warn!(
+            node = format_args!("{:016x}", node.id),
+            addr = node.addr,
+            "removed a manager lost with the old cluster"
+        );
+    }
+    Ok(())
+}

@@ -155,13 +155,15 @@ const RECHECK: Duration = Duration::from_secs(5);
 /// when this manager joined an autolocked cluster), or under `keys/kek`
 /// once autolock is off. `sealed_under` is the key it is sealed under
 /// now. Checks on every change to the setting and every [`RECHECK`];
-/// a failure is logged and tried again then.
+/// a failure is logged and tried again then. Once `stopping` says so
+/// (never in the middle of a sealing) it returns the key the keyring is
+/// sealed under then.
 pub(crate) async fn follow_unlock_key(
     store: coffer_store::Store,
     dir: PathBuf,
     mut sealed_under: Option<UnlockKey>,
     stopping: watch::Receiver<bool>,
-) {
+) -> Option<UnlockKey> {
     use futures::FutureExt;
     loop {
         let mut changes = store.watch(coffer_vault::autolock::key(), 0).ok();
@@ -205,7 +207,7 @@ pub(crate) async fn follow_unlock_key(
             }
         };
         tokio::select! {
-            () = until_stopped(stopping.clone()) => return,
+            () = until_stopped(stopping.clone()) => return sealed_under,
             () = changed => {}
             () = tokio::time::sleep(RECHECK) => {}
         }
@@ -249,4 +251,19 @@ pub(crate) async fn until_unlocked(
         .context("serving the locked socket")?;
     let _ = std::fs::remove_file(&socket);
     Ok(key)
+}
+
+/// Seals the keyring of `dir`, now sealed under the unlock key `key`,
+/// under `keys/kek` again: autolock is for managers (as in Swarm), and a
+/// worker, which holds no replica, must start without a key. Done when a
+/// manager is demoted, and when a worker finds its keys still sealed
+/// under the unlock key (it was killed between its demotion and this).
+pub(crate) async fn seal_for_worker(dir: &Path, key: UnlockKey) -> Result<()> {
+    let at = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || coffer_store::reseal_keyring(&at, Some(&key), None))
+        .await
+        .context("sealing this node's keys for a worker")?
+        .context("sealing this node's keys for a worker")?;
+    info!("a worker is not autolocked: this node's keys are sealed under keys/kek again");
+    Ok(())
 }

@@ -16,7 +16,7 @@ use coffer_store::{Config, Store, UnlockKey};
 use std::sync::Arc;
 
 use coffer_store::Bootstrap;
-use coffer_vault::ca::Role;
+use coffer_vault::ca::{Role, RootCa};
 use coffer_vault::cluster::Cluster;
 use coffer_vault::config::ClusterConfig;
 use coffer_vault::nodes::NodeRecord;
@@ -92,6 +92,19 @@ pub struct ServerConfig {
     /// On a new cluster: seal the keys under a cluster unlock key
     /// (printed once), so that a restarted manager starts locked.
     pub autolock: bool,
+    /// On a new cluster: the operator's own CA instead of a generated one.
+    pub ca: Option<CaFiles>,
+    /// Recovery from a lone surviving manager: it becomes the cluster's
+    /// only member (`--force-new-cluster`).
+    pub force_new_cluster: bool,
+}
+
+/// `--ca-cert F --ca-key K`: the operator's CA certificate and its key
+/// (PEM files).
+#[derive(Debug, Clone)]
+pub struct CaFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `--join ADDR --token T`.
@@ -123,8 +136,55 @@ pub(crate) enum Start {
     },
     /// It just joined a cluster.
     Joined(crate::join::Joined),
-    /// A new cluster (or a data directory from before identities).
-    First,
+    /// A new cluster (or a data directory from before identities), with
+    /// the operator's own CA if one was given.
+    First { own_ca: Option<OwnCa> },
+}
+
+/// The operator's own CA (`--ca-cert F --ca-key K`), read and checked
+/// before anything is created. The key is wiped when dropped and never
+/// shown.
+pub(crate) struct OwnCa {
+    cert_pem: Vec<u8>,
+    key_pem: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for OwnCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnCa { key: [redacted], .. }")
+    }
+}
+
+impl OwnCa {
+    /// Reads `files` and checks them as [`RootCa::from_operator`] does.
+    fn read(files: &CaFiles) -> Result<OwnCa> {
+        let cert_pem = fs::read(&files.cert)
+            .with_context(|| format!("reading the CA certificate {}", files.cert.display()))?;
+        let key_pem = zeroize::Zeroizing::new(
+            fs::read(&files.key)
+                .with_context(|| format!("reading the CA key {}", files.key.display()))?,
+        );
+        let own = OwnCa { cert_pem, key_pem };
+        own.ca_for("check").with_context(|| {
+            format!(
+                "the CA in {} and {}",
+                files.cert.display(),
+                files.key.display()
+            )
+        })?;
+        Ok(own)
+    }
+
+    /// The CA for the new cluster `cluster_id`.
+    fn ca_for(&self, cluster_id: &str) -> Result<RootCa, coffer_vault::VaultError> {
+        RootCa::from_operator(cluster_id, &self.cert_pem, &self.key_pem, unix_now())
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The store's services, without their transport-specific guards.
@@ -239,10 +299,12 @@ pub async fn local_router(
 /// and reflection for anyone.
 async fn tcp_router(
     store: &Store,
+    cluster_id: &str,
     stopping: watch::Receiver<bool>,
     leader: Option<GrpcTransport>,
 ) -> Result<Router> {
-    let guard = Guard::new(Removed::follow(store.clone(), stopping.clone()).await);
+    let removed = Removed::follow(store.clone(), stopping.clone()).await;
+    let guard = Guard::new(removed, cluster_id);
     let s = services(store, stopping, false, leader, guard.clone(), None);
     let (health, reflection) = health_and_reflection(true).await?;
     let raft = RaftServer::new(RaftService::new(store.clone()))
@@ -316,15 +378,17 @@ pub(crate) async fn until_stopped(mut stopping: watch::Receiver<bool>) {
 /// Serves the node's TCP port (mTLS through `tls`, the services of
 /// [`tcp_router`]) until `stopping` turns true; the returned future runs
 /// it. With `leader`, writes and linearizable reads this member cannot
-/// serve go to the leader through it.
+/// serve go to the leader through it. Client certificates must name the
+/// cluster `cluster_id`.
 pub async fn serve_port(
     store: &Store,
+    cluster_id: &str,
     tls: Arc<rustls::ServerConfig>,
     tcp: TcpListener,
     stopping: watch::Receiver<bool>,
     leader: Option<GrpcTransport>,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>> {
-    let router = tcp_router(store, stopping.clone(), leader).await?;
+    let router = tcp_router(store, cluster_id, stopping.clone(), leader).await?;
     Ok(serve_tls(router, tls, tcp, stopping))
 }
 
@@ -361,6 +425,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         .context("the listening socket")?;
     let addr = listener.local_addr().context("the listening address")?;
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let mut force_new_cluster = config.force_new_cluster;
     let mut start_as = match (identity::on_disk(dir)?, &config.join) {
         (Some((cert, ca_der)), join) => {
             if join.is_some() {
@@ -369,16 +434,35 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             if config.cert_expiry.is_some() {
                 warn!("--cert-expiry is set when a cluster is created: ignored");
             }
+            if config.ca.is_some() {
+                warn!("--ca-cert and --ca-key are used when a cluster is created: ignored (`coffer ca rotate` changes the CA of a running cluster)");
+            }
+            if config.force_new_cluster
+                && (cert.role != Role::Manager || !coffer_store::has_data(dir))
+            {
+                bail!(
+                    "--force-new-cluster recovers a manager's data directory, and {} is a worker's: it holds no replica of the store",
+                    dir.display()
+                );
+            }
             Start::Known {
                 node: cert.node,
                 role: cert.role,
                 ca_der,
             }
         }
+        (None, _) if config.force_new_cluster => bail!(
+            "--force-new-cluster recovers a manager's data directory, and {} holds no cluster",
+            dir.display()
+        ),
         (None, Some(join)) => {
             Start::Joined(crate::join::join(&join.addr, &join.token, &advertise).await?)
         }
-        (None, None) => Start::First,
+        (None, None) => Start::First {
+            // Checked before the store is created: a CA that will not do
+            // leaves nothing behind.
+            own_ca: config.ca.as_ref().map(OwnCa::read).transpose()?,
+        },
     };
     loop {
         let tcp = TcpListener::from_std(listener.try_clone().context("the listening socket")?)
@@ -386,12 +470,15 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         let role = match &start_as {
             Start::Known { role, .. } => *role,
             Start::Joined(joined) => joined.cert.role,
-            Start::First => Role::Manager,
+            Start::First { .. } => Role::Manager,
         };
         let ended = match role {
             Role::Worker => serve_worker(&config, tcp, &advertise, start_as, &mut signals).await?,
             Role::Manager => {
-                serve_manager(&config, tcp, &advertise, start_as, &mut signals).await?
+                // Forced once: a manager this process becomes again later
+                // (demoted, then promoted) joins as any other.
+                let force = std::mem::take(&mut force_new_cluster);
+                serve_manager(&config, tcp, &advertise, start_as, force, &mut signals).await?
             }
         };
         match ended {
@@ -442,6 +529,15 @@ async fn serve_worker(
     start_as: Start,
     signals: &mut Interrupts,
 ) -> Result<Ended> {
+    let known = matches!(start_as, Start::Known { .. });
+    if known && coffer_store::is_autolocked(&config.data_dir)? {
+        // Demoted while autolocked and killed before its keys were sealed
+        // for a worker: unlocked once, then never again.
+        match crate::locked::until_unlocked(&config.data_dir, signals).await? {
+            Some(key) => crate::locked::seal_for_worker(&config.data_dir, key).await?,
+            None => return Ok(Ended::Stopped),
+        }
+    }
     let running = crate::worker::start(config, tcp, advertise, start_as).await?;
     serve(signals, running).await
 }
@@ -451,13 +547,14 @@ async fn serve_manager(
     tcp: TcpListener,
     advertise: &str,
     start_as: Start,
+    force_new_cluster: bool,
     signals: &mut Interrupts,
 ) -> Result<Ended> {
     let dir = &config.data_dir;
     let (node, bootstrap) = match &start_as {
         Start::Known { node, .. } => (*node, Bootstrap::Join),
         Start::Joined(joined) => (joined.cert.node, Bootstrap::Join),
-        Start::First => (1, Bootstrap::SingleNode),
+        Start::First { .. } => (1, Bootstrap::SingleNode),
     };
     let unlock_key = match &start_as {
         // Autolocked: nothing opens before `coffer unlock`.
@@ -467,7 +564,7 @@ async fn serve_manager(
                 None => return Ok(Ended::Stopped),
             }
         }
-        Start::First if config.autolock => {
+        Start::First { .. } if config.autolock => {
             let key = UnlockKey::generate();
             // As `docker swarm init --autolock` does: once, on standard
             // output (never in the log).
@@ -484,12 +581,19 @@ async fn serve_manager(
         .node_id(node)
         .bootstrap(bootstrap)
         .advertise_addr(advertise.to_string());
-    let first_autolocked = matches!(start_as, Start::First) && unlock_key.is_some();
+    let first_autolocked = matches!(start_as, Start::First { .. }) && unlock_key.is_some();
     let sealed_under = unlock_key.clone();
     store_config.unlock_key = unlock_key;
+    store_config.force_new_cluster = force_new_cluster;
     let store = Store::open_with_transport(store_config, Arc::new(transport.clone()))
         .await
         .with_context(|| format!("opening the store in {}", dir.display()))?;
+    if force_new_cluster {
+        if let Err(e) = crate::cluster::remove_other_managers(&store).await {
+            store.shutdown().await.ok();
+            return Err(e).context("removing the lost managers after --force-new-cluster");
+        }
+    }
     let running = match start(config, &store, tcp, advertise, &transport, start_as).await {
         Ok(running) => running,
         Err(e) => {
@@ -497,7 +601,6 @@ async fn serve_manager(
             return Err(e);
         }
     };
-    let mut running = running;
     if first_autolocked {
         // The cluster's record of its unlock key, which every manager
         // follows (and `coffer unlock-key` prints).
@@ -508,16 +611,22 @@ async fn serve_manager(
             return Err(e).context("recording the cluster's unlock key");
         }
     }
-    running
-        .tasks
-        .push(tokio::spawn(crate::locked::follow_unlock_key(
-            store.clone(),
-            dir.clone(),
-            sealed_under,
-            running.stop.subscribe(),
-        )));
+    // Not one of the role's aborted tasks: it is stopped between sealings
+    // and says what the keys are sealed under at the end.
+    let (stop_following, following) = watch::channel(false);
+    let follower = tokio::spawn(crate::locked::follow_unlock_key(
+        store.clone(),
+        dir.clone(),
+        sealed_under,
+        following,
+    ));
     let ended = serve(signals, running).await;
+    let _ = stop_following.send(true);
+    let sealed_under = follower.await.context("following the autolock setting")?;
     store.shutdown().await.context("closing the store")?;
+    if let (Ok(Ended::Switch(Role::Worker)), Some(key)) = (&ended, sealed_under) {
+        crate::locked::seal_for_worker(dir, key).await?;
+    }
     ended
 }
 
@@ -609,7 +718,7 @@ async fn start(
     let dir = &config.data_dir;
     let addr = tcp.local_addr().context("the listening address")?;
     let keys = store.local_keys();
-    let first = matches!(start_as, Start::First);
+    let first = matches!(start_as, Start::First { .. });
     let (identity, ca_der) = match start_as {
         Start::Known { ca_der, .. } => (identity::load(dir, &keys)?, ca_der),
         Start::Joined(joined) => {
@@ -617,7 +726,7 @@ async fn start(
             remember_join_addr(config, &joined.managers)?;
             (identity::load(dir, &keys)?, joined.ca_der)
         }
-        Start::First => {
+        Start::First { own_ca } => {
             let settings = match config.cert_expiry {
                 Some(expiry) => ClusterConfig::new(expiry)?,
                 None => ClusterConfig::default(),
@@ -625,9 +734,12 @@ async fn start(
             let settings = ClusterConfig::init_or_load(store, settings)
                 .await
                 .context("recording the cluster's settings")?;
-            let cluster = Cluster::init_or_load(store)
-                .await
-                .context("creating the cluster's CA")?;
+            let cluster = Cluster::init_or_load_with(store, |id| match &own_ca {
+                Some(own) => own.ca_for(id),
+                None => RootCa::generate(id),
+            })
+            .await
+            .context("creating the cluster's CA")?;
             let tokens = JoinTokens::init_or_load(store)
                 .await
                 .context("creating the join tokens")?;
@@ -657,7 +769,7 @@ async fn start(
     };
     let client_tls = tls::client_config(&ca_der, Some((&identity.cert_der, &identity.key)))?;
     transport.set_client_config(client_tls.clone());
-    let certs = NodeCertResolver::new(&identity.cert_der, &identity.key)?;
+    let certs = NodeCertResolver::new(&identity.cert_der, &identity.key, &ca_der)?;
     let tls = tls::server_config(&ca_der, certs.clone())?;
     let socket = dir.join(SOCKET_FILE);
     let unix = bind_private(&socket)?;
@@ -671,7 +783,15 @@ async fn start(
         mounts.clone(),
     )
     .await?;
-    let on_port = serve_port(store, tls, tcp, stopping.clone(), Some(transport.clone())).await?;
+    let on_port = serve_port(
+        store,
+        &identity.cert.cluster_id,
+        tls,
+        tcp,
+        stopping.clone(),
+        Some(transport.clone()),
+    )
+    .await?;
     let on_socket =
         local.serve_with_incoming_shutdown(UnixListenerStream::new(unix), until_stopped(stopping));
     let served = tokio::spawn(async move { tokio::try_join!(on_socket, on_port).map(|_| ()) });

@@ -32,7 +32,9 @@ pub fn from_store(e: Error) -> Status {
 pub fn from_auth(e: crate::auth::AuthError) -> Status {
     use crate::auth::AuthError;
     let code = match e {
-        AuthError::NoCertificate | AuthError::NotANode(_) => Code::Unauthenticated,
+        AuthError::NoCertificate | AuthError::NotANode(_) | AuthError::OtherCluster(_) => {
+            Code::Unauthenticated
+        }
         AuthError::NotAManager { .. } | AuthError::Removed(_) => Code::PermissionDenied,
     };
     Status::new(code, e.to_string())

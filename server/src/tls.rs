@@ -28,39 +28,55 @@ fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
-fn certified_key(cert_der: &[u8], key: &NodeKey) -> Result<Arc<CertifiedKey>> {
+fn certified_key(
+    cert_der: &[u8],
+    key: &NodeKey,
+    issuer: Option<&CertificateDer<'static>>,
+) -> Result<Arc<CertifiedKey>> {
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
-    let certified = CertifiedKey::from_der(
-        vec![CertificateDer::from(cert_der.to_vec())],
-        key_der,
-        &provider(),
-    )
-    .map_err(|e| anyhow!("the node certificate and key do not go together: {e}"))?;
+    let mut chain = vec![CertificateDer::from(cert_der.to_vec())];
+    chain.extend(issuer.cloned());
+    let certified = CertifiedKey::from_der(chain, key_der, &provider())
+        .map_err(|e| anyhow!("the node certificate and key do not go together: {e}"))?;
     Ok(Arc::new(certified))
 }
 
-/// The node's certificate, swappable while connections are served.
+/// The node's certificate, swappable while connections are served. When
+/// the cluster's CA is an intermediate (an operator's own), the chain
+/// goes on with it, so that clients trusting the root above it accept the
+/// node.
 #[derive(Debug)]
-pub struct NodeCertResolver(RwLock<Arc<CertifiedKey>>);
+pub struct NodeCertResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+    issuer: Option<CertificateDer<'static>>,
+}
 
 impl NodeCertResolver {
-    pub fn new(cert_der: &[u8], key: &NodeKey) -> Result<Arc<NodeCertResolver>> {
-        Ok(Arc::new(NodeCertResolver(RwLock::new(certified_key(
-            cert_der, key,
-        )?))))
+    /// The resolver of a node whose certificate `cert_der` (with `key`)
+    /// the cluster's CA `ca_der` issued.
+    pub fn new(cert_der: &[u8], key: &NodeKey, ca_der: &[u8]) -> Result<Arc<NodeCertResolver>> {
+        let issuer = (!coffer_vault::ca::is_self_signed(ca_der))
+            .then(|| CertificateDer::from(ca_der.to_vec()));
+        let current = RwLock::new(certified_key(cert_der, key, issuer.as_ref())?);
+        Ok(Arc::new(NodeCertResolver { current, issuer }))
     }
 
     /// New handshakes present this certificate from now on.
     pub fn replace(&self, cert_der: &[u8], key: &NodeKey) -> Result<()> {
-        let next = certified_key(cert_der, key)?;
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = next;
+        let next = certified_key(cert_der, key, self.issuer.as_ref())?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
         Ok(())
     }
 }
 
 impl ResolvesServerCert for NodeCertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 }
 

@@ -175,11 +175,11 @@ pub(crate) async fn start(
             remember_join_addr(config, &joined.managers)?;
             joined.ca_der
         }
-        Start::First => bail!("a new cluster starts with a manager, not a worker"),
+        Start::First { .. } => bail!("a new cluster starts with a manager, not a worker"),
     };
     let identity = identity::load(dir, &keys)?;
     let addr = tcp.local_addr().context("the listening address")?;
-    let certs = NodeCertResolver::new(&identity.cert_der, &identity.key)?;
+    let certs = NodeCertResolver::new(&identity.cert_der, &identity.key, &ca_der)?;
     let tls = tls::server_config(&ca_der, certs.clone())?;
     let socket = dir.join(SOCKET_FILE);
     let unix = bind_private(&socket)?;

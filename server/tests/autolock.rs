@@ -112,10 +112,9 @@ fn an_autolocked_manager_restarts_locked_until_unlocked() {
     );
 
     n1.stop("TERM");
-    let mut files = vec![log.clone()];
-    files.extend(files_under(&dir));
-    assert_in_none(
-        &files,
+    assert_in_none_of(
+        &dir,
+        &log,
         &[
             &key[8..],
             "CANARY-autolock",
@@ -133,15 +132,7 @@ fn an_autolocked_manager_restarts_locked_until_unlocked() {
 fn a_manager_joining_an_autolocked_cluster_is_autolocked_too() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let n1 = Server::start_in(root, "n1", "127.0.0.1:0", &["--autolock"]);
-    let key = ok(n1.coffer(&["unlock-key", "-q"]));
-    let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
-    let mut n2 = Server::join_in(root, "n2", &n1, &token);
-    n2.wait_until_voting();
-    wait_for("the joined manager to seal its keys", &n2.log, || {
-        n2.log()
-            .contains("sealed this node's keys under the cluster's current unlock key")
-    });
+    let (_n1, mut n2, key) = autolocked_pair(root);
     assert!(!n2.dir.join("keys/kek").exists());
 
     n2.stop("KILL");
@@ -156,9 +147,7 @@ fn a_manager_joining_an_autolocked_cluster_is_autolocked_too() {
     });
     n2.wait_until_voting();
     n2.stop("TERM");
-    let mut files = vec![log.clone()];
-    files.extend(files_under(&dir));
-    assert_in_none(&files, &[&key[8..]]);
+    assert_in_none_of(&dir, &log, &[&key[8..]]);
 }
 
 /// `cluster update --autolock=true` on a running cluster prints a key and
@@ -211,9 +200,29 @@ fn autolock_is_turned_on_and_off_on_a_running_cluster() {
     let mut n1 = Server::start(&dir, &log, &addr, &[]);
     assert_eq!(ok(n1.coffer(&["kv", "get", "k"])), "CANARY-update");
     n1.stop("TERM");
-    let mut files = vec![log.clone()];
-    files.extend(files_under(&dir));
-    assert_in_none(&files, &[&key[8..], "CANARY-update"]);
+    assert_in_none_of(&dir, &log, &[&key[8..], "CANARY-update"]);
+}
+
+/// An autolocked cluster in `root`: n1 created it, n2 joined as a manager
+/// and voting, its keys sealed under the cluster's unlock key (returned).
+fn autolocked_pair(root: &std::path::Path) -> (Server, Server, String) {
+    let n1 = Server::start_in(root, "n1", "127.0.0.1:0", &["--autolock"]);
+    let key = ok(n1.coffer(&["unlock-key", "-q"]));
+    let token = ok(n1.coffer(&["join-token", "-q", "manager"]));
+    let n2 = Server::join_in(root, "n2", &n1, &token);
+    n2.wait_until_voting();
+    wait_for("the joined manager to seal its keys", &n2.log, || {
+        sealings(&n2.log) == 1
+    });
+    (n1, n2, key)
+}
+
+/// Asserts that no file under `dir`, nor the log `log`, holds any of
+/// `needles`.
+fn assert_in_none_of(dir: &std::path::Path, log: &std::path::Path, needles: &[&str]) {
+    let mut files = vec![log.to_path_buf()];
+    files.extend(files_under(dir));
+    assert_in_none(&files, needles);
 }
 
 /// How many times `server`'s log says it sealed its keys under the
@@ -319,8 +328,71 @@ fn a_manager_down_during_a_rotation_unlocks_with_its_old_key() {
     );
     unlock(&n3, &new);
     for n in [&n1, &n2, &n3] {
-        let mut files = vec![n.log.clone()];
-        files.extend(files_under(&n.dir));
-        assert_in_none(&files, &[&old[8..], &new[8..]]);
+        assert_in_none_of(&n.dir, &n.log, &[&old[8..], &new[8..]]);
     }
+}
+
+/// Autolock is for managers (as in Swarm): a manager demoted in an
+/// autolocked cluster seals its keys under a key file again and restarts
+/// as a worker without a key; a worker whose keys are still sealed under
+/// the unlock key (killed between its demotion and that) is locked once,
+/// then unsealed for good; promoted again, it seals its keys under the
+/// cluster's key.
+#[test]
+fn a_demoted_manager_serves_as_a_worker_without_the_unlock_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (n1, mut n2, key) = autolocked_pair(root);
+    let id2 = n2.id();
+
+    assert!(ok(n1.coffer(&["node", "demote", &id2])).contains("is now a worker"));
+    wait_for(
+        "the demoted manager to seal its keys for a worker",
+        &n2.log,
+        || {
+            n2.log().contains("a worker is not autolocked")
+                && n2.log().contains("serving as a worker from now on")
+        },
+    );
+    assert!(n2.dir.join("keys/kek").exists());
+    n2.stop("KILL");
+    n2.restart();
+    refused(n2.coffer(&["kv", "get", "k"]), "this node is a worker");
+
+    // Killed before its keys were sealed for a worker (made here by
+    // sealing them under the unlock key again): locked once.
+    n2.stop("KILL");
+    coffer_store::reseal_keyring(
+        &n2.dir,
+        None,
+        Some(&coffer_store::UnlockKey::parse(&key).unwrap()),
+    )
+    .unwrap();
+    assert!(!n2.dir.join("keys/kek").exists());
+    let n2 = restart_locked(n2);
+    refused(n2.coffer(&["node", "ls"]), "this node is locked");
+    ok(coffer_with_input(
+        &n2.dir,
+        &["unlock"],
+        Some(key.as_bytes()),
+    ));
+    wait_for("the unlocked worker to serve", &n2.log, || {
+        n2.log().contains("coffer worker is up")
+    });
+    assert!(n2.log().contains("a worker is not autolocked"));
+    assert!(n2.dir.join("keys/kek").exists());
+    let mut n2 = n2;
+    n2.stop("KILL");
+    n2.restart();
+    refused(n2.coffer(&["kv", "get", "k"]), "this node is a worker");
+
+    // Promoted, it is a manager of an autolocked cluster again.
+    let before = sealings(&n2.log);
+    assert!(ok(n1.coffer(&["node", "promote", &id2])).contains("is now a manager"));
+    wait_for("the promoted worker to seal its keys", &n2.log, || {
+        sealings(&n2.log) == before + 1
+    });
+    assert!(!n2.dir.join("keys/kek").exists());
+    n2.wait_until_voting();
+    assert_in_none_of(&n2.dir, &n2.log, &[&key[8..]]);
 }

@@ -60,12 +60,19 @@ async fn node(id: u64, ca: &RootCa, bootstrap: Bootstrap) -> Node {
         .unwrap();
     let (cert, key) = identity(ca, id);
     transport.set_client_config(tls::client_config(ca.cert_der(), Some((&cert, &key))).unwrap());
-    let resolver = tls::NodeCertResolver::new(&cert, &key).unwrap();
+    let resolver = tls::NodeCertResolver::new(&cert, &key, ca.cert_der()).unwrap();
     let server_tls = tls::server_config(ca.cert_der(), resolver).unwrap();
     let (stop, stopping) = watch::channel(false);
-    let served = server::serve_port(&store, server_tls, tcp, stopping, Some(transport))
-        .await
-        .unwrap();
+    let served = server::serve_port(
+        &store,
+        ca.cluster_id(),
+        server_tls,
+        tcp,
+        stopping,
+        Some(transport),
+    )
+    .await
+    .unwrap();
     Node {
         id,
         store,

@@ -36,6 +36,27 @@ fn identity(ca: &RootCa, node: u64, role: Role) -> (Vec<u8>, NodeKey) {
     (cert, key)
 }
 
+/// A CA certificate and key (PEM) of an operator's own.
+fn operator_ca() -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Example Corp CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn unix_now() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_secs()).unwrap()
+}
+
 async fn channel(addr: &str, ca: &[u8], id: Option<&(Vec<u8>, NodeKey)>) -> Channel {
     let config = tls::client_config(ca, id.map(|(c, k)| (c.as_slice(), k))).unwrap();
     connect_tls(addr, config).await.unwrap()
@@ -62,7 +83,14 @@ fn get(key: &[u8]) -> pb::GetRequest {
 async fn only_this_clusters_managers_reach_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(Config::new(dir.path())).await.unwrap();
-    let cluster = Cluster::init_or_load(&store).await.unwrap();
+    // The operator's own CA (as `--ca-cert/--ca-key` give it), which may
+    // sign for other clusters too.
+    let (own_cert, own_key) = operator_ca();
+    let cluster = Cluster::init_or_load_with(&store, |id| {
+        RootCa::from_operator(id, own_cert.as_bytes(), own_key.as_bytes(), unix_now())
+    })
+    .await
+    .unwrap();
     let ca = cluster.ca.clone();
     let me = coffer_server::identity::load_or_issue(
         dir.path(),
@@ -72,14 +100,15 @@ async fn only_this_clusters_managers_reach_the_store() {
         coffer_vault::ca::NODE_CERT_VALIDITY,
     )
     .unwrap();
-    let resolver = tls::NodeCertResolver::new(&me.cert_der, &me.key).unwrap();
+    let resolver = tls::NodeCertResolver::new(&me.cert_der, &me.key, ca.cert_der()).unwrap();
     let server_tls = tls::server_config(ca.cert_der(), resolver).unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap().to_string();
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let served = coffer_server::server::serve_port(&store, server_tls, tcp, stopping, None)
-        .await
-        .unwrap();
+    let served =
+        coffer_server::server::serve_port(&store, ca.cluster_id(), server_tls, tcp, stopping, None)
+            .await
+            .unwrap();
     let served = tokio::spawn(served);
 
     // A manager of this cluster: the whole key/value API.
@@ -147,6 +176,21 @@ async fn only_this_clusters_managers_reach_the_store() {
         code != Code::Ok && code != Code::PermissionDenied && code != Code::Unauthenticated,
         "a foreign certificate got as far as a handler: {code:?}"
     );
+
+    // A certificate from this CA for another cluster (an operator's CA
+    // may sign for several): refused like one without a certificate.
+    let other_cluster = RootCa::from_operator(
+        "another-cluster",
+        own_cert.as_bytes(),
+        own_key.as_bytes(),
+        unix_now(),
+    )
+    .unwrap();
+    let stranger_node = identity(&other_cluster, 2, Role::Manager);
+    let as_stranger = channel(&addr, ca.cert_der(), Some(&stranger_node)).await;
+    let refused = KvClient::new(as_stranger).get(get(b"a")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("another cluster"), "{refused:?}");
 
     // A server that is not of this cluster is refused by the client.
     let stranger = tls::client_config(foreign_ca.cert_der(), None).unwrap();

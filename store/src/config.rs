@@ -59,6 +59,13 @@ pub struct Config {
     /// without, `WrongUnlockKey` with another). Ignored by a directory
     /// whose key-encryption key is in `keys/kek`.
     pub unlock_key: Option<UnlockKey>,
+    /// Recovery from a lone survivor (`--force-new-cluster`): before Raft
+    /// starts, this member's log gets a membership in which it is the
+    /// only voter, under a term above any it has seen, so that it elects
+    /// itself and commits what its log holds. Nothing is lost from its
+    /// replica; the other members are no longer members. A directory in
+    /// which this member already is the only voter is left as it is.
+    pub force_new_cluster: bool,
 }
 
 impl Config {
@@ -78,6 +85,7 @@ impl Config {
             election_timeout_max_ms: 600,
             encryption: Encryption::On,
             unlock_key: None,
+            force_new_cluster: false,
         }
     }
 

@@ -80,7 +80,7 @@ pub use config::{Bootstrap, Config, Encryption, DEFAULT_QUOTA_BYTES};
 #[cfg(feature = "engine")]
 pub use engine::blocking;
 #[cfg(feature = "engine")]
-pub use engine::keys::{is_autolocked, reseal_keyring, LocalKeys};
+pub use engine::keys::{has_data, is_autolocked, reseal_keyring, LocalKeys};
 #[cfg(feature = "engine")]
 pub use engine::network::{NoPeers, Transport, TransportError};
 #[cfg(feature = "engine")]

@@ -5,6 +5,7 @@
 //! it; it is never written to disk.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -17,8 +18,16 @@ const KEY_BYTES: usize = 32;
 
 /// A cluster unlock key. Its bytes are wiped when dropped; `Debug` and
 /// every error leave them out.
+///
+/// The key remembers the last key-encryption key it gave (shared by its
+/// clones): checking a key and then opening the store with it derives
+/// the KEK once, not twice (argon2id costs a few hundred milliseconds).
+/// The remembered KEK is as secret as the key itself and is wiped with it.
 #[derive(Clone)]
-pub struct UnlockKey(Zeroizing<[u8; KEY_BYTES]>);
+pub struct UnlockKey {
+    bytes: Zeroizing<[u8; KEY_BYTES]>,
+    derived: Arc<Mutex<Option<(KdfParams, SecretKey)>>>,
+}
 
 /// Text that is not an unlock key (the text itself is never repeated).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -43,7 +52,14 @@ fn hex_digit(c: u8) -> Option<u8> {
 impl UnlockKey {
     /// A new key from the operating system's CSPRNG.
     pub fn generate() -> UnlockKey {
-        UnlockKey(Zeroizing::new(*SecretKey::random().expose()))
+        UnlockKey::from_bytes(Zeroizing::new(*SecretKey::random().expose()))
+    }
+
+    fn from_bytes(bytes: Zeroizing<[u8; KEY_BYTES]>) -> UnlockKey {
+        UnlockKey {
+            bytes,
+            derived: Arc::default(),
+        }
     }
 
     /// Parses `CFKEY-1-<64 hex digits>`, ignoring surrounding whitespace
@@ -64,7 +80,7 @@ impl UnlockKey {
             };
             *byte = hi << 4 | lo;
         }
-        Ok(UnlockKey(key))
+        Ok(UnlockKey::from_bytes(key))
     }
 
     /// The key as an operator types it: `CFKEY-1-` and 64 lowercase hex
@@ -73,16 +89,30 @@ impl UnlockKey {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut text = Zeroizing::new(String::with_capacity(UNLOCK_KEY_PREFIX.len() + 64));
         text.push_str(UNLOCK_KEY_PREFIX);
-        for b in self.0.iter() {
+        for b in self.bytes.iter() {
             text.push(char::from(HEX[usize::from(b >> 4)]));
             text.push(char::from(HEX[usize::from(b & 0xf)]));
         }
         text
     }
 
-    /// The key-encryption key this unlock key gives under `params`.
+    /// The key-encryption key this unlock key gives under `params`:
+    /// derived with argon2id, or the one remembered from the last
+    /// derivation under the same parameters (salt included).
     pub(crate) fn derive_kek(&self, params: &KdfParams) -> Result<SecretKey, KdfError> {
-        crypto::derive_kek(&self.0[..], params)
+        // A poisoned lock only means a derivation panicked: derive again.
+        let mut derived = self
+            .derived
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((p, kek)) = derived.as_ref() {
+            if p == params {
+                return Ok(kek.clone());
+            }
+        }
+        let kek = crypto::derive_kek(&self.bytes[..], params)?;
+        *derived = Some((*params, kek.clone()));
+        Ok(kek)
     }
 }
 
@@ -117,5 +147,29 @@ mod tests {
             assert!(!err.to_string().contains(&text[8..]));
         }
         assert_eq!(format!("{key:?}"), "UnlockKey(..)");
+    }
+
+    #[test]
+    fn a_remembered_kek_is_the_one_its_parameters_give() {
+        let small = |salt: u8| KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+            salt: [salt; 16],
+        };
+        let key = UnlockKey::generate();
+        let clone = key.clone();
+        let (a, b) = (small(1), small(2));
+        let direct = |p: &KdfParams| crypto::derive_kek(&key.bytes[..], p).unwrap();
+        assert!(key.derive_kek(&a).unwrap() == direct(&a));
+        // A clone shares what was derived...
+        assert!(clone.derived.lock().unwrap().as_ref().map(|(p, _)| *p) == Some(a));
+        assert!(clone.derive_kek(&a).unwrap() == direct(&a));
+        // ... and other parameters (another salt) derive anew.
+        assert!(clone.derive_kek(&b).unwrap() == direct(&b));
+        assert!(key.derive_kek(&b).unwrap() != direct(&a));
+        assert!(key.derive_kek(&a).unwrap() == direct(&a));
+        // Another key never gets this key's KEK.
+        assert!(UnlockKey::generate().derive_kek(&a).unwrap() != direct(&a));
     }
 }

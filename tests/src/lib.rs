@@ -379,16 +379,34 @@ impl Cluster {
 
     /// Opens member `id` from its directory and connects it to the router.
     async fn open(&self, id: NodeId) -> anyhow::Result<()> {
-        let config = self
+        self.open_with(id, false).await
+    }
+
+    /// Reopens stopped or killed member `id` with `force_new_cluster`:
+    /// it becomes the only voter of what its log holds.
+    pub async fn restart_forced(&self, id: NodeId) -> anyhow::Result<()> {
+        if self.router.lock().live.contains_key(&id) {
+            bail!("node {id} is already running");
+        }
+        self.open_with(id, true).await
+    }
+
+    async fn open_with(&self, id: NodeId, force_new_cluster: bool) -> anyhow::Result<()> {
+        let mut config = self
             .configs
             .get(&id)
-            .ok_or_else(|| anyhow!("node {id} is not a member of this cluster"))?;
+            .ok_or_else(|| anyhow!("node {id} is not a member of this cluster"))?
+            .clone();
+        config.force_new_cluster = force_new_cluster;
+        let config = &config;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(format!("coffer-node-{id}"))
             .enable_all()
             .build()
             .with_context(|| format!("starting node {id}'s runtime"))?;
+        // Dropped without blocking, even when the open fails.
+        let mut runtime = MemberRuntime(Some(runtime));
         let deadline = Instant::now() + WAIT_TIMEOUT;
         let store = loop {
             let transport = Arc::new(NodeTransport {
@@ -396,7 +414,10 @@ impl Cluster {
                 router: self.router.clone(),
             });
             // Opened on the member's runtime, so that Raft's tasks run there.
-            let opening = runtime.spawn(Store::open_with_transport(config.clone(), transport));
+            let Some(rt) = runtime.0.as_ref() else {
+                bail!("node {id}'s runtime is gone");
+            };
+            let opening = rt.spawn(Store::open_with_transport(config.clone(), transport));
             match opening
                 .await
                 .with_context(|| format!("opening node {id}: the task failed"))?
@@ -414,7 +435,7 @@ impl Cluster {
         };
         self.router.lock().live.insert(id, store);
         self.runtimes_lock()
-            .insert(id, MemberRuntime(Some(runtime)));
+            .insert(id, MemberRuntime(runtime.0.take()));
         Ok(())
     }
 

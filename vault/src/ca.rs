@@ -168,6 +168,117 @@ impl RootCa {
         })
     }
 
+    /// The operator's own CA (`coffer server --ca-cert F --ca-key K`), a
+    /// root or an intermediate, for cluster `cluster_id`: `cert_pem` holds
+    /// its certificate (PEM), `key_pem` its private key (unencrypted
+    /// PKCS#8 PEM: ECDSA P-256 or P-384, Ed25519, or RSA of 2048 to 8192
+    /// bits). Refused with a reason (never the key) unless the certificate
+    /// is a CA's, valid at `now_unix`, allowed to sign certificates, and
+    /// the key is its own; then it signs a trial certificate that must
+    /// verify.
+    pub fn from_operator(
+        cluster_id: &str,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        now_unix: i64,
+    ) -> Result<RootCa, VaultError> {
+        let bad = |m: String| VaultError::Invalid(m);
+        let certs = pem::parse_many(cert_pem)
+            .map_err(|e| bad(format!("the CA certificate is not PEM: {e}")))?;
+        let cert_der = match certs.as_slice() {
+            [one] if one.tag() == "CERTIFICATE" => one.contents().to_vec(),
+            [other] => {
+                return Err(bad(format!(
+                    "the CA certificate file holds a {:?} block, not a CERTIFICATE",
+                    other.tag()
+                )))
+            }
+            [] => return Err(bad("the CA certificate file holds no PEM block".into())),
+            more => {
+                return Err(bad(format!(
+                "the CA certificate file holds {} PEM blocks: give the CA's own certificate alone",
+                more.len()
+            )))
+            }
+        };
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der)
+            .map_err(|e| bad(format!("the CA certificate does not parse: {e}")))?;
+        let is_ca = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|bc| bc.value.ca);
+        if !is_ca {
+            return Err(bad(
+                "the certificate is not a CA's: its basic constraints do not say CA:TRUE".into(),
+            ));
+        }
+        if let Ok(Some(usage)) = cert.key_usage() {
+            if !usage.value.key_cert_sign() {
+                return Err(bad(
+                    "the CA certificate's key usage does not allow it to sign certificates (keyCertSign)".into(),
+                ));
+            }
+        }
+        let validity = cert.validity();
+        if validity.not_before.timestamp() > now_unix {
+            return Err(bad(format!(
+                "the CA certificate is not valid before {}",
+                validity.not_before
+            )));
+        }
+        if validity.not_after.timestamp() <= now_unix {
+            return Err(bad(format!(
+                "the CA certificate expired on {}",
+                validity.not_after
+            )));
+        }
+        let keys = pem::parse_many(key_pem).map_err(|_| bad("the CA key is not PEM".into()))?;
+        let key_der = match keys.as_slice() {
+            [one] if one.tag() == "PRIVATE KEY" => Zeroizing::new(one.contents().to_vec()),
+            [one] if one.tag() == "ENCRYPTED PRIVATE KEY" => {
+                return Err(bad(
+                    "the CA key is encrypted: give it decrypted (`openssl pkcs8 -in K -out K.plain`) in a file only you can read".into(),
+                ))
+            }
+            [one] if one.tag() == "EC PRIVATE KEY" || one.tag() == "RSA PRIVATE KEY" => {
+                return Err(bad(format!(
+                    "the CA key is a {:?} block: convert it to PKCS#8 (`openssl pkcs8 -topk8 -nocrypt -in K -out K.p8`)",
+                    one.tag()
+                )))
+            }
+            [] | [_] => return Err(bad("the CA key file holds no PRIVATE KEY block".into())),
+            blocks => {
+                return Err(bad(format!(
+                    "the CA key file holds {} PEM blocks: give the CA's private key alone",
+                    blocks.len()
+                )))
+            }
+        };
+        let pair = KeyPair::try_from(key_der.as_slice()).map_err(|_| {
+            bad("the CA key is not a key Coffer can sign with (ECDSA P-256 or P-384, Ed25519, RSA 2048 to 8192 bits)".into())
+        })?;
+        if pair.subject_public_key_info() != cert.public_key().raw {
+            return Err(bad("the CA key is not the key of the CA certificate".into()));
+        }
+        drop(pair);
+        let ca = RootCa::from_parts(cluster_id.to_string(), cert_der, key_der)?;
+        // A trial: a certificate it issues must verify under it.
+        let trial_key = NodeKey::generate()?;
+        let trial = ca.issue(
+            &trial_key.public_key_der()?,
+            1,
+            Role::Manager,
+            Duration::from_secs(3600),
+        )?;
+        NodeCert::verify(&trial, &ca).map_err(|e| {
+            bad(format!(
+                "a certificate this CA signed does not verify under it: {e}"
+            ))
+        })?;
+        Ok(ca)
+    }
+
     pub(crate) fn from_parts(
         cluster_id: String,
         cert_der: Vec<u8>,
@@ -275,6 +386,15 @@ pub fn signing_request(key: &NodeKey) -> Result<Vec<u8>, VaultError> {
     Ok(request.der().to_vec())
 }
 
+/// Whether the CA certificate `der` is a root (self-issued and
+/// self-signed), not an intermediate that nodes present after their own
+/// certificate so that clients trusting the root above it accept them.
+pub fn is_self_signed(der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der).is_ok_and(|(_, cert)| {
+        cert.subject().as_raw() == cert.issuer().as_raw() && cert.verify_signature(None).is_ok()
+    })
+}
+
 /// The SHA-256 of a certificate's DER, in hex.
 pub fn cert_digest(der: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, der)
@@ -304,13 +424,21 @@ pub struct NodeCert {
 }
 
 impl NodeCert {
-    /// Reads a certificate after checking that `ca` signed it.
+    /// Reads a certificate after checking that `ca` signed it for `ca`'s
+    /// cluster.
     pub fn verify(der: &[u8], ca: &RootCa) -> Result<NodeCert, VaultError> {
-        NodeCert::verify_with(der, ca.cert_der())
+        let cert = NodeCert::verify_with(der, ca.cert_der())?;
+        if cert.cluster_id != ca.cluster_id {
+            return Err(VaultError::InvalidCertificate(
+                "issued for another cluster".into(),
+            ));
+        }
+        Ok(cert)
     }
 
     /// Reads a certificate after checking that the CA certificate
-    /// `ca_der` signed it, for that CA's cluster.
+    /// `ca_der` signed it. Which cluster it names is the caller's to
+    /// check: an operator's CA may serve several clusters.
     pub fn verify_with(der: &[u8], ca_der: &[u8]) -> Result<NodeCert, VaultError> {
         let (_, ca_cert) = x509_parser::parse_x509_certificate(ca_der)
             .map_err(|e| VaultError::InvalidCertificate(format!("the root CA: {e}")))?;
@@ -320,17 +448,7 @@ impl NodeCert {
             .map_err(|_| {
                 VaultError::InvalidCertificate("not signed by this cluster's CA".into())
             })?;
-        let parsed = NodeCert::parse(der)?;
-        let ca_cluster = ca_cert
-            .subject()
-            .iter_organization()
-            .find_map(|a| a.as_str().ok());
-        if ca_cluster != Some(parsed.cluster_id.as_str()) {
-            return Err(VaultError::InvalidCertificate(
-                "issued for another cluster".into(),
-            ));
-        }
-        Ok(parsed)
+        NodeCert::parse(der)
     }
 
     /// Reads a certificate this cluster's CA issued (the caller has
@@ -437,6 +555,79 @@ mod tests {
         assert!(ca
             .issue_for_csr(b"junk", 7, Role::Worker, NODE_CERT_VALIDITY)
             .is_err());
+    }
+
+    /// A CA certificate (PEM) and its key (PKCS#8 PEM) as an operator's
+    /// tools make them, with `edit` applied to the certificate's params.
+    fn operator_ca(edit: impl FnOnce(&mut CertificateParams)) -> (String, String) {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, "Example Corp issuing CA");
+        name.push(DnType::OrganizationName, "Example Corp");
+        params.distinguished_name = name;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = now() - Duration::from_secs(3600);
+        params.not_after = now() + Duration::from_secs(365 * 86_400);
+        edit(&mut params);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn an_operators_ca_signs_for_the_cluster_after_its_checks() {
+        let t = now().unix_timestamp();
+        let (cert, key) = operator_ca(|_| {});
+        let ca = RootCa::from_operator("c0ffee", cert.as_bytes(), key.as_bytes(), t).unwrap();
+        assert_eq!(ca.cluster_id(), "c0ffee");
+        assert_eq!(ca.cert_pem().trim(), cert.trim());
+        let node = NodeKey::generate().unwrap();
+        let der = ca
+            .issue(
+                &node.public_key_der().unwrap(),
+                9,
+                Role::Worker,
+                NODE_CERT_VALIDITY,
+            )
+            .unwrap();
+        let issued = NodeCert::verify(&der, &ca).unwrap();
+        assert_eq!((issued.node, issued.role), (9, Role::Worker));
+        assert_eq!(issued.cluster_id, "c0ffee");
+        // The same CA for another cluster: its certificates are not this
+        // cluster's.
+        let other = RootCa::from_operator("beef", cert.as_bytes(), key.as_bytes(), t).unwrap();
+        assert!(NodeCert::verify(&der, &other).is_err());
+        assert!(NodeCert::verify_with(&der, other.cert_der()).is_ok());
+
+        let key_body = key.lines().nth(1).unwrap().to_string();
+        let refused = |cert: &str, key: &str, at: i64, why: &str| {
+            let err = RootCa::from_operator("c0ffee", cert.as_bytes(), key.as_bytes(), at)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{err:?} does not say {why:?}");
+            assert!(!err.contains(&key_body), "the key is in {err:?}");
+        };
+        let (leaf, leaf_key) = operator_ca(|p| p.is_ca = IsCa::NoCa);
+        refused(&leaf, &leaf_key, t, "not a CA's");
+        let (no_sign, no_sign_key) =
+            operator_ca(|p| p.key_usages = vec![KeyUsagePurpose::DigitalSignature]);
+        refused(&no_sign, &no_sign_key, t, "keyCertSign");
+        refused(&cert, &key, t + 366 * 86_400, "expired");
+        refused(&cert, &key, t - 2 * 3600, "not valid before");
+        let (_, another_key) = operator_ca(|_| {});
+        refused(&cert, &another_key, t, "not the key of the CA certificate");
+        refused(&format!("{cert}{cert}"), &key, t, "2 PEM blocks");
+        refused(&key, &key, t, "not a CERTIFICATE");
+        refused("junk", &key, t, "no PEM block");
+        refused(&cert, "junk", t, "no PRIVATE KEY");
+        refused(&cert, &cert, t, "no PRIVATE KEY");
+        let sec1 = key.replace("PRIVATE KEY", "EC PRIVATE KEY");
+        refused(&cert, &sec1, t, "convert it to PKCS#8");
+        let encrypted = key.replace("PRIVATE KEY", "ENCRYPTED PRIVATE KEY");
+        refused(&cert, &encrypted, t, "encrypted");
+        let mangled = pem("PRIVATE KEY", b"not a key at all");
+        refused(&cert, &mangled, t, "not a key Coffer can sign with");
     }
 
     #[test]

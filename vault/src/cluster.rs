@@ -26,6 +26,16 @@ impl Cluster {
     /// The cluster this store holds, created (with a new root CA) if it
     /// holds none yet.
     pub async fn init_or_load(store: &Store) -> Result<Cluster, VaultError> {
+        Cluster::init_or_load_with(store, RootCa::generate).await
+    }
+
+    /// The cluster this store holds, created if it holds none yet with a
+    /// new cluster id and the CA `ca_for` gives for it (the operator's
+    /// own, say: [`RootCa::from_operator`]).
+    pub async fn init_or_load_with(
+        store: &Store,
+        ca_for: impl FnOnce(&str) -> Result<RootCa, VaultError>,
+    ) -> Result<Cluster, VaultError> {
         load_or_create(
             store,
             CLUSTER_KEY,
@@ -34,9 +44,7 @@ impl Cluster {
             || {
                 let id: [u8; 16] = rand::random();
                 let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-                let cluster = Cluster {
-                    ca: RootCa::generate(&id)?,
-                };
+                let cluster = Cluster { ca: ca_for(&id)? };
                 let encoded = cluster.encode();
                 Ok((cluster, encoded))
             },

@@ -1,17 +1,17 @@
-//! Runs the embedding example (`examples/embedded.rs`) as a test: the
+//! Runs the embedding example (`examples/embedded_vault.rs`) as a test: the
 //! vault in-process on a `Store`, a task's files rendered into a
 //! directory on a tmpfs and kept current through a rotation.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../examples/embedded.rs"]
-mod embedded;
+#[path = "../examples/embedded_vault.rs"]
+mod embedded_vault;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedding_example_renders_a_tasks_secrets() {
     let data = tempfile::tempdir().unwrap();
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let render = shm.path().join("web.1");
-    let rendered = embedded::run(data.path(), &render).await.unwrap();
+    let rendered = embedded_vault::run(data.path(), &render).await.unwrap();
     assert_eq!(
         rendered.reads,
         [b"password123yoyo".to_vec(), b"password456yoyo".to_vec()]

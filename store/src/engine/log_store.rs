@@ -10,8 +10,13 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use openraft::{
+    BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, OptionalSend,
+    RaftLogReader, StorageError, StorageIOError, StoredMembership, Vote,
+};
 use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::codec::{Reader, Writer};
@@ -143,6 +148,20 @@ fn read_log_id(db: &Db, key: &[u8]) -> Result<Option<LogId<NodeId>>, Error> {
     }
 }
 
+fn read_vote_row(db: &Db) -> Result<Option<Vote<NodeId>>, Error> {
+    match db.get_sealed(CF_META, META_VOTE)? {
+        None => Ok(None),
+        Some(plain) => {
+            let mut r = Reader::new(&plain);
+            r.version(VOTE_ROW_VERSION, "vote row version")
+                .map_err(|e| db.corruption(CF_META, e))?;
+            let v = types::decode_vote(&mut r).map_err(|e| db.corruption(CF_META, e))?;
+            r.finish("vote").map_err(|e| db.corruption(CF_META, e))?;
+            Ok(Some(v))
+        }
+    }
+}
+
 fn encode_opt_log_id(id: &Option<LogId<NodeId>>) -> Result<Vec<u8>, Error> {
     let mut w = Writer::with_capacity(32);
     w.u8(LOG_ID_ROW_VERSION);
@@ -203,22 +222,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
-        let read = || -> Result<Option<Vote<NodeId>>, Error> {
-            match self.db.get_sealed(CF_META, META_VOTE)? {
-                None => Ok(None),
-                Some(plain) => {
-                    let mut r = Reader::new(&plain);
-                    r.version(VOTE_ROW_VERSION, "vote row version")
-                        .map_err(|e| self.db.corruption(CF_META, e))?;
-                    let v =
-                        types::decode_vote(&mut r).map_err(|e| self.db.corruption(CF_META, e))?;
-                    r.finish("vote")
-                        .map_err(|e| self.db.corruption(CF_META, e))?;
-                    Ok(Some(v))
-                }
-            }
-        };
-        read().map_err(|e| StorageIOError::read_vote(&e).into())
+        read_vote_row(&self.db).map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
@@ -308,4 +312,102 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         Ok(())
     }
+}
+
+/// What [`force_sole_member`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forced {
+    /// The log now ends with a membership of this member alone, in `term`;
+    /// `dropped` were members (voters or learners) before.
+    Forced {
+        term: u64,
+        dropped: BTreeSet<NodeId>,
+    },
+    /// This member already was the only voter: nothing was written.
+    AlreadyAlone,
+}
+
+/// Recovery from a lone survivor: appends to the log of `db` a membership
+/// entry in which `node` (at `addr`) is the only voter, under a term above
+/// any in its vote or log, and votes for itself in that term, in one
+/// synced write. Raft, started afterwards, takes the newest membership in
+/// the log as the cluster's: `node` elects itself and commits every entry
+/// its log holds. `applied` is the membership of the applied state, for a
+/// log that holds no membership entry after it.
+pub fn force_sole_member(
+    db: &Arc<Db>,
+    applied: &StoredMembership<NodeId, BasicNode>,
+    node: NodeId,
+    addr: &str,
+) -> Result<Forced, Error> {
+    let reader = LogReader { db: db.clone() };
+    let last_purged = read_log_id(db, META_PURGED)?;
+    let cf = db.cf(CF_LOG)?;
+    // The newest membership in the log (newest first), and the last entry.
+    let mut last_log = None;
+    let mut newest: Option<Membership<NodeId, BasicNode>> = None;
+    for item in db.db.iterator_cf(cf, IteratorMode::End) {
+        let (k, _) = item.map_err(|e| db.engine_err(e))?;
+        let index = u64::from_be_bytes(
+            k.as_ref()
+                .try_into()
+                .map_err(|_| db.corruption(CF_LOG, "log key is not 8 bytes"))?,
+        );
+        let Some(entry) = reader.read_range(index, Bound::Included(index))?.pop() else {
+            continue;
+        };
+        if last_log.is_none() {
+            last_log = Some(entry.log_id);
+        }
+        if let EntryPayload::Membership(m) = entry.payload {
+            newest = Some(m);
+            break;
+        }
+    }
+    let last_log = last_log.or(last_purged);
+    let Some(last_log) = last_log else {
+        return Err(Error::InvalidArgument(
+            "this member's log is empty: there is no cluster to recover".into(),
+        ));
+    };
+    let current = newest.unwrap_or_else(|| applied.membership().clone());
+    let members: BTreeSet<NodeId> = current.nodes().map(|(id, _)| *id).collect();
+    let voters: BTreeSet<NodeId> = current.voter_ids().collect();
+    if !members.contains(&node) {
+        return Err(Error::InvalidArgument(format!(
+            "node {node} is not a member of the cluster this log holds: it cannot be recovered as its only member"
+        )));
+    }
+    if voters == BTreeSet::from([node]) && members.len() == 1 {
+        return Ok(Forced::AlreadyAlone);
+    }
+    let vote = read_vote_row(db)?.unwrap_or_default();
+    let term = vote
+        .leader_id()
+        .get_term()
+        .max(last_log.leader_id.term)
+        .checked_add(1)
+        .ok_or_else(|| Error::InvalidArgument("the Raft term would overflow".into()))?;
+    let sole = Membership::new(
+        vec![BTreeSet::from([node])],
+        BTreeMap::from([(node, BasicNode::new(addr))]),
+    );
+    let entry = Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(term, node), last_log.index + 1),
+        payload: EntryPayload::Membership(sole),
+    };
+    let mut batch = WriteBatch::default();
+    db.put_sealed(
+        &mut batch,
+        CF_LOG,
+        &index_key(entry.log_id.index),
+        &types::encode_entry(&entry)?,
+    )?;
+    let mut w = Writer::with_capacity(24);
+    w.u8(VOTE_ROW_VERSION);
+    types::encode_vote(&mut w, &Vote::new(term, node));
+    db.put_sealed(&mut batch, CF_META, META_VOTE, &w.finish()?)?;
+    db.write(batch, true)?;
+    let dropped = members.into_iter().filter(|id| *id != node).collect();
+    Ok(Forced::Forced { term, dropped })
 }

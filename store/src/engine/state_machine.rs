@@ -375,6 +375,12 @@ impl Shared {
         Ok(shared)
     }
 
+    /// The membership of the applied state.
+    pub fn applied_membership(&self) -> Result<StoredMembership<NodeId, BasicNode>, Error> {
+        let st = self.state.read().map_err(|_| lock_poisoned())?;
+        Ok(st.membership.clone())
+    }
+
     fn load(&self) -> Result<(), Error> {
         let mut st = SmState::default();
         if let Some(plain) = self.db.get_sealed(CF_META, META_SM)? {

@@ -19,7 +19,7 @@ use crate::command::{KeyValue, OpResult, Request, Response, Txn, Value, MAX_REQU
 use crate::config::{Bootstrap, Config, Encryption};
 use crate::engine::db::Db;
 use crate::engine::keys::{self, LocalKeys};
-use crate::engine::log_store::LogStore;
+use crate::engine::log_store::{Forced, LogStore};
 use crate::engine::network::{NetworkFactory, NoPeers, Transport, TransportError};
 use crate::engine::proposer::{self, Queued};
 use crate::engine::retry::{self, Refused};
@@ -221,6 +221,26 @@ impl Store {
         }
         let shared = Shared::open(db.clone(), snapshot_dir, config.watch_history_revisions)
             .map_err(open_err)?;
+        if config.force_new_cluster {
+            let applied = shared.applied_membership().map_err(open_err)?;
+            let forced = crate::engine::log_store::force_sole_member(
+                &db,
+                &applied,
+                config.node_id,
+                &config.advertise_addr,
+            )
+            .map_err(open_err)?;
+            match forced {
+                Forced::Forced { term, dropped } => tracing::warn!(
+                    term,
+                    ?dropped,
+                    "forced a new cluster: this member is now its only voter"
+                ),
+                Forced::AlreadyAlone => {
+                    tracing::info!("forced a new cluster: this member already was its only voter")
+                }
+            }
+        }
         let log_store = LogStore::open(db).map_err(open_err)?;
         let raft_config = openraft::Config {
             cluster_name: "coffer".into(),

@@ -2,7 +2,7 @@
 //! One `Store::open` on a directory, then secrets, a task and its files
 //! rendered into a directory on a tmpfs, kept current through a rotation.
 //!
-//! `cargo run -p coffer-vault --example embedded [DATA_DIR [RENDER_DIR]]`
+//! `cargo run -p coffer-vault --example embedded_vault [DATA_DIR [RENDER_DIR]]`
 //! (defaults: a fresh temporary data directory, and a directory under
 //! /dev/shm to render into). As root the render directory gets a tmpfs of
 //! its own; otherwise it must already be on one (/dev/shm is).
