@@ -4,6 +4,7 @@
 
 mod kv;
 mod secret;
+mod snapshot;
 mod task;
 
 use std::path::{Path, PathBuf};
@@ -169,6 +170,10 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Prints the cluster's root CA certificate (PEM).
     Ca,
+    /// Saves the whole store into an encrypted file, or restores one into
+    /// a new data directory.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// The cluster's nodes.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -403,6 +408,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             .await
         }
         Command::Unlock => unlock(cli.host.as_deref(), &cli.data_dir).await,
+        Command::Snapshot(cmd) => {
+            snapshot::run(
+                cmd,
+                target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir),
+                &cli.data_dir,
+            )
+            .await
+        }
         Command::Cluster(ClusterCommand::Update { autolock }) => {
             let target = target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?;
             let request = crate::pb::UpdateClusterRequest { autolock };
@@ -490,9 +503,9 @@ where
     Ok(answer.map_err(crate::status::failed)?.into_inner())
 }
 
-/// Reads the unlock key: from a prompt without echo when standard input
-/// is a terminal, else its first line.
-fn read_unlock_key() -> Result<coffer_store::UnlockKey> {
+/// Reads a secret line (`what`): from a prompt (`PROMPT: `) without echo
+/// when standard input is a terminal, else standard input's first line.
+fn read_secret_line(prompt: &str, what: &str) -> Result<zeroize::Zeroizing<String>> {
     use anyhow::Context as _;
     use std::io::{BufRead, IsTerminal, Write};
     let stdin = std::io::stdin();
@@ -502,19 +515,26 @@ fn read_unlock_key() -> Result<coffer_store::UnlockKey> {
         let before = tcgetattr(&stdin).context("reading the terminal's settings")?;
         let mut quiet = before.clone();
         quiet.local_modes.remove(LocalModes::ECHO);
-        eprint!("Unlock key: ");
+        eprint!("{prompt}: ");
         std::io::stderr().flush().ok();
         tcsetattr(&stdin, OptionalActions::Now, &quiet).context("turning echo off")?;
         let read = stdin.lock().read_line(&mut line);
         tcsetattr(&stdin, OptionalActions::Now, &before).context("turning echo on")?;
         eprintln!();
-        read.context("reading the unlock key")?;
+        read.with_context(|| format!("reading {what}"))?;
     } else {
         stdin
             .lock()
             .read_line(&mut line)
-            .context("reading the unlock key from standard input")?;
+            .with_context(|| format!("reading {what} from standard input"))?;
     }
+    Ok(line)
+}
+
+/// Reads the unlock key: from a prompt without echo when standard input
+/// is a terminal, else its first line.
+fn read_unlock_key() -> Result<coffer_store::UnlockKey> {
+    let line = read_secret_line("Unlock key", "the unlock key")?;
     Ok(coffer_store::UnlockKey::parse(&line)?)
 }
 

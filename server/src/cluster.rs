@@ -250,8 +250,44 @@ fn role(name: &str) -> Result<Role, Status> {
     }
 }
 
+/// The frames of `Cluster.SaveSnapshot`.
+pub type SnapshotFrames =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotFrame, Status>> + Send>>;
+
+/// Streams `reader`'s frames (read on a blocking thread), a few ahead of
+/// the client.
+fn stream_frames(mut reader: coffer_store::SnapshotReader) -> SnapshotFrames {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || loop {
+        let next = match reader.next_frame() {
+            Ok(Some((_, plain))) => Ok(pb::SnapshotFrame {
+                frame: plain.to_vec(),
+            }),
+            Ok(None) => return,
+            Err(e) => Err(Status::internal(format!("reading the snapshot: {e}"))),
+        };
+        let failed = next.is_err();
+        if tx.blocking_send(next).is_err() || failed {
+            return;
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
+    type SaveSnapshotStream = SnapshotFrames;
+
+    async fn save_snapshot(
+        &self,
+        request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<SnapshotFrames>, Status> {
+        self.managers_or_local(&request)?;
+        let reader = self.store.export_snapshot().await.map_err(from_store)?;
+        tracing::info!("streaming a snapshot of the store (coffer snapshot save)");
+        Ok(Response::new(stream_frames(reader)))
+    }
+
     async fn root_ca(
         &self,
         _: Request<pb::RootCaRequest>,

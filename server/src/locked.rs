@@ -45,6 +45,15 @@ fn locked<T>() -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for Arc<LockedCluster> {
+    type SaveSnapshotStream = crate::cluster::SnapshotFrames;
+
+    async fn save_snapshot(
+        &self,
+        _: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        locked()
+    }
+
     async fn root_ca(
         &self,
         _: Request<pb::RootCaRequest>,
@@ -172,7 +181,7 @@ pub(crate) async fn follow_unlock_key(
             Ok(None) => {}
             Ok(Some(wanted)) => {
                 let same = match (&wanted, &sealed_under) {
-                    (Some(a), Some(b)) => a.to_text() == b.to_text(),
+                    (Some(a), Some(b)) => a.same_as(b),
                     (None, None) => true,
                     _ => false,
                 };

@@ -82,3 +82,12 @@ impl std::fmt::Debug for UpdateClusterResponse {
             .finish()
     }
 }
+
+/// Never shows the frame (it holds the store's data in the clear).
+impl std::fmt::Debug for SnapshotFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotFrame")
+            .field("frame", &format_args!("[{} bytes]", self.frame.len()))
+            .finish()
+    }
+}

@@ -32,6 +32,7 @@ internal_modules!(
     snapshot,
     types,
 );
+pub mod backup;
 pub mod range;
 pub mod unlock;
 pub use unlock::{UnlockKey, UnlockKeyError};
@@ -83,6 +84,8 @@ pub use engine::blocking;
 pub use engine::keys::{has_data, is_autolocked, reseal_keyring, LocalKeys};
 #[cfg(feature = "engine")]
 pub use engine::network::{NoPeers, Transport, TransportError};
+#[cfg(feature = "engine")]
+pub use engine::restore::{clear_restored, restore_snapshot, Restored};
 #[cfg(feature = "engine")]
 pub use engine::state_machine::LeaseInfo;
 #[cfg(feature = "engine")]

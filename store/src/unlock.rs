@@ -83,6 +83,12 @@ impl UnlockKey {
         Ok(UnlockKey::from_bytes(key))
     }
 
+    /// Whether `other` is the same key, compared in constant time.
+    pub fn same_as(&self, other: &UnlockKey) -> bool {
+        use subtle::ConstantTimeEq;
+        self.bytes.ct_eq(&*other.bytes).into()
+    }
+
     /// The key as an operator types it: `CFKEY-1-` and 64 lowercase hex
     /// digits, in a buffer wiped when dropped.
     pub fn to_text(&self) -> Zeroizing<String> {
@@ -147,6 +153,7 @@ mod tests {
             assert!(!err.to_string().contains(&text[8..]));
         }
         assert_eq!(format!("{key:?}"), "UnlockKey(..)");
+        assert!(key.same_as(&again) && !key.same_as(&UnlockKey::generate()));
     }
 
     #[test]

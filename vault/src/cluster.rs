@@ -42,9 +42,9 @@ impl Cluster {
             "cluster record",
             Cluster::decode,
             || {
-                let id: [u8; 16] = rand::random();
-                let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-                let cluster = Cluster { ca: ca_for(&id)? };
+                let cluster = Cluster {
+                    ca: ca_for(&new_cluster_id())?,
+                };
                 let encoded = cluster.encode();
                 Ok((cluster, encoded))
             },
@@ -55,6 +55,25 @@ impl Cluster {
     /// The cluster this store holds, if any (a linearizable read).
     pub async fn load(store: &Store) -> Result<Option<Cluster>, VaultError> {
         crate::objects::load(store, CLUSTER_KEY, Cluster::decode).await
+    }
+
+    /// Gives the cluster this store holds a new id, keeping its CA: a
+    /// restored snapshot becomes a cluster of its own (its nodes' new
+    /// certificates name the new id). `None` if the store holds no
+    /// cluster.
+    pub async fn reidentify(store: &Store) -> Result<Option<Cluster>, VaultError> {
+        let Some(old) = Cluster::load(store).await? else {
+            return Ok(None);
+        };
+        let cluster = Cluster {
+            ca: RootCa::from_parts(
+                new_cluster_id(),
+                old.ca.cert_der().to_vec(),
+                Zeroizing::new(old.ca.key_der().to_vec()),
+            )?,
+        };
+        store.put(CLUSTER_KEY, &cluster.encode()).await?;
+        Ok(Some(cluster))
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -78,6 +97,12 @@ impl Cluster {
     }
 }
 
+/// A new cluster id: 128 random bits in hex.
+fn new_cluster_id() -> String {
+    let id: [u8; 16] = rand::random();
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +121,12 @@ mod tests {
         let store = Store::open(Config::new(dir.path())).await.unwrap();
         let reopened = Cluster::load(&store).await.unwrap().unwrap();
         assert_eq!(reopened.ca.digest(), first.ca.digest());
+        // A new id, the same CA.
+        let renamed = Cluster::reidentify(&store).await.unwrap().unwrap();
+        assert_ne!(renamed.ca.cluster_id(), first.ca.cluster_id());
+        assert_eq!(renamed.ca.digest(), first.ca.digest());
+        let reloaded = Cluster::load(&store).await.unwrap().unwrap();
+        assert_eq!(reloaded.ca.cluster_id(), renamed.ca.cluster_id());
         store.shutdown().await.unwrap();
     }
 

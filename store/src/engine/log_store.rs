@@ -411,3 +411,19 @@ pub fn force_sole_member(
     let dropped = members.into_iter().filter(|id| *id != node).collect();
     Ok(Forced::Forced { term, dropped })
 }
+
+/// A restored directory's Raft state: nothing in the log, everything up to
+/// `last` (the restored snapshot's log id) purged and committed, and a
+/// vote for `node` in `last`'s term, so that it starts as
+/// an initialised member of the snapshot's membership (one synced write).
+pub fn write_restored_state(db: &Db, last: LogId<NodeId>, node: NodeId) -> Result<(), Error> {
+    let mut batch = WriteBatch::default();
+    let row = encode_opt_log_id(&Some(last))?;
+    db.put_sealed(&mut batch, CF_META, META_PURGED, &row)?;
+    db.put_sealed(&mut batch, CF_META, META_COMMITTED, &row)?;
+    let mut w = Writer::with_capacity(24);
+    w.u8(VOTE_ROW_VERSION);
+    types::encode_vote(&mut w, &Vote::new(last.leader_id.term, node));
+    db.put_sealed(&mut batch, CF_META, META_VOTE, &w.finish()?)?;
+    db.write(batch, true)
+}

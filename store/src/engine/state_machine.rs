@@ -704,7 +704,7 @@ impl Shared {
 
     /// Replaces the state with the contents of a complete snapshot file of
     /// this member's own, through [`Snapshots::install`].
-    fn install_file(&self, meta: Meta, file: SnapshotFile) -> Result<(), Error> {
+    pub(crate) fn install_file(&self, meta: Meta, file: SnapshotFile) -> Result<(), Error> {
         self.snapshots.install(&self.db, meta, file, |file, last| {
             self.replace_state(file, last)
         })?;
@@ -880,7 +880,7 @@ impl Shared {
         })
     }
 
-    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
+    pub(crate) fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
         Ok(self.snapshots.current()?.map(|c| Snapshot {
             meta: c.meta,
             snapshot: Box::new(c.file),

@@ -784,6 +784,50 @@ impl Store {
             .map_err(Error::from)
     }
 
+    /// A consistent copy of the whole store for `coffer snapshot save`:
+    /// after a linearizable barrier (everything acknowledged before the
+    /// call), a snapshot is built that covers at least what this member
+    /// then applied, and its frames (plaintext: the caller seals them) are
+    /// read from its file, which stays readable while it is open even if a
+    /// newer snapshot replaces it.
+    pub async fn export_snapshot(&self) -> Result<SnapshotReader, Error> {
+        self.read_barrier(Consistency::Linearizable).await?;
+        let applied = self.metrics().last_applied.map(|l| l.index);
+        let deadline = Instant::now()
+            + self
+                .inner
+                .config
+                .request_timeout
+                .max(Duration::from_secs(60));
+        loop {
+            let covered = self.metrics().snapshot.map(|s| s.index);
+            if covered >= applied {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::timeout(self.inner.config.request_timeout));
+            }
+            // A build already running covers less: asked again until one
+            // covers it.
+            self.trigger_snapshot().await?;
+            let _ = self
+                .inner
+                .raft
+                .wait(Some(Duration::from_secs(1)))
+                .metrics(
+                    |m| m.snapshot.map(|s| s.index) >= applied,
+                    "a snapshot of what was applied",
+                )
+                .await;
+        }
+        let snapshot = self
+            .inner
+            .shared
+            .current_snapshot()?
+            .ok_or_else(|| Error::Internal("no current snapshot after building one".into()))?;
+        snapshot_frames(&snapshot)
+    }
+
     /// Handles an AppendEntries RPC from the leader.
     pub async fn handle_append_entries(
         &self,
