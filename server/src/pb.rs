@@ -91,3 +91,18 @@ impl std::fmt::Debug for SnapshotFrame {
             .finish()
     }
 }
+
+/// Never shows a frame (snapshot frames between members are plaintext
+/// inside the TLS connection).
+impl std::fmt::Debug for SnapshotChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let chunk = match &self.chunk {
+            Some(snapshot_chunk::Chunk::Vote(v)) => format!("vote [{} bytes]", v.len()),
+            Some(snapshot_chunk::Chunk::Frame(frame)) => format!("frame [{} bytes]", frame.len()),
+            None => "none".to_string(),
+        };
+        f.debug_struct("SnapshotChunk")
+            .field("chunk", &chunk)
+            .finish()
+    }
+}

@@ -2918,6 +2918,7 @@ pub struct RaftMessage {
     pub payload: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
 pub struct SnapshotChunk {
     #[prost(oneof = "snapshot_chunk::Chunk", tags = "1, 2")]
     pub chunk: ::core::option::Option<snapshot_chunk::Chunk>,
@@ -2925,6 +2926,7 @@ pub struct SnapshotChunk {
 /// Nested message and enum types in `SnapshotChunk`.
 pub mod snapshot_chunk {
     #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[prost(skip_debug)]
     pub enum Chunk {
         #[prost(bytes, tag = "1")]
         Vote(::prost::alloc::vec::Vec<u8>),
