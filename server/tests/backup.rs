@@ -177,6 +177,15 @@ fn a_snapshot_saved_under_load_restores_into_a_cluster_of_its_own() {
     assert_ne!(cluster_of(&restored.log()), cluster_of(&n1.log()));
     let nodes = restored.nodes();
     assert_eq!(nodes.len(), 1, "{nodes:?}");
+    // Recorded at the address it serves, and answering there.
+    support::wait_for(
+        "the restored node at its own address",
+        &restored.log,
+        || {
+            let nodes = restored.nodes();
+            nodes[0]["address"] == restored.addr.as_str() && nodes[0]["reachable"] == true
+        },
+    );
     let old_token = ok(n1.coffer(&["join-token", "-q", "manager"]));
     assert_ne!(
         ok(restored.coffer(&["join-token", "-q", "manager"])),
@@ -190,6 +199,13 @@ fn a_snapshot_saved_under_load_restores_into_a_cluster_of_its_own() {
     );
     assert!(!joiner.wait().success());
     assert!(read(&root.join("joiner.log")).contains("invalid join token"));
+
+    // A restart is an ordinary one.
+    let mut restored = restored;
+    restored.stop("TERM");
+    restored.restart();
+    assert_eq!(ok(restored.coffer(&["kv", "get", "app/k007"])), "v7");
+    restored.stop("TERM");
 
     let mut files = vec![root.join("restored.log")];
     files.extend(files_under(&new));
