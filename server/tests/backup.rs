@@ -171,7 +171,7 @@ fn a_snapshot_saved_under_load_restores_into_a_cluster_of_its_own() {
     let cluster_of = |log: &str| {
         log.split_whitespace()
             .find_map(|w| w.strip_prefix("cluster="))
-            .map(str::to_string)
+            .map(|id| id.trim_matches('"').to_string())
             .unwrap()
     };
     assert_ne!(cluster_of(&restored.log()), cluster_of(&n1.log()));
@@ -199,6 +199,26 @@ fn a_snapshot_saved_under_load_restores_into_a_cluster_of_its_own() {
     );
     assert!(!joiner.wait().success());
     assert!(read(&root.join("joiner.log")).contains("invalid join token"));
+
+    // Asked to, a restore keeps the cluster id.
+    let kept = root.join("restored-kept");
+    let said = coffer(
+        &kept,
+        &[
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+            "--keep-cluster-id",
+        ],
+    );
+    ok(said.clone());
+    let said = String::from_utf8_lossy(&said.stderr).to_string();
+    assert!(
+        said.contains(&format!("of cluster {}", cluster_of(&n1.log()))),
+        "{said}"
+    );
 
     // A restart is an ordinary one.
     let mut restored = restored;
