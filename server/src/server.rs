@@ -740,6 +740,15 @@ async fn start(
             })
             .await
             .context("creating the cluster's CA")?;
+            if let Some(ca_end) = cluster.ca.not_after() {
+                let wanted = time::OffsetDateTime::now_utc() + settings.cert_expiry;
+                if ca_end < wanted {
+                    warn!(
+                        ca_end = %ca_end,
+                        "the cluster's CA ends before node certificates of --cert-expiry would: they end with it"
+                    );
+                }
+            }
             let tokens = JoinTokens::init_or_load(store)
                 .await
                 .context("creating the join tokens")?;

@@ -168,6 +168,21 @@ fn a_cluster_runs_under_the_operators_root_ca() {
         assert!(token.contains(&want), "{token} does not carry the digest");
     }
 
+    // The CA lasts 30 days, node certificates 90: they end with the CA,
+    // and the server says so.
+    assert!(
+        n1.log()
+            .contains("the cluster's CA ends before node certificates"),
+        "{}",
+        n1.log()
+    );
+    let end = |pem: &Path| {
+        openssl(
+            root,
+            &["x509", "-in", pem.to_str().unwrap(), "-noout", "-enddate"],
+        )
+    };
+    assert_eq!(end(&n1.dir.join("identity/node.crt")), end(&ca_pem));
     let n2 = Server::join_in(root, "n2", &n1, &manager_token);
     n2.wait_until_voting();
     let w = Server::join_in(root, "w", &n1, &worker_token);

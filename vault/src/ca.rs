@@ -309,6 +309,12 @@ impl RootCa {
         pem("CERTIFICATE", &self.cert_der)
     }
 
+    /// When the CA's certificate ends.
+    pub fn not_after(&self) -> Option<OffsetDateTime> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.cert_der).ok()?;
+        OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()
+    }
+
     /// The SHA-256 of the certificate (DER), in hex: what join tokens carry
     /// so that a joiner can pin the CA before it trusts anything.
     pub fn digest(&self) -> String {
@@ -347,7 +353,12 @@ impl RootCa {
         ];
         params.use_authority_key_identifier_extension = true;
         params.not_before = now() - CLOCK_SKEW;
-        params.not_after = now() + validity;
+        // Never past the CA's own end (an operator's CA may end sooner
+        // than a node certificate would): verifiers refuse such chains.
+        params.not_after = match self.not_after() {
+            Some(ca_end) => (now() + validity).min(ca_end),
+            None => now() + validity,
+        };
         params.serial_number = Some(random_serial());
         let public_key = SubjectPublicKeyInfo::from_der(public_key_der)
             .map_err(|e| VaultError::InvalidCertificate(format!("the public key: {e}")))?;
@@ -628,6 +639,25 @@ mod tests {
         refused(&cert, &encrypted, t, "encrypted");
         let mangled = pem("PRIVATE KEY", b"not a key at all");
         refused(&cert, &mangled, t, "not a key Coffer can sign with");
+
+        // A CA that ends in two days: node certificates end with it.
+        let (short, short_key) =
+            operator_ca(|p| p.not_after = now() + Duration::from_secs(2 * 86_400));
+        let ca =
+            RootCa::from_operator("c0ffee", short.as_bytes(), short_key.as_bytes(), t).unwrap();
+        let der = ca
+            .issue(
+                &node.public_key_der().unwrap(),
+                9,
+                Role::Worker,
+                NODE_CERT_VALIDITY,
+            )
+            .unwrap();
+        let issued = NodeCert::verify(&der, &ca).unwrap();
+        assert_eq!(
+            issued.not_after_unix,
+            ca.not_after().unwrap().unix_timestamp()
+        );
     }
 
     #[test]
