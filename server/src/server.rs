@@ -435,7 +435,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
                 warn!("--cert-expiry is set when a cluster is created: ignored");
             }
             if config.ca.is_some() {
-                warn!("--ca-cert and --ca-key are used when a cluster is created: ignored (`coffer ca rotate` changes the CA of a running cluster)");
+                warn!("--ca-cert and --ca-key are used when a cluster is created: ignored (this cluster keeps its CA)");
             }
             if config.force_new_cluster
                 && (cert.role != Role::Manager || !coffer_store::has_data(dir))

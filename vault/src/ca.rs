@@ -594,14 +594,16 @@ mod tests {
         assert_eq!(ca.cluster_id(), "c0ffee");
         assert_eq!(ca.cert_pem().trim(), cert.trim());
         let node = NodeKey::generate().unwrap();
-        let der = ca
-            .issue(
+        let worker_9 = |ca: &RootCa| {
+            ca.issue(
                 &node.public_key_der().unwrap(),
                 9,
                 Role::Worker,
                 NODE_CERT_VALIDITY,
             )
-            .unwrap();
+            .unwrap()
+        };
+        let der = worker_9(&ca);
         let issued = NodeCert::verify(&der, &ca).unwrap();
         assert_eq!((issued.node, issued.role), (9, Role::Worker));
         assert_eq!(issued.cluster_id, "c0ffee");
@@ -645,15 +647,7 @@ mod tests {
             operator_ca(|p| p.not_after = now() + Duration::from_secs(2 * 86_400));
         let ca =
             RootCa::from_operator("c0ffee", short.as_bytes(), short_key.as_bytes(), t).unwrap();
-        let der = ca
-            .issue(
-                &node.public_key_der().unwrap(),
-                9,
-                Role::Worker,
-                NODE_CERT_VALIDITY,
-            )
-            .unwrap();
-        let issued = NodeCert::verify(&der, &ca).unwrap();
+        let issued = NodeCert::verify(&worker_9(&ca), &ca).unwrap();
         assert_eq!(
             issued.not_after_unix,
             ca.not_after().unwrap().unix_timestamp()
