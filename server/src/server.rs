@@ -164,6 +164,19 @@ impl OwnCa {
             fs::read(&files.key)
                 .with_context(|| format!("reading the CA key {}", files.key.display()))?,
         );
+        // As ssh does for private keys: a CA key others can read is
+        // worth a word (it is sealed in the store from now on).
+        if let Ok(meta) = fs::metadata(&files.key) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                warn!(
+                    key = %files.key.display(),
+                    mode = format_args!("{mode:04o}"),
+                    "the CA key file is readable by others; its key is sealed in the store from now on: remove the file or keep it private"
+                );
+            }
+        }
         let own = OwnCa { cert_pem, key_pem };
         own.ca_for("check").with_context(|| {
             format!(

@@ -145,6 +145,8 @@ fn a_cluster_runs_under_the_operators_root_ca() {
     let root = tmp.path();
     let (ca_pem, ca_key) = ca(root, "corp-root", "ec", None);
     let (other_pem, _) = ca(root, "other-root", "ec", None);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ca_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let n1 = Server::start_in(
         root,
         "n1",
@@ -156,6 +158,7 @@ fn a_cluster_runs_under_the_operators_root_ca() {
             ca_key.to_str().unwrap(),
         ],
     );
+    assert!(!n1.log().contains("readable by others"));
     // `coffer ca` prints the operator's certificate; tokens pin it.
     let printed = root.join("printed.pem");
     std::fs::write(&printed, ok(n1.coffer(&["ca"]))).unwrap();
@@ -217,6 +220,9 @@ fn an_intermediate_ca_with_an_rsa_key_is_presented_after_each_node() {
     let root = tmp.path();
     let (root_pem, _) = ca(root, "corp-root", "ec", None);
     let (int_pem, int_key) = ca(root, "corp-issuing", "rsa:2048", Some("corp-root"));
+    // A key file others may read: used, with a warning.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&int_key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let n1 = Server::start_in(
         root,
         "n1",
@@ -227,6 +233,11 @@ fn an_intermediate_ca_with_an_rsa_key_is_presented_after_each_node() {
             "--ca-key",
             int_key.to_str().unwrap(),
         ],
+    );
+    assert!(
+        n1.log().contains("the CA key file is readable by others"),
+        "{}",
+        n1.log()
     );
     let token = ok(n1.coffer(&["join-token", "-q", "worker"]));
     assert!(token.contains(&digest(root, &int_pem)));
