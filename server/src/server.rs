@@ -137,61 +137,40 @@ pub(crate) enum Start {
     /// It just joined a cluster.
     Joined(crate::join::Joined),
     /// A new cluster (or a data directory from before identities), with
-    /// the operator's own CA if one was given.
-    First { own_ca: Option<OwnCa> },
+    /// the operator's own CA (checked) if one was given.
+    First { own_ca: Option<RootCa> },
 }
 
-/// The operator's own CA (`--ca-cert F --ca-key K`), read and checked
-/// before anything is created. The key is wiped when dropped and never
-/// shown.
-pub(crate) struct OwnCa {
-    cert_pem: Vec<u8>,
-    key_pem: zeroize::Zeroizing<Vec<u8>>,
-}
-
-impl std::fmt::Debug for OwnCa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OwnCa { key: [redacted], .. }")
-    }
-}
-
-impl OwnCa {
-    /// Reads `files` and checks them as [`RootCa::from_operator`] does.
-    fn read(files: &CaFiles) -> Result<OwnCa> {
-        let cert_pem = fs::read(&files.cert)
-            .with_context(|| format!("reading the CA certificate {}", files.cert.display()))?;
-        let key_pem = zeroize::Zeroizing::new(
-            fs::read(&files.key)
-                .with_context(|| format!("reading the CA key {}", files.key.display()))?,
-        );
-        // As ssh does for private keys: a CA key others can read is
-        // worth a word (it is sealed in the store from now on).
-        if let Ok(meta) = fs::metadata(&files.key) {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o7777;
-            if mode & 0o077 != 0 {
-                warn!(
-                    key = %files.key.display(),
-                    mode = format_args!("{mode:04o}"),
-                    "the CA key file is readable by others; its key is sealed in the store from now on: remove the file or keep it private"
-                );
-            }
+/// Reads the operator's own CA (`--ca-cert F --ca-key K`) and checks it
+/// as [`RootCa::from_operator`] does, once, before anything is created;
+/// the new cluster takes it under its id ([`RootCa::with_cluster_id`]).
+fn read_own_ca(files: &CaFiles) -> Result<RootCa> {
+    let cert_pem = fs::read(&files.cert)
+        .with_context(|| format!("reading the CA certificate {}", files.cert.display()))?;
+    let key_pem = zeroize::Zeroizing::new(
+        fs::read(&files.key)
+            .with_context(|| format!("reading the CA key {}", files.key.display()))?,
+    );
+    // As ssh does for private keys: a CA key others can read is worth a
+    // word (it is sealed in the store from now on).
+    if let Ok(meta) = fs::metadata(&files.key) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            warn!(
+                key = %files.key.display(),
+                mode = format_args!("{mode:04o}"),
+                "the CA key file is readable by others; its key is sealed in the store from now on: remove the file or keep it private"
+            );
         }
-        let own = OwnCa { cert_pem, key_pem };
-        own.ca_for("check").with_context(|| {
-            format!(
-                "the CA in {} and {}",
-                files.cert.display(),
-                files.key.display()
-            )
-        })?;
-        Ok(own)
     }
-
-    /// The CA for the new cluster `cluster_id`.
-    fn ca_for(&self, cluster_id: &str) -> Result<RootCa, coffer_vault::VaultError> {
-        RootCa::from_operator(cluster_id, &self.cert_pem, &self.key_pem, unix_now())
-    }
+    RootCa::from_operator("unnamed", &cert_pem, &key_pem, unix_now()).with_context(|| {
+        format!(
+            "the CA in {} and {}",
+            files.cert.display(),
+            files.key.display()
+        )
+    })
 }
 
 fn unix_now() -> i64 {
@@ -474,7 +453,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         (None, None) => Start::First {
             // Checked before the store is created: a CA that will not do
             // leaves nothing behind.
-            own_ca: config.ca.as_ref().map(OwnCa::read).transpose()?,
+            own_ca: config.ca.as_ref().map(read_own_ca).transpose()?,
         },
     };
     loop {
@@ -748,7 +727,7 @@ async fn start(
                 .await
                 .context("recording the cluster's settings")?;
             let cluster = Cluster::init_or_load_with(store, |id| match &own_ca {
-                Some(own) => own.ca_for(id),
+                Some(own) => Ok(own.with_cluster_id(id)),
                 None => RootCa::generate(id),
             })
             .await

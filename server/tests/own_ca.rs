@@ -139,25 +139,31 @@ fn key_lines(key: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Starts `root/n1` on a new cluster under the CA `cert` and `key`, the
+/// key file with mode `mode`.
+fn start_under(root: &Path, cert: &Path, key: &Path, mode: u32) -> Server {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(mode)).unwrap();
+    Server::start_in(
+        root,
+        "n1",
+        "127.0.0.1:0",
+        &[
+            "--ca-cert",
+            cert.to_str().unwrap(),
+            "--ca-key",
+            key.to_str().unwrap(),
+        ],
+    )
+}
+
 #[test]
 fn a_cluster_runs_under_the_operators_root_ca() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let (ca_pem, ca_key) = ca(root, "corp-root", "ec", None);
     let (other_pem, _) = ca(root, "other-root", "ec", None);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&ca_key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let n1 = Server::start_in(
-        root,
-        "n1",
-        "127.0.0.1:0",
-        &[
-            "--ca-cert",
-            ca_pem.to_str().unwrap(),
-            "--ca-key",
-            ca_key.to_str().unwrap(),
-        ],
-    );
+    let n1 = start_under(root, &ca_pem, &ca_key, 0o600);
     assert!(!n1.log().contains("readable by others"));
     // `coffer ca` prints the operator's certificate; tokens pin it.
     let printed = root.join("printed.pem");
@@ -221,19 +227,7 @@ fn an_intermediate_ca_with_an_rsa_key_is_presented_after_each_node() {
     let (root_pem, _) = ca(root, "corp-root", "ec", None);
     let (int_pem, int_key) = ca(root, "corp-issuing", "rsa:2048", Some("corp-root"));
     // A key file others may read: used, with a warning.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&int_key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let n1 = Server::start_in(
-        root,
-        "n1",
-        "127.0.0.1:0",
-        &[
-            "--ca-cert",
-            int_pem.to_str().unwrap(),
-            "--ca-key",
-            int_key.to_str().unwrap(),
-        ],
-    );
+    let n1 = start_under(root, &int_pem, &int_key, 0o644);
     assert!(
         n1.log().contains("the CA key file is readable by others"),
         "{}",

@@ -293,6 +293,16 @@ impl RootCa {
         Ok(ca)
     }
 
+    /// The same CA (certificate and key) for cluster `cluster_id`: the
+    /// operator's CA, checked once, given to a new cluster; a restored
+    /// cluster's CA under its new id.
+    pub fn with_cluster_id(&self, cluster_id: &str) -> RootCa {
+        RootCa {
+            cluster_id: cluster_id.to_string(),
+            ..self.clone()
+        }
+    }
+
     pub(crate) fn key_der(&self) -> &[u8] {
         &self.key_der
     }

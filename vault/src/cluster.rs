@@ -66,11 +66,7 @@ impl Cluster {
             return Ok(None);
         };
         let cluster = Cluster {
-            ca: RootCa::from_parts(
-                new_cluster_id(),
-                old.ca.cert_der().to_vec(),
-                Zeroizing::new(old.ca.key_der().to_vec()),
-            )?,
+            ca: old.ca.with_cluster_id(&new_cluster_id()),
         };
         store.put(CLUSTER_KEY, &cluster.encode()).await?;
         Ok(Some(cluster))
