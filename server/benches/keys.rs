@@ -13,6 +13,11 @@
 //!   the file, end to end (argon2id, the Raft snapshot built on the node,
 //!   the stream, the sealing; the check, the opening, the install).
 //!
+//! - data-key rotation, in process on a store of 200,000 keys: the
+//!   re-encryption rate (records/s) without a bound and without writers,
+//!   and the put rate of 64 concurrent writers before and while a
+//!   re-encryption runs (unbounded, and at the default bound).
+//!
 //! `cargo bench -p coffer-server --bench keys` (`-- --quick` for a short
 //! run).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -150,12 +155,128 @@ fn snapshot(mib: usize, rounds: usize) {
     server.stop("TERM");
 }
 
+/// Puts by `writers` concurrent tasks until `until` says stop (checked
+/// between puts); returns puts per second.
+async fn put_rate(
+    store: &coffer_store::Store,
+    writers: usize,
+    mut until: impl FnMut(Duration) -> bool,
+) -> f64 {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (store, stop, done) = (store.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("load/{w:03}/{:06}", i % 1000);
+                    store.put(key.as_bytes(), &[7u8; 100]).await.unwrap();
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    while !until(start.elapsed()) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn rekey_done(store: &coffer_store::Store) -> bool {
+    let st = store.key_status();
+    assert_ne!(st.phase, coffer_store::RekeyPhase::Failed, "{st:?}");
+    st.keys.len() == 1 && st.phase == coffer_store::RekeyPhase::Idle
+}
+
+/// Data-key rotation on a store of `keys` keys of 100 bytes.
+fn rekey(keys: usize) {
+    use coffer_store::{Config, Store};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = |rate: u32| {
+            let mut cfg = Config::new(tmp.path());
+            cfg.rekey_records_per_sec = rate;
+            Store::open(cfg)
+        };
+        let store = open(u32::MAX).await.unwrap();
+        let per = keys / 64;
+        let fills: Vec<_> = (0..64)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..per {
+                        let key = format!("data/{w:02}/{i:07}");
+                        store.put(key.as_bytes(), &[1u8; 100]).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for f in fills {
+            f.await.unwrap();
+        }
+        let census = store.key_census().await.unwrap();
+        let records: u64 = census.values().sum();
+        println!("store: {keys} keys, {records} sealed rows and snapshot frames");
+        let base = put_rate(&store, 64, |t| t >= Duration::from_secs(5)).await;
+        println!("puts/s, 64 writers, no rotation        {base:>9.0}");
+
+        // Unbounded, alone: the re-encryption rate.
+        let start = Instant::now();
+        store.rotate_key().await.unwrap();
+        while !rekey_done(&store) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = start.elapsed();
+        let st = store.key_status();
+        println!(
+            "re-encryption, unbounded, no writers    {:>9.0} records/s ({} of {} rows sealed again, {:.2} s, compaction included)",
+            st.resealed as f64 / took.as_secs_f64(),
+            st.resealed,
+            st.scanned,
+            took.as_secs_f64()
+        );
+
+        // Unbounded, with writers.
+        store.rotate_key().await.unwrap();
+        let during = put_rate(&store, 64, |_| rekey_done(&store)).await;
+        println!("puts/s while re-encrypting (unbounded) {during:>9.0}");
+        store.shutdown().await.unwrap();
+
+        // The default bound, with writers.
+        let store = open(coffer_store::Config::new("x").rekey_records_per_sec)
+            .await
+            .unwrap();
+        store.rotate_key().await.unwrap();
+        let start = Instant::now();
+        let during = put_rate(&store, 64, |_| rekey_done(&store)).await;
+        println!(
+            "puts/s while re-encrypting (20,000/s)  {during:>9.0} (the re-encryption took {:.1} s)",
+            start.elapsed().as_secs_f64()
+        );
+        store.shutdown().await.unwrap();
+    });
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 3 } else { 10 };
     println!("== unlock (autolock)");
     derive(rounds);
     unlock(rounds);
+    println!("== data key rotation");
+    rekey(if quick { 20_000 } else { 200_000 });
     println!("== snapshot save and restore");
     if quick {
         snapshot(64, 2);

@@ -2,6 +2,7 @@
 //! that talk to a server (through its Unix socket) or, when none runs on
 //! the data directory, open the directory themselves.
 
+mod key;
 mod kv;
 mod secret;
 mod snapshot;
@@ -120,6 +121,18 @@ pub enum Command {
         /// managers join with a manager token. Start without it afterwards.
         #[arg(long, conflicts_with_all = ["join", "ca_cert", "autolock", "cert_expiry"])]
         force_new_cluster: bool,
+        /// Rotate this manager's data key on its own once it is this old
+        /// (as 30d, 720h; as `coffer key rotate` does, for this manager).
+        #[arg(long, value_name = "DURATION", value_parser = coffer_vault::config::parse_duration)]
+        key_rotate_after: Option<std::time::Duration>,
+        /// Rotate this manager's data key on its own once this many records
+        /// were sealed under it (counted since the server started).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        key_rotate_records: Option<u64>,
+        /// After a data key rotation, re-encrypt at most this many records
+        /// per second (default 20000), so the node keeps serving.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        rekey_rate: Option<u32>,
         /// Log lines as text (for people) or JSON (for log collectors).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -168,6 +181,9 @@ pub enum Command {
     /// The cluster's settings.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// The managers' data keys: rotate them, or see a rotation's progress.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Prints the cluster's root CA certificate (PEM).
     Ca,
     /// Saves the whole store into an encrypted file, or restores one into
@@ -355,6 +371,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             ca_cert,
             ca_key,
             force_new_cluster,
+            key_rotate_after,
+            key_rotate_records,
+            rekey_rate,
             log_format,
         } => {
             init_logs(log_format);
@@ -374,6 +393,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     _ => None,
                 },
                 force_new_cluster,
+                keys: server::KeyPolicy {
+                    rotate_after: key_rotate_after,
+                    rotate_after_records: key_rotate_records,
+                    rekey_rate,
+                },
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -451,6 +475,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Key(cmd) => {
+            key::run(
+                &target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?,
+                cmd,
+            )
+            .await
         }
         Command::Ca => {
             ca(&target(

@@ -159,7 +159,9 @@ impl Connection {
         // A node that joined a cluster has its own id, which its
         // certificate names.
         let node = crate::identity::on_disk(dir)?.map_or(1, |(cert, _)| cert.node);
-        let store = Store::open(Config::new(dir).node_id(node))
+        let mut config = Config::new(dir).node_id(node);
+        config.local_resealer = Some(crate::identity::resealer(dir));
+        let store = Store::open(config)
             .await
             .with_context(|| format!("opening the store in {}", dir.display()))?;
         let source = crate::mounts::Source::Store(store.clone());

@@ -274,6 +274,92 @@ fn stream_frames(mut reader: coffer_store::SnapshotReader) -> SnapshotFrames {
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// How long each other manager has to answer `key rotate`/`key status`.
+const KEY_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One manager's data keys, as `key status` shows them.
+fn key_status(node: u64, addr: &str, st: &coffer_store::KeyStatus) -> pb::NodeKeyStatus {
+    pb::NodeKeyStatus {
+        node: format!("{node:016x}"),
+        addr: addr.to_string(),
+        error: String::new(),
+        active_key: st.active.map_or(0, |k| k.0),
+        keys: st.keys.iter().map(|k| k.0).collect(),
+        phase: st.phase.to_string(),
+        scanned: st.scanned,
+        resealed: st.resealed,
+        rows_estimate: st.rows_estimate,
+        sealed_under_active: st.sealed_under_active,
+        active_created_unix: st.active_created.unwrap_or(0),
+        last_error: st.error.clone().unwrap_or_default(),
+    }
+}
+
+/// A manager whose status is missing, and why.
+fn key_status_error(node: u64, addr: &str, error: String) -> pb::NodeKeyStatus {
+    pb::NodeKeyStatus {
+        node: format!("{node:016x}"),
+        addr: addr.to_string(),
+        error,
+        ..Default::default()
+    }
+}
+
+impl ClusterService {
+    /// Asks every other manager (the voters of this member's membership)
+    /// the same key call, in parallel, each within [`KEY_CALL_TIMEOUT`].
+    async fn other_managers_keys<F, Fut>(&self, call: F) -> Vec<pb::NodeKeyStatus>
+    where
+        F: Fn(pb::cluster_client::ClusterClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<pb::KeyStatusResponse>, Status>>,
+    {
+        let me = self.store.node_id();
+        let membership = self.store.metrics().membership_config.membership().clone();
+        let others: Vec<(u64, String)> = membership
+            .voter_ids()
+            .filter(|id| *id != me)
+            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
+            .collect();
+        let asks = others.into_iter().map(|(id, addr)| {
+            let channel = self
+                .peers
+                .as_ref()
+                .ok_or_else(|| "this member reaches no other node".to_string())
+                .and_then(|p| p.node_channel(&addr, id));
+            let call = channel.map(|c| call(pb::cluster_client::ClusterClient::new(c)));
+            async move {
+                let answer = match call {
+                    Err(e) => Err(e),
+                    Ok(call) => match tokio::time::timeout(KEY_CALL_TIMEOUT, call).await {
+                        Err(_) => Err(format!("no answer within {} s", KEY_CALL_TIMEOUT.as_secs())),
+                        Ok(Err(status)) => Err(status.message().to_string()),
+                        Ok(Ok(answer)) => Ok(answer.into_inner().nodes),
+                    },
+                };
+                match answer {
+                    Ok(nodes) if !nodes.is_empty() => nodes,
+                    Ok(_) => vec![key_status_error(id, &addr, "an empty answer".into())],
+                    Err(e) => vec![key_status_error(id, &addr, e)],
+                }
+            }
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    fn own_addr(&self) -> String {
+        let membership = self.store.metrics().membership_config;
+        membership
+            .membership()
+            .get_node(&self.store.node_id())
+            .map(|n| n.addr.clone())
+            .unwrap_or_default()
+    }
+}
+
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     type SaveSnapshotStream = SnapshotFrames;
@@ -286,6 +372,52 @@ impl pb::cluster_server::Cluster for ClusterService {
         let reader = self.store.export_snapshot().await.map_err(from_store)?;
         tracing::info!("streaming a snapshot of the store (coffer snapshot save)");
         Ok(Response::new(stream_frames(reader)))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::KeyStatusResponse>, Status> {
+        self.managers_or_local(&request)?;
+        let me = self.store.node_id();
+        let addr = self.own_addr();
+        let mine = match self.store.rotate_key().await {
+            Ok(_) => key_status(me, &addr, &self.store.key_status()),
+            Err(e) => key_status_error(me, &addr, from_store(e).message().to_string()),
+        };
+        let mut nodes = vec![mine];
+        if !request.get_ref().local_only {
+            nodes.extend(
+                self.other_managers_keys(|mut c| async move {
+                    c.rotate_key(forwarded(pb::RotateKeyRequest { local_only: true }))
+                        .await
+                })
+                .await,
+            );
+        }
+        Ok(Response::new(pb::KeyStatusResponse { nodes }))
+    }
+
+    async fn key_status(
+        &self,
+        request: Request<pb::KeyStatusRequest>,
+    ) -> Result<Response<pb::KeyStatusResponse>, Status> {
+        self.managers_or_local(&request)?;
+        let mut nodes = vec![key_status(
+            self.store.node_id(),
+            &self.own_addr(),
+            &self.store.key_status(),
+        )];
+        if !request.get_ref().local_only {
+            nodes.extend(
+                self.other_managers_keys(|mut c| async move {
+                    c.key_status(forwarded(pb::KeyStatusRequest { local_only: true }))
+                        .await
+                })
+                .await,
+            );
+        }
+        Ok(Response::new(pb::KeyStatusResponse { nodes }))
     }
 
     async fn root_ca(

@@ -207,6 +207,47 @@ fn finish_swap(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Held by every change of identity files in this process: a renewal's
+/// [`save`] and a key rotation's [`reseal`] never interleave.
+static FILES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn files_lock() -> std::sync::MutexGuard<'static, ()> {
+    // Guards no data: a panic elsewhere leaves it usable.
+    FILES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a store opened on `data_dir` calls after a data-key rotation,
+/// before it deletes the old key: [`reseal`]. Every store this program
+/// opens on a node's data directory is given it.
+pub fn resealer(data_dir: &Path) -> coffer_store::LocalResealer {
+    let dir = data_dir.to_path_buf();
+    coffer_store::LocalResealer(std::sync::Arc::new(move |keys| {
+        reseal(&dir, keys).map_err(|e| coffer_store::Error::Engine(format!("{e:#}")))
+    }))
+}
+
+/// After a data-key rotation: seals the node's TLS key file again under
+/// the active key (the key and certificate stay the same). Called by the
+/// store before it deletes the old key.
+pub fn reseal(data_dir: &Path, keys: &LocalKeys) -> Result<()> {
+    let _files = files_lock();
+    let (_, key_path, dir) = paths(data_dir);
+    if dir.exists() {
+        finish_swap(&dir)?;
+    }
+    let Some(sealed) = read_limited(&key_path)? else {
+        return Ok(());
+    };
+    let again = keys
+        .reseal(KEY_PURPOSE, &sealed)
+        .with_context(|| format!("sealing {} again", key_path.display()))?;
+    if let Some(again) = again {
+        write_atomic(&key_path, &again, 0o600)?;
+        info!("sealed this node's TLS key under the new data key");
+    }
+    Ok(())
+}
+
 /// Writes a node's identity so that a crash at any point leaves the old
 /// one or the new one, never a key beside another key's certificate: the
 /// three files are written as `.new`, a marker says the set is complete,
@@ -218,6 +259,7 @@ pub fn save(
     key: &NodeKey,
     ca_der: &[u8],
 ) -> Result<()> {
+    let _files = files_lock();
     let (_, _, dir) = paths(data_dir);
     fs::DirBuilder::new()
         .recursive(true)

@@ -54,6 +54,20 @@ impl pb::cluster_server::Cluster for Arc<LockedCluster> {
         locked()
     }
 
+    async fn rotate_key(
+        &self,
+        _: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::KeyStatusResponse>, Status> {
+        locked()
+    }
+
+    async fn key_status(
+        &self,
+        _: Request<pb::KeyStatusRequest>,
+    ) -> Result<Response<pb::KeyStatusResponse>, Status> {
+        locked()
+    }
+
     async fn root_ca(
         &self,
         _: Request<pb::RootCaRequest>,

@@ -97,6 +97,18 @@ pub struct ServerConfig {
     /// Recovery from a lone surviving manager: it becomes the cluster's
     /// only member (`--force-new-cluster`).
     pub force_new_cluster: bool,
+    /// When this manager rotates its data key on its own, and how fast a
+    /// rotation re-encrypts.
+    pub keys: KeyPolicy,
+}
+
+/// `--key-rotate-after`, `--key-rotate-records`, `--rekey-rate`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyPolicy {
+    pub rotate_after: Option<Duration>,
+    pub rotate_after_records: Option<u64>,
+    /// Records re-encrypted per second at most (default: the store's).
+    pub rekey_rate: Option<u32>,
 }
 
 /// `--ca-cert F --ca-key K`: the operator's CA certificate and its key
@@ -577,6 +589,14 @@ async fn serve_manager(
     let sealed_under = unlock_key.clone();
     store_config.unlock_key = unlock_key;
     store_config.force_new_cluster = force_new_cluster;
+    store_config.rotate_key_after = config.keys.rotate_after;
+    store_config.rotate_key_after_records = config.keys.rotate_after_records;
+    if let Some(rate) = config.keys.rekey_rate {
+        store_config.rekey_records_per_sec = rate;
+    }
+    // A key rotation seals this node's TLS key again before it deletes
+    // the old data key.
+    store_config.local_resealer = Some(crate::identity::resealer(dir));
     let store = Store::open_with_transport(store_config, Arc::new(transport.clone()))
         .await
         .with_context(|| format!("opening the store in {}", dir.display()))?;

@@ -18,6 +18,7 @@ pub fn from_store(e: Error) -> Status {
         Error::LeaseNotFound { .. } => Code::NotFound,
         Error::LeaseExists { .. } => Code::AlreadyExists,
         Error::Corruption { .. } => Code::DataLoss,
+        Error::KeyRotationInProgress(_) => Code::FailedPrecondition,
         Error::StorageFailed(_) | Error::Engine(_) | Error::Io { .. } | Error::Internal(_) => {
             Code::Internal
         }

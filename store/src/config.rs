@@ -1,13 +1,20 @@
 //! How a store is opened.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::engine::keys::LocalKeys;
+use crate::error::Error;
 
 use crate::types::NodeId;
 use crate::unlock::UnlockKey;
 
 /// Default store quota: 2 GiB of keys and values.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+
+/// Default bound of the re-encryption after a key rotation.
+pub const DEFAULT_REKEY_RECORDS_PER_SEC: u32 = 20_000;
 
 /// What to do with a data directory that holds no cluster yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +73,30 @@ pub struct Config {
     /// replica; the other members are no longer members. A directory in
     /// which this member already is the only voter is left as it is.
     pub force_new_cluster: bool,
+    /// Data-key rotation: at most this many records are sealed again per
+    /// second by the background re-encryption after a rotation.
+    pub rekey_records_per_sec: u32,
+    /// Rotate the data key on its own once this many records were sealed
+    /// under it (counted by this process since it became active).
+    pub rotate_key_after_records: Option<u64>,
+    /// Rotate the data key on its own once it is this old.
+    pub rotate_key_after: Option<Duration>,
+    /// Seals again the files the store's owner keeps outside the store
+    /// under [`crate::Store::local_keys`] (a server's TLS key): called by
+    /// a key rotation before the old keys are deleted.
+    pub local_resealer: Option<LocalResealer>,
+}
+
+/// See [`Config::local_resealer`]: given the store's keys, seals every
+/// local file again under the active key ([`LocalKeys::reseal`]).
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct LocalResealer(pub Arc<dyn Fn(&LocalKeys) -> Result<(), Error> + Send + Sync>);
+
+impl std::fmt::Debug for LocalResealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalResealer")
+    }
 }
 
 impl Config {
@@ -86,6 +117,10 @@ impl Config {
             encryption: Encryption::On,
             unlock_key: None,
             force_new_cluster: false,
+            rekey_records_per_sec: DEFAULT_REKEY_RECORDS_PER_SEC,
+            rotate_key_after_records: None,
+            rotate_key_after: None,
+            local_resealer: None,
         }
     }
 

@@ -21,6 +21,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use chacha20poly1305::aead::{AeadCore, AeadInPlace, KeyInit, OsRng};
 use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
@@ -110,31 +112,52 @@ pub struct SealError {
 }
 
 /// Seals and opens records with the keyring's data keys.
+///
+/// The set of data keys changes at run time ([`Cipher::add_active`],
+/// [`Cipher::retain_only`]): key rotation adds a key that every holder of
+/// this cipher seals under from then on, and drops the old one once no
+/// record refers to it.
 pub struct Cipher {
     mode: Mode,
     name_key: SecretKey,
+    /// Records sealed under the active key since it became active (in
+    /// this process).
+    sealed: AtomicU64,
 }
 
 enum Mode {
-    Sealed {
-        active: KeyId,
-        active_aead: XChaCha20Poly1305,
-        deks: BTreeMap<KeyId, XChaCha20Poly1305>,
-    },
+    Sealed(RwLock<Keys>),
     /// Benchmark-only: records are stored in the clear.
     Plaintext,
 }
 
+struct Keys {
+    active: KeyId,
+    active_aead: XChaCha20Poly1305,
+    deks: BTreeMap<KeyId, XChaCha20Poly1305>,
+    /// Counts changes of the key set.
+    generation: u64,
+}
+
 impl fmt::Debug for Cipher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.mode {
-            Mode::Sealed { active, deks, .. } => f
+        match self.keys() {
+            Some(keys) => f
                 .debug_struct("Cipher")
-                .field("active", active)
-                .field("keys", &deks.len())
+                .field("active", &keys.active)
+                .field("keys", &keys.deks.len())
                 .finish_non_exhaustive(),
-            Mode::Plaintext => f.write_str("Cipher(plaintext)"),
+            None => f.write_str("Cipher(plaintext)"),
         }
+    }
+}
+
+/// The key id in a sealed record's header, read without opening it
+/// (`None` for a record that is not a sealed record of this format).
+pub fn record_key_id(record: &[u8]) -> Option<KeyId> {
+    match record {
+        [RECORD_VERSION, a, b, c, d, ..] => Some(KeyId(u32::from_be_bytes([*a, *b, *c, *d]))),
+        _ => None,
     }
 }
 
@@ -155,13 +178,97 @@ impl Cipher {
             .cloned()
             .ok_or(OpenError::UnknownKey(active))?;
         Ok(Cipher {
-            mode: Mode::Sealed {
+            mode: Mode::Sealed(RwLock::new(Keys {
                 active,
                 active_aead,
                 deks,
-            },
+                generation: 0,
+            })),
             name_key,
+            sealed: AtomicU64::new(0),
         })
+    }
+
+    /// The key set (`None` in plaintext mode). A poisoned lock still holds
+    /// a consistent set: it is only written by whole-value assignments.
+    fn keys(&self) -> Option<RwLockReadGuard<'_, Keys>> {
+        match &self.mode {
+            Mode::Sealed(keys) => Some(keys.read().unwrap_or_else(|p| p.into_inner())),
+            Mode::Plaintext => None,
+        }
+    }
+
+    fn change_keys(&self, f: impl FnOnce(&mut Keys)) {
+        if let Mode::Sealed(keys) = &self.mode {
+            let mut keys = keys.write().unwrap_or_else(|p| p.into_inner());
+            f(&mut keys);
+            keys.generation += 1;
+        }
+    }
+
+    /// The key new records are sealed under (`None` in plaintext mode).
+    pub fn active_key(&self) -> Option<KeyId> {
+        self.keys().map(|k| k.active)
+    }
+
+    /// Every data key this cipher holds, in id order.
+    pub fn key_ids(&self) -> Vec<KeyId> {
+        self.keys()
+            .map(|k| k.deks.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many times the key set has changed: a seal that began after
+    /// the generation was read uses the key that was active then or a
+    /// newer one.
+    pub fn generation(&self) -> u64 {
+        self.keys().map(|k| k.generation).unwrap_or(0)
+    }
+
+    /// Moves the generation on without changing the keys, and returns it:
+    /// work begun after this call is told apart from work begun before.
+    pub(crate) fn mark(&self) -> u64 {
+        self.change_keys(|_| {});
+        self.generation()
+    }
+
+    /// Records sealed under the active key since it became active, in this
+    /// process.
+    pub fn sealed_under_active(&self) -> u64 {
+        self.sealed.load(Ordering::Relaxed)
+    }
+
+    /// Adds a data key and makes it the one new records are sealed under,
+    /// at once for every holder of this cipher.
+    pub(crate) fn add_active(&self, id: KeyId, key: &SecretKey) {
+        let aead = XChaCha20Poly1305::new(Key::from_slice(key.expose()));
+        self.change_keys(|keys| {
+            keys.deks.insert(id, aead.clone());
+            keys.active = id;
+            keys.active_aead = aead;
+        });
+        self.sealed.store(0, Ordering::Relaxed);
+    }
+
+    /// Drops every data key but the active one and those in `keep`.
+    pub(crate) fn retain_only(&self, keep: &[KeyId]) {
+        self.change_keys(|keys| {
+            let active = keys.active;
+            keys.deks.retain(|id, _| *id == active || keep.contains(id));
+        });
+    }
+
+    /// Opens `record` and seals it again under the active key, for the same
+    /// `location`; `None` if it already is under the active key (or the
+    /// cipher is in plaintext mode).
+    pub fn reseal(&self, location: &[u8], record: &[u8]) -> Result<Option<Vec<u8>>, OpenError> {
+        if self.is_plaintext() || record_key_id(record) == self.active_key() {
+            return Ok(None);
+        }
+        let plain = self.open(location, record)?;
+        self.seal(location, &plain)
+            .map(Some)
+            .map_err(|_| OpenError::Authentication)
     }
 
     /// A cipher that stores records in the clear. Exists only so that a
@@ -171,12 +278,14 @@ impl Cipher {
         Cipher {
             mode: Mode::Plaintext,
             name_key,
+            sealed: AtomicU64::new(0),
         }
     }
 
     pub fn is_plaintext(&self) -> bool {
         matches!(self.mode, Mode::Plaintext)
     }
+
 
     /// The keyed hash under which a key name is stored.
     pub fn name_hash(&self, name: &[u8]) -> [u8; 32] {
@@ -185,19 +294,14 @@ impl Cipher {
 
     /// Seals `plaintext` for storage at `location`.
     pub fn seal(&self, location: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
-        let (active, aead) = match &self.mode {
-            Mode::Plaintext => {
-                let mut out = Vec::with_capacity(1 + plaintext.len());
-                out.push(PLAINTEXT_RECORD_VERSION);
-                out.extend_from_slice(plaintext);
-                return Ok(out);
-            }
-            Mode::Sealed {
-                active,
-                active_aead,
-                ..
-            } => (*active, active_aead),
+        let Some(keys) = self.keys() else {
+            let mut out = Vec::with_capacity(1 + plaintext.len());
+            out.push(PLAINTEXT_RECORD_VERSION);
+            out.extend_from_slice(plaintext);
+            return Ok(out);
         };
+        let (active, aead) = (keys.active, &keys.active_aead);
+        self.sealed.fetch_add(1, Ordering::Relaxed);
         let mut out = Vec::with_capacity(RECORD_OVERHEAD_BYTES + plaintext.len());
         out.push(RECORD_VERSION);
         out.extend_from_slice(&active.0.to_be_bytes());
@@ -230,13 +334,13 @@ impl Cipher {
     pub fn open(&self, location: &[u8], record: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
         let mut r = Reader::new(record);
         let version = r.u8("record version")?;
-        let deks = match (&self.mode, version) {
-            (Mode::Plaintext, PLAINTEXT_RECORD_VERSION) => {
+        let keys = match (self.keys(), version) {
+            (None, PLAINTEXT_RECORD_VERSION) => {
                 return Ok(Zeroizing::new(record[1..].to_vec()));
             }
-            (Mode::Plaintext, RECORD_VERSION) => return Err(OpenError::Encrypted),
-            (Mode::Sealed { .. }, PLAINTEXT_RECORD_VERSION) => return Err(OpenError::NotEncrypted),
-            (Mode::Sealed { deks, .. }, RECORD_VERSION) => deks,
+            (None, RECORD_VERSION) => return Err(OpenError::Encrypted),
+            (Some(_), PLAINTEXT_RECORD_VERSION) => return Err(OpenError::NotEncrypted),
+            (Some(keys), RECORD_VERSION) => keys,
             (_, version) => {
                 return Err(DecodeError::UnknownVersion {
                     what: "sealed record",
@@ -255,7 +359,7 @@ impl Cipher {
             }
             .into());
         }
-        let aead = deks.get(&key_id).ok_or(OpenError::UnknownKey(key_id))?;
+        let aead = keys.deks.get(&key_id).ok_or(OpenError::UnknownKey(key_id))?;
         let body = &record[RECORD_HEADER_BYTES..];
         let (ciphertext, tag) = body.split_at(body.len() - TAG_BYTES);
         let mut plaintext = Zeroizing::new(ciphertext.to_vec());
@@ -293,12 +397,14 @@ fn single_key(key: &SecretKey) -> Cipher {
     let aead = XChaCha20Poly1305::new(Key::from_slice(key.expose()));
     let deks = BTreeMap::from([(KeyId(0), aead.clone())]);
     Cipher {
-        mode: Mode::Sealed {
+        mode: Mode::Sealed(RwLock::new(Keys {
             active: KeyId(0),
             active_aead: aead,
             deks,
-        },
+            generation: 0,
+        })),
         name_key: SecretKey([0; KEY_BYTES]),
+        sealed: AtomicU64::new(0),
     }
 }
 
@@ -442,6 +548,31 @@ mod tests {
         }
         let other = cipher();
         assert_eq!(other.open(b"loc-1", &rec), Err(OpenError::Authentication));
+    }
+
+    #[test]
+    fn a_key_added_at_run_time_seals_new_records_and_old_ones_reseal() {
+        let c = cipher();
+        let old = c.seal(b"loc", b"value").unwrap();
+        let generation = c.generation();
+        c.add_active(KeyId(8), &SecretKey::random());
+        assert!(c.generation() > generation);
+        assert_eq!(c.active_key(), Some(KeyId(8)));
+        assert_eq!(c.key_ids(), vec![KeyId(7), KeyId(8)]);
+        let new = c.seal(b"loc", b"value").unwrap();
+        assert_eq!(record_key_id(&old), Some(KeyId(7)));
+        assert_eq!(record_key_id(&new), Some(KeyId(8)));
+        assert_eq!(c.sealed_under_active(), 1);
+        assert_eq!(c.reseal(b"loc", &new).unwrap(), None);
+        let resealed = c.reseal(b"loc", &old).unwrap().unwrap();
+        assert_eq!(record_key_id(&resealed), Some(KeyId(8)));
+        assert_eq!(c.open(b"loc", &resealed).unwrap().as_slice(), b"value");
+        // A reseal keeps the location binding.
+        assert_eq!(c.open(b"other", &resealed), Err(OpenError::Authentication));
+        c.retain_only(&[]);
+        assert_eq!(c.key_ids(), vec![KeyId(8)]);
+        assert_eq!(c.open(b"loc", &old), Err(OpenError::UnknownKey(KeyId(7))));
+        assert_eq!(c.open(b"loc", &new).unwrap().as_slice(), b"value");
     }
 
     #[test]

@@ -106,6 +106,10 @@ pub enum Error {
     /// until reopened, and the cause must be fixed first.
     #[error("the store stopped after a storage failure: {0}")]
     StorageFailed(String),
+    /// A key rotation was asked for while the previous one still
+    /// re-encrypts records; the message says how far it is.
+    #[error("a key rotation is still in progress ({0}); try again when it is done")]
+    KeyRotationInProgress(String),
     /// A bug inside the store: a background task panicked or a lock was
     /// poisoned. The message says which; please report it.
     #[error("internal error: {0}")]
@@ -164,6 +168,7 @@ impl Error {
             },
             Error::Stopped => Error::Stopped,
             Error::StorageFailed(s) => Error::StorageFailed(s.clone()),
+            Error::KeyRotationInProgress(s) => Error::KeyRotationInProgress(s.clone()),
             Error::Internal(s) => Error::Internal(s.clone()),
         }
     }

@@ -2,9 +2,13 @@
 //!
 //! ```text
 //! keyring := header ‖ u32 BE len ‖ sealed body ‖ checksum (32 bytes)
-//! header  := "CFKR" ‖ version u8 = 1 ‖ kek source u8 ‖ kdf params (28 bytes) ‖ check (32 bytes)
-//! body    := active dek id u32 ‖ dek count u16 ‖ (id u32 ‖ key 32 bytes)* ‖ name key 32 bytes
+//! header  := "CFKR" ‖ version u8 = 2 ‖ kek source u8 ‖ kdf params (28 bytes) ‖ check (32 bytes)
+//! body    := active dek id u32 ‖ dek count u16 ‖ (id u32 ‖ created u64 ‖ key 32 bytes)* ‖ name key 32 bytes
 //! ```
+//!
+//! `created` is when the key was made (Unix seconds; 0: unknown). Version
+//! 1 files have no `created` field (every key's is unknown); they are read
+//! as they are and written as version 2 the next time the keyring changes.
 //!
 //! The body is sealed under the key-encryption key (KEK) with the whole
 //! header as associated data, so a header edited on disk (say, weaker KDF
@@ -32,7 +36,7 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::crypto::{self, Cipher, KdfParams, KeyId, OpenError, SecretKey, KEY_BYTES};
 
 const KEYRING_MAGIC: &[u8; 4] = b"CFKR";
-const KEYRING_VERSION: u8 = 1;
+const KEYRING_VERSION: u8 = 2;
 const KEK_MAGIC: &[u8; 4] = b"CFKK";
 const KEK_VERSION: u8 = 1;
 const CHECK_CONTEXT: &[u8] = b"coffer keyring kek check v1";
@@ -81,6 +85,7 @@ pub enum KeyringError {
 #[derive(Debug, Clone)]
 pub struct KeyringFile {
     pub source: KekSource,
+    version: u8,
     header: Vec<u8>,
     check: [u8; 32],
     sealed_body: Vec<u8>,
@@ -90,8 +95,31 @@ pub struct KeyringFile {
 #[derive(Debug)]
 pub struct Keyring {
     pub active: KeyId,
-    deks: BTreeMap<KeyId, SecretKey>,
+    deks: BTreeMap<KeyId, Dek>,
     name_key: SecretKey,
+}
+
+#[derive(Debug)]
+struct Dek {
+    key: SecretKey,
+    /// Unix seconds; 0: unknown (a version 1 keyring).
+    created: u64,
+}
+
+impl Dek {
+    fn new() -> Self {
+        Dek {
+            key: SecretKey::random(),
+            created: unix_now(),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn check_value(kek: &SecretKey) -> [u8; 32] {
@@ -102,7 +130,7 @@ impl Keyring {
     /// A new keyring with one random data key and a random name key.
     pub fn generate() -> Self {
         let mut deks = BTreeMap::new();
-        deks.insert(KeyId(1), SecretKey::random());
+        deks.insert(KeyId(1), Dek::new());
         Keyring {
             active: KeyId(1),
             deks,
@@ -123,7 +151,7 @@ impl Keyring {
             None => KeyId(1),
             Some(last) => KeyId(last.0.checked_add(1).ok_or(KeyringError::IdsExhausted)?),
         };
-        self.deks.insert(next, SecretKey::random());
+        self.deks.insert(next, Dek::new());
         self.active = next;
         Ok(next)
     }
@@ -132,11 +160,31 @@ impl Keyring {
         self.deks.keys().copied()
     }
 
+    /// The active data key.
+    pub fn active_key(&self) -> Option<&SecretKey> {
+        self.deks.get(&self.active).map(|d| &d.key)
+    }
+
+    /// When the active key was made (Unix seconds), if known.
+    pub fn active_created(&self) -> Option<u64> {
+        self.deks
+            .get(&self.active)
+            .map(|d| d.created)
+            .filter(|c| *c > 0)
+    }
+
+    /// Drops every data key but the active one: records sealed under them
+    /// no longer open.
+    pub fn retain_active(&mut self) {
+        let active = self.active;
+        self.deks.retain(|id, _| *id == active);
+    }
+
     /// The cipher for records.
     pub fn cipher(&self) -> Result<Cipher, OpenError> {
         Cipher::new(
             self.active,
-            self.deks.iter().map(|(id, k)| (*id, k)),
+            self.deks.iter().map(|(id, d)| (*id, &d.key)),
             self.name_key.clone(),
         )
     }
@@ -148,8 +196,18 @@ impl Keyring {
 
     /// The file bytes, sealed under `kek`.
     pub fn seal(&self, kek: &SecretKey, source: KekSource) -> Result<Vec<u8>, KeyringError> {
+        self.seal_as(kek, source, KEYRING_VERSION)
+    }
+
+    /// The file bytes in format `version` (1 only for tests of migration).
+    fn seal_as(
+        &self,
+        kek: &SecretKey,
+        source: KekSource,
+        version: u8,
+    ) -> Result<Vec<u8>, KeyringError> {
         let mut header = Writer::with_capacity(96);
-        header.raw(KEYRING_MAGIC).u8(KEYRING_VERSION);
+        header.raw(KEYRING_MAGIC).u8(version);
         match source {
             KekSource::File => {
                 header.u8(1);
@@ -169,12 +227,17 @@ impl Keyring {
         header.raw(&check_value(kek));
         let header = header.finish()?;
 
-        let mut body = Writer::with_capacity(8 + self.deks.len() * (4 + KEY_BYTES) + KEY_BYTES);
+        let mut body =
+            Writer::with_capacity(8 + self.deks.len() * (12 + KEY_BYTES) + KEY_BYTES);
         body.u32(self.active.0);
         // `rotate` and `decode` keep the count within DEKS_MAX.
         body.u16(u16::try_from(self.deks.len()).map_err(|_| KeyringError::Full)?);
-        for (id, key) in &self.deks {
-            body.u32(id.0).raw(key.expose());
+        for (id, dek) in &self.deks {
+            body.u32(id.0);
+            if version >= 2 {
+                body.u64(dek.created);
+            }
+            body.raw(dek.key.expose());
         }
         body.raw(self.name_key.expose());
         let body = Zeroizing::new(body.finish()?);
@@ -215,7 +278,7 @@ impl KeyringFile {
             .into());
         }
         let version = r.u8("keyring version")?;
-        if version != KEYRING_VERSION {
+        if !(1..=KEYRING_VERSION).contains(&version) {
             return Err(DecodeError::UnknownVersion {
                 what: "keyring",
                 version,
@@ -255,6 +318,7 @@ impl KeyringFile {
         }
         Ok(KeyringFile {
             source,
+            version,
             header,
             check,
             sealed_body,
@@ -277,8 +341,13 @@ impl KeyringFile {
         let mut deks = BTreeMap::new();
         for _ in 0..n {
             let id = KeyId(r.u32("key id")?);
+            let created = if self.version >= 2 {
+                r.u64("key creation time")?
+            } else {
+                0
+            };
             let key = SecretKey::from_bytes(r.array("data key")?);
-            if deks.insert(id, key).is_some() {
+            if deks.insert(id, Dek { key, created }).is_some() {
                 return Err(KeyringError::Body("duplicate key id"));
             }
         }
@@ -407,6 +476,44 @@ mod tests {
         assert_eq!(p.unseal(&kek).unwrap_err(), KeyringError::Corrupted);
     }
 
+    #[test]
+    fn a_version_1_keyring_reads_with_unknown_creation_times() {
+        let kek = SecretKey::random();
+        let mut ring = Keyring::generate();
+        ring.rotate().unwrap();
+        let v1 = ring.seal_as(&kek, KekSource::File, 1).unwrap();
+        let back = KeyringFile::parse(&v1).unwrap().unseal(&kek).unwrap();
+        assert_eq!(back.active, ring.active);
+        assert_eq!(back.key_ids().count(), 2);
+        assert_eq!(back.active_created(), None);
+        let rec = ring.cipher().unwrap().seal(b"l", b"v").unwrap();
+        assert_eq!(
+            back.cipher().unwrap().open(b"l", &rec).unwrap().as_slice(),
+            b"v"
+        );
+        // Written again, it is version 2 and keeps what it knew.
+        let v2 = back.seal(&kek, KekSource::File).unwrap();
+        assert_eq!(v2[4], 2);
+        let again = KeyringFile::parse(&v2).unwrap().unseal(&kek).unwrap();
+        assert_eq!(again.active_created(), None);
+        assert!(ring.active_created().is_some());
+    }
+
+    #[test]
+    fn retain_active_drops_the_old_keys() {
+        let kek = SecretKey::random();
+        let mut ring = Keyring::generate();
+        let old_rec = ring.cipher().unwrap().seal(b"l", b"v").unwrap();
+        let new = ring.rotate().unwrap();
+        ring.retain_active();
+        assert_eq!(ring.key_ids().collect::<Vec<_>>(), vec![new]);
+        let back = KeyringFile::parse(&ring.seal(&kek, KekSource::File).unwrap())
+            .unwrap()
+            .unseal(&kek)
+            .unwrap();
+        assert!(back.cipher().unwrap().open(b"l", &old_rec).is_err());
+    }
+
     /// Regression (issue 5, fault 4): `rotate` had no `DEKS_MAX` check and
     /// its id could wrap to 0 and collide; both are now refused, changing
     /// nothing.
@@ -423,7 +530,7 @@ mod tests {
 
         let mut ring = Keyring::generate();
         let top = KeyId(u32::MAX);
-        ring.deks.insert(top, SecretKey::random());
+        ring.deks.insert(top, Dek::new());
         ring.active = top;
         assert_eq!(ring.rotate().unwrap_err(), KeyringError::IdsExhausted);
         assert_eq!(ring.active, top);

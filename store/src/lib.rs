@@ -76,14 +76,17 @@ pub mod engine;
 mod engine;
 
 #[cfg(feature = "engine")]
-pub use config::{Bootstrap, Config, Encryption, DEFAULT_QUOTA_BYTES};
+pub use config::{Bootstrap, Config, Encryption, LocalResealer, DEFAULT_QUOTA_BYTES};
+pub use crypto::KeyId;
 /// The same store for code without an async runtime: every call blocks.
 #[cfg(feature = "engine")]
 pub use engine::blocking;
 #[cfg(feature = "engine")]
-pub use engine::keys::{has_data, is_autolocked, reseal_keyring, LocalKeys};
+pub use engine::keys::{has_data, is_autolocked, key_census, reseal_keyring, LocalKeys};
 #[cfg(feature = "engine")]
 pub use engine::network::{NoPeers, Transport, TransportError};
+#[cfg(feature = "engine")]
+pub use engine::rekey::{KeyStatus, RekeyPhase};
 #[cfg(feature = "engine")]
 pub use engine::restore::{clear_restored, restore_snapshot, Restored};
 #[cfg(feature = "engine")]

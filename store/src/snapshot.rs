@@ -285,6 +285,11 @@ impl SnapshotFile {
         })
     }
 
+    /// The distinct key ids the file's frames are sealed under.
+    pub fn key_ids(&self) -> Result<std::collections::BTreeSet<crate::crypto::KeyId>, SnapshotError> {
+        Ok(frame_key_ids(&self.path)?.into_iter().collect())
+    }
+
     /// Reads only the header frame.
     pub fn header(&self) -> Result<SnapshotHeader, SnapshotError> {
         let mut r = self.reader()?;
@@ -295,6 +300,52 @@ impl SnapshotFile {
                 detail: "no header frame".into(),
             }),
         }
+    }
+}
+
+/// The key id of every frame of the file at `path`, read from the frames'
+/// headers without opening them. A file cut short (one being written)
+/// yields the frames it holds so far; a file that vanished, none.
+pub fn frame_key_ids(path: &Path) -> Result<Vec<crate::crypto::KeyId>, SnapshotError> {
+    let io = |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut r = BufReader::with_capacity(64 * 1024, file);
+    let mut ids = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        if r.read_exact(&mut len).is_err() {
+            return Ok(ids);
+        }
+        let len = u32::from_be_bytes(len) as u64;
+        let mut head = [0u8; 5];
+        let head_len = len.min(5) as usize;
+        if r.read_exact(&mut head[..head_len]).is_err() {
+            return Ok(ids);
+        }
+        // A plaintext record (a store with encryption off) names no key.
+        if head[0] != crate::crypto::PLAINTEXT_RECORD_VERSION {
+            match crate::crypto::record_key_id(&head[..head_len]) {
+                Some(id) => ids.push(id),
+                None => {
+                    return Err(SnapshotError::Corrupt {
+                        path: path.to_path_buf(),
+                        detail: format!("frame {} is not a sealed record", ids.len()),
+                    })
+                }
+            }
+        }
+        let skip = i64::try_from(len - head_len as u64).map_err(|_| SnapshotError::Corrupt {
+            path: path.to_path_buf(),
+            detail: "frame length out of range".into(),
+        })?;
+        r.seek_relative(skip).map_err(io)?;
     }
 }
 

@@ -238,7 +238,9 @@ const RESTORED_ADDR: &str = "restored";
 /// cluster removed, and this node a manager with its identity. Returns
 /// the cluster id.
 async fn adopt(dir: &Path, node: u64, keep_cluster_id: bool) -> Result<String> {
-    let store = Store::open(Config::new(dir).node_id(node).advertise_addr(RESTORED_ADDR))
+    let mut config = Config::new(dir).node_id(node).advertise_addr(RESTORED_ADDR);
+    config.local_resealer = Some(crate::identity::resealer(dir));
+    let store = Store::open(config)
         .await
         .context("opening the restored store")?;
     let adopted = async {

@@ -12,7 +12,7 @@
 //! misreading it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
@@ -27,7 +27,7 @@ pub const CF_LOG: &str = "log";
 pub const CF_KV: &str = "kv";
 pub const CF_EVENTS: &str = "events";
 pub const CF_LEASES: &str = "leases";
-const ALL_CFS: [&str; 5] = [CF_META, CF_LOG, CF_KV, CF_EVENTS, CF_LEASES];
+pub const ALL_CFS: [&str; 5] = [CF_META, CF_LOG, CF_KV, CF_EVENTS, CF_LEASES];
 
 /// Version of the data directory's layout as a whole: which rows exist
 /// and what each holds. A build reads the formats it knows and migrates
@@ -51,6 +51,15 @@ pub struct Db {
     pub db: DB,
     pub cipher: Arc<Cipher>,
     pub path: PathBuf,
+    /// Held by every write of the Raft log store, from its first seal to
+    /// its write, so that re-encryption ([`crate::engine::rekey`]) never
+    /// interleaves with one.
+    log_gate: Mutex<()>,
+    /// Held (shared) by reads that may hold a sealed row for a while
+    /// before opening it (log reads, snapshot builds from a database
+    /// view); a key rotation deletes old keys only while it can hold it
+    /// alone.
+    key_gate: RwLock<()>,
 }
 
 impl std::fmt::Debug for Db {
@@ -122,7 +131,30 @@ impl Db {
             db,
             cipher,
             path: path.to_path_buf(),
+            log_gate: Mutex::new(()),
+            key_gate: RwLock::new(()),
         })
+    }
+
+    /// See [`Db::key_gate`](struct.Db.html#structfield.key_gate).
+    pub fn key_readers(&self) -> RwLockReadGuard<'_, ()> {
+        self.key_gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key gate alone, if no reader holds it now. Never waits, so a
+    /// long reader does not make new readers queue behind the caller.
+    pub fn try_key_gate(&self) -> Option<RwLockWriteGuard<'_, ()>> {
+        match self.key_gate.try_write() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// See [`Db::log_gate`](struct.Db.html#structfield.log_gate). It guards
+    /// no data of its own, so a panic elsewhere does not poison it.
+    pub fn log_gate(&self) -> MutexGuard<'_, ()> {
+        self.log_gate.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Checks the data directory's format version and returns it: this

@@ -6,9 +6,10 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::crypto::Cipher;
+use crate::crypto::{Cipher, KeyId, SecretKey};
 use crate::error::{Error, OpenError};
 use crate::keyring::{self, KekSource, Keyring, KeyringError, KeyringFile};
 use crate::snapshot::sync_dir;
@@ -116,7 +117,11 @@ fn keyring_err(path: PathBuf, e: KeyringError) -> OpenError {
 /// between the two files leaves the previous sealing in force, and any
 /// `keys/kek` a keyring sealed under an unlock key does not use is
 /// removed on the next open.
-fn seal_keyring(keys: &Path, ring: &Keyring, unlock: Option<&UnlockKey>) -> Result<(), OpenError> {
+fn seal_keyring(
+    keys: &Path,
+    ring: &Keyring,
+    unlock: Option<&UnlockKey>,
+) -> Result<Sealing, OpenError> {
     let kek_path = keys.join(KEK_FILE);
     let ring_path = keys.join(KEYRING_FILE);
     let seal_err = |e| keyring_err(ring_path.clone(), e);
@@ -126,19 +131,53 @@ fn seal_keyring(keys: &Path, ring: &Keyring, unlock: Option<&UnlockKey>) -> Resu
             let kek = key
                 .derive_kek(&params)
                 .map_err(|e| OpenError::Config(e.to_string()))?;
-            let sealed = ring
-                .seal(&kek, KekSource::UnlockKey(params))
-                .map_err(seal_err)?;
+            let source = KekSource::UnlockKey(params);
+            let sealed = ring.seal(&kek, source).map_err(seal_err)?;
             write_private(&ring_path, &sealed)?;
-            remove_stale_kek(keys)
+            remove_stale_kek(keys)?;
+            Ok(Sealing { kek, source })
         }
         None => {
-            let kek = crate::crypto::SecretKey::random();
+            let kek = SecretKey::random();
             write_private(&kek_path, &keyring::encode_kek_file(&kek))?;
             let sealed = ring.seal(&kek, KekSource::File).map_err(seal_err)?;
-            write_private(&ring_path, &sealed)
+            write_private(&ring_path, &sealed)?;
+            Ok(Sealing {
+                kek,
+                source: KekSource::File,
+            })
         }
     }
+}
+
+/// The key-encryption key a keyring file is sealed under, and where it
+/// comes from: what a change of the keyring's data keys seals it under
+/// again.
+#[derive(Debug)]
+struct Sealing {
+    kek: SecretKey,
+    source: KekSource,
+}
+
+/// One per keys directory in this process: every change of a keyring
+/// file (a new data key, old ones dropped, a new unlock key) holds its
+/// lock, so that no change overwrites another, and it remembers the
+/// sealing the file was last read or written with (a keyring sealed under
+/// an unlock key cannot be rewritten without it).
+type Keeper = Arc<Mutex<Option<Sealing>>>;
+
+fn keeper(keys: &Path) -> Keeper {
+    static KEEPERS: OnceLock<Mutex<BTreeMap<PathBuf, Keeper>>> = OnceLock::new();
+    let path = fs::canonicalize(keys).unwrap_or_else(|_| keys.to_path_buf());
+    let mut all = KEEPERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    all.entry(path).or_default().clone()
+}
+
+fn lock_keeper(keeper: &Keeper) -> std::sync::MutexGuard<'_, Option<Sealing>> {
+    keeper.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Removes `keys/kek` (a keyring sealed under an unlock key uses none).
@@ -160,6 +199,28 @@ pub fn open_keyring(
     unlock: Option<&UnlockKey>,
 ) -> Result<Keyring, OpenError> {
     let keys = dir.join(KEYS_DIR);
+    if !keys.join(KEYRING_FILE).exists() && create {
+        // Created with its final mode: there is no moment at which it is
+        // open to others.
+        fs::DirBuilder::new()
+            .mode(KEYS_DIR_MODE)
+            .create(&keys)
+            .map_err(io(&keys))?;
+    }
+    let keeper = keeper(&keys);
+    let mut sealing = lock_keeper(&keeper);
+    let (ring, sealed_as) = read_keyring(dir, create, unlock)?;
+    *sealing = Some(sealed_as);
+    Ok(ring)
+}
+
+/// [`open_keyring`] without the keeper: its caller holds it.
+fn read_keyring(
+    dir: &Path,
+    create: bool,
+    unlock: Option<&UnlockKey>,
+) -> Result<(Keyring, Sealing), OpenError> {
+    let keys = dir.join(KEYS_DIR);
     let kek_path = keys.join(KEK_FILE);
     let ring_path = keys.join(KEYRING_FILE);
     if !ring_path.exists() {
@@ -169,15 +230,9 @@ pub fn open_keyring(
                 detail: "the data directory holds data but no keyring".into(),
             });
         }
-        // Created with its final mode: there is no moment at which it is
-        // open to others.
-        fs::DirBuilder::new()
-            .mode(KEYS_DIR_MODE)
-            .create(&keys)
-            .map_err(io(&keys))?;
         let ring = Keyring::generate();
-        seal_keyring(&keys, &ring, unlock)?;
-        return Ok(ring);
+        let sealing = seal_keyring(&keys, &ring, unlock)?;
+        return Ok((ring, sealing));
     }
     check_private(&keys, KEYS_DIR_MODE)?;
     let file = KeyringFile::parse(&read_limited(&ring_path, keyring::KEYRING_BYTES_MAX)?)
@@ -186,7 +241,14 @@ pub fn open_keyring(
         KekSource::File => {
             let kek = keyring::decode_kek_file(&read_limited(&kek_path, keyring::KEK_FILE_BYTES)?)
                 .map_err(|e| keyring_err(kek_path.clone(), e))?;
-            file.unseal(&kek).map_err(|e| keyring_err(ring_path, e))
+            let ring = file.unseal(&kek).map_err(|e| keyring_err(ring_path, e))?;
+            Ok((
+                ring,
+                Sealing {
+                    kek,
+                    source: KekSource::File,
+                },
+            ))
         }
         KekSource::UnlockKey(params) => {
             let Some(key) = unlock else {
@@ -202,7 +264,13 @@ pub fn open_keyring(
                 other => keyring_err(ring_path.clone(), other),
             })?;
             remove_stale_kek(&keys)?;
-            Ok(ring)
+            Ok((
+                ring,
+                Sealing {
+                    kek,
+                    source: file.source,
+                },
+            ))
         }
     }
 }
@@ -218,8 +286,60 @@ pub fn reseal_keyring(
     from: Option<&UnlockKey>,
     to: Option<&UnlockKey>,
 ) -> Result<(), OpenError> {
-    let ring = open_keyring(dir, false, from)?;
-    seal_keyring(&dir.join(KEYS_DIR), &ring, to)
+    let keys = dir.join(KEYS_DIR);
+    let keeper = keeper(&keys);
+    let mut sealing = lock_keeper(&keeper);
+    let (ring, _) = read_keyring(dir, false, from)?;
+    *sealing = Some(seal_keyring(&keys, &ring, to)?);
+    Ok(())
+}
+
+/// Changes the data keys of the keyring of `dir` with `change` and writes
+/// it (atomically, synced) under the sealing it was last opened with in
+/// this process; returns what `change` returned and the new keyring.
+/// Nothing is written if `change` fails.
+pub(crate) fn change_keyring<R>(
+    dir: &Path,
+    change: impl FnOnce(&mut Keyring) -> Result<R, KeyringError>,
+) -> Result<(R, Keyring), OpenError> {
+    let keys = dir.join(KEYS_DIR);
+    let ring_path = keys.join(KEYRING_FILE);
+    let keeper = keeper(&keys);
+    let sealing = lock_keeper(&keeper);
+    let Some(sealing) = sealing.as_ref() else {
+        return Err(OpenError::Config(
+            "the keyring was not opened in this process".into(),
+        ));
+    };
+    check_private(&keys, KEYS_DIR_MODE)?;
+    let file = KeyringFile::parse(&read_limited(&ring_path, keyring::KEYRING_BYTES_MAX)?)
+        .map_err(|e| keyring_err(ring_path.clone(), e))?;
+    let mut ring = file.unseal(&sealing.kek).map_err(|e| match e {
+        KeyringError::WrongKey => OpenError::Inconsistent {
+            path: ring_path.clone(),
+            detail: "the keyring was sealed again under a key this process does not hold".into(),
+        },
+        other => keyring_err(ring_path.clone(), other),
+    })?;
+    let out = change(&mut ring).map_err(|e| keyring_err(ring_path.clone(), e))?;
+    let bytes = ring
+        .seal(&sealing.kek, sealing.source)
+        .map_err(|e| keyring_err(ring_path.clone(), e))?;
+    write_private(&ring_path, &bytes)?;
+    Ok((out, ring))
+}
+
+/// The active data key's id and key after a rotation.
+pub(crate) fn rotate_keyring(dir: &Path) -> Result<(KeyId, SecretKey), OpenError> {
+    let (id, ring) = change_keyring(dir, |ring| ring.rotate())?;
+    let key = ring
+        .active_key()
+        .cloned()
+        .ok_or_else(|| OpenError::Corruption {
+            path: dir.join(KEYS_DIR).join(KEYRING_FILE),
+            detail: "the active key id names no key".into(),
+        })?;
+    Ok((id, key))
 }
 
 /// Whether the keyring of `dir` is sealed under an unlock key (autolock).
@@ -279,6 +399,18 @@ impl LocalKeys {
             .map_err(|e| Error::InvalidArgument(e.to_string()))
     }
 
+    /// `record` sealed again under the active key for the same `purpose`,
+    /// or `None` if it already is: what a [`crate::LocalResealer`] writes
+    /// back in place of its file.
+    pub fn reseal(&self, purpose: &str, record: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.cipher
+            .reseal(&local_location(purpose), record)
+            .map_err(|e| Error::Corruption {
+                location: format!("local record {purpose:?}"),
+                detail: e.to_string(),
+            })
+    }
+
     /// Opens a record from [`LocalKeys::seal`]. A record that was
     /// changed, sealed for another purpose or under another keyring is
     /// `Corruption`.
@@ -298,4 +430,20 @@ fn local_location(purpose: &str) -> Vec<u8> {
     let mut location = b"local-file\0".to_vec();
     location.extend_from_slice(purpose.as_bytes());
     location
+}
+
+/// How many records and snapshot frames of the data directory `dir` are
+/// sealed under each data key, read from their headers (no key is
+/// needed). For a stopped store: it opens the database read-only.
+pub fn key_census(dir: &Path) -> Result<BTreeMap<KeyId, u64>, OpenError> {
+    let db_path = dir.join("db");
+    let opts = rocksdb::Options::default();
+    let db = rocksdb::DB::open_cf_for_read_only(&opts, &db_path, crate::engine::db::ALL_CFS, false)
+        .map_err(|e| OpenError::Engine(format!("{}: {}", db_path.display(), e.into_string())))?;
+    let mut counts = BTreeMap::new();
+    crate::engine::rekey::census_rows(&db, &mut counts)
+        .map_err(|e| OpenError::Engine(format!("{}: {e}", db_path.display())))?;
+    crate::engine::snapshots::census_dir(&dir.join("snapshots"), &mut counts)
+        .map_err(|e| OpenError::Engine(e.to_string()))?;
+    Ok(counts)
 }

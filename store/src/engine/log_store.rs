@@ -64,6 +64,7 @@ fn index_key(index: u64) -> [u8; 8] {
 impl LogReader {
     fn read_range(&self, start: u64, end: Bound<u64>) -> Result<Vec<Entry<TypeConfig>>, Error> {
         let cf = self.db.cf(CF_LOG)?;
+        let _keys = self.db.key_readers();
         let mut out = Vec::new();
         let it = self.db.db.iterator_cf(
             cf,
@@ -213,6 +214,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut w = Writer::with_capacity(24);
         w.u8(VOTE_ROW_VERSION);
         types::encode_vote(&mut w, vote);
+        let _gate = self.db.log_gate();
         let mut batch = WriteBatch::default();
         w.finish()
             .map_err(Error::from)
@@ -226,6 +228,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
+        let _gate = self.db.log_gate();
         let mut batch = WriteBatch::default();
         encode_opt_log_id(&committed)
             .and_then(|row| {
@@ -245,6 +248,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let gate = self.db.log_gate();
         let mut batch = WriteBatch::default();
         let mut last = None;
         for entry in entries {
@@ -260,6 +264,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             last = Some(entry.log_id);
         }
         let result = self.db.write(batch, true);
+        drop(gate);
         if result.is_ok() && last.is_some() {
             self.last_log = last;
         }
@@ -279,7 +284,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.delete_cf(cf, index_key(u64::MAX));
         // Not synced on its own: the next synced append or vote makes it
         // durable, and until then nothing after it has been acknowledged.
-        self.db.write(batch, false).map_err(write_err)?;
+        {
+            let _gate = self.db.log_gate();
+            self.db.write(batch, false).map_err(write_err)?;
+        }
         self.last_log = if log_id.index == 0 {
             self.last_purged
         } else {
@@ -300,12 +308,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         let cf = self.db.cf(CF_LOG).map_err(write_err)?;
+        let gate = self.db.log_gate();
         let mut batch = WriteBatch::default();
         encode_opt_log_id(&Some(log_id))
             .and_then(|row| self.db.put_sealed(&mut batch, CF_META, META_PURGED, &row))
             .map_err(write_err)?;
         batch.delete_range_cf(cf, index_key(0), index_key(log_id.index.saturating_add(1)));
         self.db.write(batch, true).map_err(write_err)?;
+        drop(gate);
         self.last_purged = Some(log_id);
         if self.last_log.is_none_or(|l| l.index < log_id.index) {
             self.last_log = Some(log_id);

@@ -6,6 +6,7 @@ pub mod keys;
 pub mod log_store;
 pub mod network;
 pub mod proposer;
+pub mod rekey;
 pub mod restore;
 pub mod retry;
 pub mod snapshots;

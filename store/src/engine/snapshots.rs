@@ -25,6 +25,7 @@
 //! the new state and the new current snapshot; [`Snapshots::open`] hands an
 //! interrupted install back to the caller to finish.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -64,6 +65,10 @@ pub struct Snapshots {
     /// module holds no reference that would keep it open.
     cipher: Arc<Cipher>,
     current: Mutex<Option<Current>>,
+    /// The files of [`Snapshots::writer`] not yet published, installed or
+    /// discarded, with the cipher's key generation when each began: a file
+    /// begun before a key rotation may hold frames under the old key.
+    writers: Mutex<BTreeMap<String, u64>>,
 }
 
 /// A fresh random file id: 16 hex digits.
@@ -90,6 +95,7 @@ impl Snapshots {
             dir,
             cipher: db.cipher.clone(),
             current: Mutex::new(None),
+            writers: Mutex::new(BTreeMap::new()),
         };
         let current_id = id_row(db, META_SNAPSHOT)?;
         let installing_id = id_row(db, META_INSTALLING)?;
@@ -140,7 +146,76 @@ impl Snapshots {
 
     /// A new file, owned by the caller until it is published or installed.
     pub fn writer(&self) -> Result<SnapshotWriter, Error> {
-        SnapshotWriter::create(&self.dir, &random_id(), self.cipher.clone()).map_err(Error::from)
+        let mut writers = self.writers();
+        let generation = self.cipher.generation();
+        let writer = SnapshotWriter::create(&self.dir, &random_id(), self.cipher.clone())
+            .map_err(Error::from)?;
+        writers.insert(writer.id().to_string(), generation);
+        Ok(writer)
+    }
+
+    fn writers(&self) -> MutexGuard<'_, BTreeMap<String, u64>> {
+        // A map of names: a panic elsewhere leaves it usable.
+        self.writers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds the current snapshot still: nothing is published or installed
+    /// until the guard is dropped.
+    pub(crate) fn hold(&self) -> Result<MutexGuard<'_, Option<Current>>, Error> {
+        self.lock()
+    }
+
+    /// After a key rotation: seals the current snapshot again under the
+    /// active key if any of its frames is under another one. Returns
+    /// `false`, changing nothing, while a file begun before the key set
+    /// changed to `generation` is still being written or waits to be
+    /// published (its frames may be under an old key); the caller asks
+    /// again later.
+    pub(crate) fn reseal_current(&self, db: &Db, generation: u64) -> Result<bool, Error> {
+        let mut cur = self.lock()?;
+        {
+            let mut writers = self.writers();
+            // A writer that gave up removed its file; so did a discard.
+            writers.retain(|id, _| {
+                self.dir.join(format!("{id}.snap")).exists()
+                    || self.dir.join(format!("{id}.snap.tmp")).exists()
+            });
+            if writers.values().any(|g| *g < generation) {
+                return Ok(false);
+            }
+        }
+        let Some(current) = cur.as_mut() else {
+            return Ok(true);
+        };
+        let active = self.cipher.active_key();
+        let ids = current.file.key_ids().map_err(Error::from)?;
+        if ids.iter().all(|id| Some(*id) == active) {
+            return Ok(true);
+        }
+        let mut reader = current.file.reader().map_err(Error::from)?;
+        let mut writer = SnapshotWriter::create(&self.dir, &random_id(), self.cipher.clone())
+            .map_err(Error::from)?;
+        while let Some((_, plain)) = reader.next_frame().map_err(Error::from)? {
+            writer.write_frame(&plain).map_err(Error::from)?;
+        }
+        let file = writer.finish().map_err(Error::from)?;
+        let mut batch = WriteBatch::default();
+        db.put_sealed(&mut batch, CF_META, META_SNAPSHOT, &id_row_bytes(file.id()))?;
+        db.write(batch, true)?;
+        let old = std::mem::replace(&mut current.file, file);
+        drop(cur);
+        remove(old.path());
+        Ok(true)
+    }
+
+    /// The key ids of the frames of every snapshot file, with how many
+    /// frames each seals.
+    pub(crate) fn census(
+        &self,
+        into: &mut BTreeMap<crate::crypto::KeyId, u64>,
+    ) -> Result<(), Error> {
+        let _cur = self.lock()?;
+        census_dir(&self.dir, into)
     }
 
     /// A handle on a file that is never created: what openraft's chunked
@@ -165,6 +240,7 @@ impl Snapshots {
     /// otherwise deletes it. Returns whether it became current.
     pub fn publish(&self, db: &Db, meta: Meta, file: SnapshotFile) -> Result<bool, Error> {
         let mut cur = self.lock()?;
+        self.writers().remove(file.id());
         if !is_newer(&meta, cur.as_ref()) {
             drop(cur);
             remove(file.path());
@@ -195,6 +271,7 @@ impl Snapshots {
         replace: impl FnOnce(&SnapshotFile, &mut WriteBatch) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let mut cur = self.lock()?;
+        self.writers().remove(file.id());
         // openraft installs only snapshots newer than what is committed,
         // and every published snapshot was built from applied (so
         // committed) entries: an older one would be a bug, not a race.
@@ -232,6 +309,7 @@ impl Snapshots {
         if cur.as_ref().is_some_and(|c| c.file.path() == file.path()) {
             return Ok(());
         }
+        self.writers().remove(file.id());
         drop(cur);
         remove(file.path());
         Ok(())
@@ -276,6 +354,31 @@ fn id_row(db: &Db, row: &[u8]) -> Result<Option<String>, Error> {
         return Err(db.corruption(CF_META, "snapshot file id is not a valid file name"));
     }
     Ok(Some(String::from_utf8_lossy(raw).into_owned()))
+}
+
+/// Counts the frames of the snapshot files in `dir` by the key id in their
+/// headers (nothing is opened). Files being written are counted as far as
+/// they go.
+pub(crate) fn census_dir(
+    dir: &Path,
+    into: &mut BTreeMap<crate::crypto::KeyId, u64>,
+) -> Result<(), Error> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(io)?.path();
+        for id in crate::snapshot::frame_key_ids(&path).map_err(Error::from)? {
+            *into.entry(id).or_default() += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Removes a file this module owns. A leftover is harmless (sealed, and

@@ -804,6 +804,11 @@ impl Shared {
         self: &Arc<Self>,
         taken: oneshot::Sender<()>,
     ) -> Result<Snapshot<TypeConfig>, Error> {
+        // Registered before the view is taken, and the keys held while it
+        // is read: a key rotation keeps the keys the view's rows are
+        // sealed under until the build is done.
+        let _keys = self.db.key_readers();
+        let mut w = self.snapshots.writer()?;
         let view = self.db.db.snapshot();
         let _ = taken.send(());
         let meta_cf = self.db.cf(CF_META)?;
@@ -822,7 +827,6 @@ impl Shared {
                 decode_pointer(&plain).map_err(|e| self.db.corruption(CF_META, e))?
             }
         };
-        let mut w = self.snapshots.writer()?;
         let meta = SnapshotMeta {
             last_log_id: pointer.last_applied,
             last_membership: pointer.membership,

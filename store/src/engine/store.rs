@@ -22,6 +22,7 @@ use crate::engine::keys::{self, LocalKeys};
 use crate::engine::log_store::{Forced, LogStore};
 use crate::engine::network::{NetworkFactory, NoPeers, Transport, TransportError};
 use crate::engine::proposer::{self, Queued};
+use crate::engine::rekey::{self, KeyStatus, Rekey, RekeyJob};
 use crate::engine::retry::{self, Refused};
 use crate::engine::state_machine::{LeaseInfo, Notice, Shared, StateMachine};
 use crate::engine::watch::{Watch, WatchOptions};
@@ -144,6 +145,7 @@ struct Inner {
     shared: Arc<Shared>,
     config: Config,
     proposals: mpsc::Sender<Queued>,
+    rekey: Arc<Rekey>,
 }
 
 impl std::fmt::Debug for Store {
@@ -207,6 +209,10 @@ impl Store {
             })?,
             Encryption::DangerOffForBenchmarks => keyring.danger_plaintext_cipher(),
         });
+        // A key of unknown age (an older keyring) counts from now.
+        let rekey = Rekey::new(Some(
+            keyring.active_created().unwrap_or_else(rekey::unix_now),
+        ));
         drop(keyring);
         let snapshot_dir = dir.join("snapshots");
         fs::create_dir_all(&snapshot_dir).map_err(io_open(&snapshot_dir))?;
@@ -279,10 +285,21 @@ impl Store {
                 transport,
                 shared,
                 config,
+                rekey,
             }),
         };
         store.bootstrap().await?;
         tokio::spawn(expire_leases(Arc::downgrade(&store.inner)));
+        // A rotation a crash or shutdown interrupted goes on.
+        store
+            .inner
+            .rekey
+            .resume(&store.inner.shared, store.rekey_job());
+        if store.inner.config.rotate_key_after_records.is_some()
+            || store.inner.config.rotate_key_after.is_some()
+        {
+            tokio::spawn(rotate_keys_when_due(Arc::downgrade(&store.inner)));
+        }
         Ok(store)
     }
 
@@ -354,6 +371,49 @@ impl Store {
         LocalKeys {
             cipher: self.inner.shared.db.cipher.clone(),
         }
+    }
+
+    fn rekey_job(&self) -> RekeyJob {
+        let cfg = &self.inner.config;
+        RekeyJob {
+            dir: cfg.dir.clone(),
+            rate: cfg.rekey_records_per_sec,
+            resealer: cfg.local_resealer.clone(),
+        }
+    }
+
+    /// Rotates this member's data key (`coffer key rotate`): a new key,
+    /// written to the keyring, seals every record from now on; a
+    /// background thread seals the older records again at
+    /// [`Config::rekey_records_per_sec`] at most, then deletes the older
+    /// keys ([`Store::key_status`] shows how far it is). Each member seals
+    /// its replica under keys of its own, so this rotates this member's
+    /// alone. Refused while the previous rotation still runs.
+    pub async fn rotate_key(&self) -> Result<crate::KeyId, Error> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .inner
+                .rekey
+                .rotate(&store.inner.shared, store.rekey_job())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("key rotation task: {e}")))?
+    }
+
+    /// This member's data keys and the progress of a rotation.
+    pub fn key_status(&self) -> KeyStatus {
+        self.inner.rekey.status(&self.inner.shared)
+    }
+
+    /// How many rows and snapshot frames are sealed under each data key,
+    /// read from their headers: after a rotation finished, only the
+    /// active key appears.
+    pub async fn key_census(&self) -> Result<BTreeMap<crate::KeyId, u64>, Error> {
+        let shared = self.inner.shared.clone();
+        tokio::task::spawn_blocking(move || rekey::census(&shared))
+            .await
+            .map_err(|e| Error::Internal(format!("key census task: {e}")))?
     }
 
     /// The engine state, for the engine's own tests.
@@ -930,6 +990,52 @@ impl Store {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
+    }
+}
+
+/// How often a store with an automatic key rotation policy checks it.
+const KEY_POLICY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// While the store lives: rotates the data key when the policy in its
+/// configuration says it is due (and no rotation runs).
+async fn rotate_keys_when_due(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(KEY_POLICY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner
+            .shared
+            .stopped
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        let store = Store { inner };
+        let status = store.key_status();
+        if store.inner.rekey.is_running() || status.active.is_none() {
+            continue;
+        }
+        let cfg = &store.inner.config;
+        let by_count = cfg
+            .rotate_key_after_records
+            .is_some_and(|n| status.sealed_under_active >= n);
+        let by_age = match (cfg.rotate_key_after, status.active_created) {
+            (Some(max), Some(created)) => {
+                rekey::unix_now().saturating_sub(created) >= max.as_secs()
+            }
+            _ => false,
+        };
+        if by_count || by_age {
+            match store.rotate_key().await {
+                Ok(id) => {
+                    tracing::info!(key = %id, by_count, by_age, "rotated the data key by policy")
+                }
+                Err(e) => tracing::warn!(error = %e, "automatic data key rotation failed"),
+            }
+        }
     }
 }
 
