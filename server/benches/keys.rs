@@ -18,8 +18,12 @@
 //!   and the put rate of 64 concurrent writers before and while a
 //!   re-encryption runs (unbounded, and at the default bound).
 //!
+//! - `coffer ca rotate` on three managers and a worker: from the command
+//!   until every node holds a certificate from the new root and the
+//!   cluster trusts it alone.
+//!
 //! `cargo bench -p coffer-server --bench keys` (`-- --quick` for a short
-//! run).
+//! run; `-- unlock`, `-- rekey`, `-- ca` or `-- snapshot` for one part).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -269,18 +273,52 @@ fn rekey(keys: usize) {
     });
 }
 
+/// `coffer ca rotate` on three managers and a worker, `rounds` times in a
+/// row: from the command's start until it reports the rotation done.
+fn ca_rotation(rounds: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let managers = support::three_managers(root);
+    let token = ok(managers[0].coffer(&["join-token", "-q", "worker"]));
+    let _worker = Server::join_in(root, "w", &managers[0], &token);
+    support::wait_for("the worker in node ls", &managers[0].log, || {
+        managers[0].nodes().len() == 4
+    });
+    let mut took = Vec::new();
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let out = ok(managers[0].coffer(&["ca", "rotate"]));
+        assert!(out.contains("rotation is done"), "{out}");
+        took.push(start.elapsed());
+    }
+    println!("ca rotate, 4 nodes            {}", Sample(took).line());
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // A word names the one part to run: unlock, rekey or snapshot.
+    let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let rounds = if quick { 3 } else { 10 };
-    println!("== unlock (autolock)");
-    derive(rounds);
-    unlock(rounds);
-    println!("== data key rotation");
-    rekey(if quick { 20_000 } else { 200_000 });
-    println!("== snapshot save and restore");
-    if quick {
-        snapshot(64, 2);
-    } else {
-        snapshot(1024, 3);
+    if run("unlock") {
+        println!("== unlock (autolock)");
+        derive(rounds);
+        unlock(rounds);
+    }
+    if run("rekey") {
+        println!("== data key rotation");
+        rekey(if quick { 20_000 } else { 200_000 });
+    }
+    if run("ca") {
+        println!("== root CA rotation");
+        ca_rotation(if quick { 2 } else { 5 });
+    }
+    if run("snapshot") {
+        println!("== snapshot save and restore");
+        if quick {
+            snapshot(64, 2);
+        } else {
+            snapshot(1024, 3);
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use coffer_store::{LocalKeys, Store};
-use coffer_vault::ca::{signing_request, NodeCert, NodeKey, Role};
+use coffer_vault::ca::{signing_request, NodeKey, Role};
 use tonic::Code;
 use tracing::{debug, info, warn};
 
@@ -23,7 +23,7 @@ use crate::identity::{self, Identity};
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient;
 use crate::raft::GrpcTransport;
-use crate::tls::{self, NodeCertResolver};
+use crate::tls::{self, ClientVerifier, NodeCertResolver, Trust};
 
 /// How often a node asks for its standing.
 pub const AGENT_INTERVAL: Duration = Duration::from_secs(2);
@@ -46,7 +46,10 @@ pub struct Agent {
     pub dir: PathBuf,
     pub keys: LocalKeys,
     pub identity: Identity,
-    pub ca_der: Vec<u8>,
+    /// What the node trusts and presents.
+    pub trust: Trust,
+    /// The client certificate verifier of the node's port.
+    pub verifier: Arc<ClientVerifier>,
     /// The certificate the node's port presents.
     pub resolver: Arc<NodeCertResolver>,
     /// A manager's transport, whose client certificate follows renewals.
@@ -93,6 +96,15 @@ impl Agent {
             Asked::Answer(answer) => answer,
         };
         self.remember_managers(&answer.managers);
+        if !answer.trusted_roots.is_empty() {
+            let trust = Trust {
+                roots: std::mem::take(&mut answer.trusted_roots),
+                chain: std::mem::take(&mut answer.chain),
+            };
+            if trust != self.trust {
+                self.apply_trust(trust)?;
+            }
+        }
         let role = match answer.role.as_str() {
             "manager" => Role::Manager,
             "worker" => Role::Worker,
@@ -100,7 +112,10 @@ impl Agent {
         };
         // The managers issue for the role they want: a certificate asked
         // for with a renewal already has the new role.
-        let (key, certificate) = match (key, role == self.identity.cert.role) {
+        if answer.renew_now && key.is_none() {
+            info!("a root CA rotation is under way: renewing this node's certificate under the new root");
+        }
+        let (key, certificate) = match (key, role == self.identity.cert.role && !answer.renew_now) {
             (Some(key), _) => (key, std::mem::take(&mut answer.certificate)),
             (None, true) => return Ok(None),
             (None, false) => {
@@ -111,7 +126,9 @@ impl Agent {
                 }
             }
         };
-        let cert = NodeCert::verify_with(&certificate, &self.ca_der)
+        let (cert, _) = self
+            .trust
+            .verify(&certificate)
             .context("the certificate the managers issued")?;
         if cert.cluster_id != self.identity.cert.cluster_id {
             bail!(
@@ -126,17 +143,15 @@ impl Agent {
                 cert.node
             );
         }
-        identity::save(&self.dir, &self.keys, &certificate, &key, &self.ca_der)?;
+        identity::save(&self.dir, &self.keys, &certificate, &key, &self.trust)?;
         if cert.role != self.identity.cert.role {
             info!(from = %self.identity.cert.role, to = %cert.role, "the cluster changed this node's role");
             return Ok(Some(Verdict::Switch(cert.role)));
         }
-        self.resolver.replace(&certificate, &key)?;
+        self.resolver.replace(&certificate, &key, &self.trust)?;
         if let Some(transport) = &self.transport {
-            transport.set_client_config(tls::client_config(
-                &self.ca_der,
-                Some((&certificate, &key)),
-            )?);
+            transport
+                .set_client_config(tls::client_config(&self.trust, Some((&certificate, &key)))?);
         }
         info!(
             expires_in_days = (cert.not_after_unix - identity::unix_now()) / 86_400,
@@ -150,11 +165,55 @@ impl Agent {
         Ok(None)
     }
 
+    /// Trusts and presents `trust` from now on (a root CA rotation began
+    /// or ended). A root it did not trust before is taken only with a
+    /// certificate in the chain that a root it trusts signed for it.
+    fn apply_trust(&mut self, trust: Trust) -> Result<()> {
+        for root in &trust.roots {
+            if self.trust.roots.contains(root) {
+                continue;
+            }
+            let vouched = trust.chain.iter().any(|cross| {
+                self.trust
+                    .roots
+                    .iter()
+                    .any(|known| coffer_vault::ca::verify_cross_signed(known, root, cross).is_ok())
+            });
+            if !vouched {
+                bail!("the managers named a root CA that no root this node trusts vouches for");
+            }
+        }
+        self.verifier.replace(&trust)?;
+        self.resolver
+            .replace(&self.identity.cert_der, &self.identity.key, &trust)?;
+        if let Some(transport) = &self.transport {
+            transport.set_client_config(tls::client_config(
+                &trust,
+                Some((&self.identity.cert_der, &self.identity.key)),
+            )?);
+        }
+        // On disk last: what the files say is in force.
+        identity::save_trust(&self.dir, &trust)?;
+        info!(
+            roots = trust.roots.len(),
+            root = &coffer_vault::ca::cert_digest(trust.current())[..12],
+            "this node's trusted root CAs changed"
+        );
+        self.trust = trust;
+        Ok(())
+    }
+
     /// Asks the managers in turn until one answers.
     async fn ask(&self, key: Option<&NodeKey>) -> Result<Asked> {
         let csr = key.map(signing_request).transpose()?.unwrap_or_default();
+        // Which of the roots it trusts issued its certificate.
+        let cert_root = self
+            .trust
+            .verify(&self.identity.cert_der)
+            .map(|(_, root)| root)
+            .unwrap_or_default();
         let config = tls::client_config(
-            &self.ca_der,
+            &self.trust,
             Some((&self.identity.cert_der, &self.identity.key)),
         )?;
         let mut candidates: Vec<String> = self.managers.clone();
@@ -172,7 +231,10 @@ impl Agent {
         for addr in &candidates {
             let attempt = async {
                 let channel = connect_tls(addr, config.clone()).await?;
-                let mut request = tonic::Request::new(pb::RenewRequest { csr: csr.clone() });
+                let mut request = tonic::Request::new(pb::RenewRequest {
+                    csr: csr.clone(),
+                    cert_root: cert_root.clone(),
+                });
                 request.set_timeout(ASK_TIMEOUT);
                 anyhow::Ok(ClusterClient::new(channel).renew(request).await)
             };

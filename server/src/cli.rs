@@ -184,8 +184,9 @@ pub enum Command {
     /// The managers' data keys: rotate them, or see a rotation's progress.
     #[command(subcommand)]
     Key(key::KeyCommand),
-    /// Prints the cluster's root CA certificate (PEM).
-    Ca,
+    /// Prints the cluster's root CA certificate (PEM); `ca rotate`
+    /// replaces it on the running cluster.
+    Ca(CaArgs),
     /// Saves the whole store into an encrypted file, or restores one into
     /// a new data directory.
     #[command(subcommand)]
@@ -204,6 +205,38 @@ pub enum Command {
         quiet: bool,
         #[arg(value_parser = ["worker", "manager"])]
         role: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CaArgs {
+    #[command(subcommand)]
+    command: Option<CaCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Replaces the cluster's root CA without downtime, as SwarmKit's root
+    /// rotation: the new root (the operator's with --ca-cert and
+    /// --ca-key, else a generated one) is cross-signed by the current
+    /// one, every node renews its certificate under it, and the cluster
+    /// trusts only it once every node holds one (a node that is down
+    /// included, once it returns). The join tokens change with it. Shows
+    /// the progress until it is done; --detach leaves it to finish on its
+    /// own (`coffer ca` shows how far it is).
+    Rotate {
+        /// The new CA's certificate (PEM), a root or an intermediate.
+        #[arg(long, value_name = "FILE", requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// The new CA's key (unencrypted PKCS#8 PEM).
+        #[arg(long, value_name = "FILE", requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// Node certificate validity from now on (as 90d, 2160h).
+        #[arg(long, value_name = "DURATION", value_parser = coffer_vault::config::parse_duration)]
+        cert_expiry: Option<std::time::Duration>,
+        /// Return once the rotation has begun.
+        #[arg(long)]
+        detach: bool,
     },
 }
 
@@ -483,13 +516,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             )
             .await
         }
-        Command::Ca => {
-            ca(&target(
-                cli.host.as_deref(),
-                cli.identity.as_deref(),
-                &cli.data_dir,
-            )?)
-            .await
+        Command::Ca(CaArgs { command }) => {
+            let target = target(cli.host.as_deref(), cli.identity.as_deref(), &cli.data_dir)?;
+            match command {
+                None => ca(&target).await,
+                Some(CaCommand::Rotate {
+                    ca_cert,
+                    ca_key,
+                    cert_expiry,
+                    detach,
+                }) => ca_rotate(&target, ca_cert, ca_key, cert_expiry, detach).await,
+            }
         }
         Command::Node(cmd) => {
             node(
@@ -599,7 +636,82 @@ async fn ca(target: &Target) -> Result<ExitCode> {
     })
     .await?;
     print!("{}", answer.certificate_pem);
+    if !answer.next_digest.is_empty() {
+        eprintln!("{}", rotation_progress(&answer));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn rotation_progress(answer: &crate::pb::RootCaResponse) -> String {
+    format!(
+        "a root CA rotation from {} to {} is under way: {} of {} nodes hold a certificate from the new root",
+        &answer.digest[..answer.digest.len().min(12)],
+        &answer.next_digest[..answer.next_digest.len().min(12)],
+        answer.nodes_done,
+        answer.nodes_total
+    )
+}
+
+/// How often `ca rotate` looks at the rotation's progress.
+const CA_ROTATE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn ca_rotate(
+    target: &Target,
+    ca_cert: Option<PathBuf>,
+    ca_key: Option<PathBuf>,
+    cert_expiry: Option<std::time::Duration>,
+    detach: bool,
+) -> Result<ExitCode> {
+    let read = |path: &Option<PathBuf>| -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        Ok(zeroize::Zeroizing::new(match path {
+            Some(p) => anyhow::Context::with_context(std::fs::read(p), || {
+                format!("reading {}", p.display())
+            })?,
+            None => Vec::new(),
+        }))
+    };
+    let request = crate::pb::RotateCaRequest {
+        ca_cert_pem: read(&ca_cert)?.to_vec(),
+        ca_key_pem: read(&ca_key)?.to_vec(),
+        cert_expiry_secs: cert_expiry.map_or(0, |d| d.as_secs()),
+    };
+    let started = cluster_call(target, |mut c| async move { c.rotate_ca(request).await }).await?;
+    let next = started.next_digest.clone();
+    println!("{}", rotation_progress(&started));
+    if detach {
+        println!("It goes on on its own: `coffer ca` shows how far it is.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut shown = (started.nodes_done, started.nodes_total);
+    loop {
+        tokio::time::sleep(CA_ROTATE_POLL).await;
+        let answer = match cluster_call(target, |mut c| async move {
+            c.root_ca(crate::pb::RootCaRequest {}).await
+        })
+        .await
+        {
+            Ok(answer) => answer,
+            // A leader change or a node restarting: ask again.
+            Err(e) => {
+                eprintln!("asking for the rotation's progress: {e:#}");
+                continue;
+            }
+        };
+        if answer.digest == next {
+            println!(
+                "The root CA rotation is done: every node holds a certificate from the new root {}, which alone is trusted now. The join tokens changed with it (`coffer join-token`).",
+                &next[..12]
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if answer.next_digest != next {
+            anyhow::bail!("the rotation to {} is no longer under way", &next[..12]);
+        }
+        if (answer.nodes_done, answer.nodes_total) != shown {
+            shown = (answer.nodes_done, answer.nodes_total);
+            println!("{} of {} nodes", shown.0, shown.1);
+        }
+    }
 }
 
 async fn node(target: &Target, cmd: NodeCommand) -> Result<ExitCode> {
@@ -647,6 +759,7 @@ async fn node_ls(target: &Target, format: Format) -> Result<ExitCode> {
                         "membership": n.membership,
                         "reachable": n.reachable,
                         "leader": n.leader,
+                        "cert_root": n.cert_root,
                     })
                 })
                 .collect();
@@ -654,18 +767,23 @@ async fn node_ls(target: &Target, format: Format) -> Result<ExitCode> {
         }
         Format::Table => {
             println!(
-                "{:<16}  {:<21}  {:<7}  {:<10}  {:<11}  LEADER",
-                "ID", "ADDRESS", "ROLE", "MEMBERSHIP", "REACHABLE"
+                "{:<16}  {:<21}  {:<7}  {:<10}  {:<11}  {:<6}  CA",
+                "ID", "ADDRESS", "ROLE", "MEMBERSHIP", "REACHABLE", "LEADER"
             );
             for n in &nodes {
                 println!(
-                    "{:016x}  {:<21}  {:<7}  {:<10}  {:<11}  {}",
+                    "{:016x}  {:<21}  {:<7}  {:<10}  {:<11}  {:<6}  {}",
                     n.id,
                     n.address,
                     n.role,
                     n.membership,
                     if n.reachable { "yes" } else { "no" },
-                    if n.leader { "*" } else { "" }
+                    if n.leader { "*" } else { "" },
+                    if n.cert_root.is_empty() {
+                        "-"
+                    } else {
+                        &n.cert_root[..n.cert_root.len().min(12)]
+                    }
                 );
             }
         }

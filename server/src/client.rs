@@ -256,13 +256,13 @@ fn node_client_config(dir: &Path) -> Result<rustls::ClientConfig> {
             dir.display()
         )
     };
-    let Some((_, ca_der)) = crate::identity::on_disk(dir).with_context(no_identity)? else {
+    let Some((_, trust)) = crate::identity::on_disk(dir).with_context(no_identity)? else {
         bail!(no_identity());
     };
     let keys = coffer_store::LocalKeys::open(dir)
         .with_context(|| format!("opening the keys in {}", dir.display()))?;
     let identity = crate::identity::load(dir, &keys)?;
-    crate::tls::client_config(&ca_der, Some((&identity.cert_der, &identity.key)))
+    crate::tls::client_config(&trust, Some((&identity.cert_der, &identity.key)))
 }
 
 /// An endpoint for a node's TCP port and the connector that dials it over

@@ -108,6 +108,7 @@ impl ClusterService {
                 role: Role::Manager,
                 addr: String::new(),
                 state: NodeState::Active,
+                cert_root: String::new(),
             });
             node.addr.clone_from(&member.addr);
         }
@@ -274,6 +275,21 @@ fn stream_frames(mut reader: coffer_store::SnapshotReader) -> SnapshotFrames {
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// What a node trusts and presents while `cluster` is as it is: its root
+/// (and the next one during a rotation), and the CA certificates that go
+/// after a node certificate (an operator's intermediate, the next root
+/// cross-signed by the current one).
+pub fn cluster_trust(cluster: &Cluster) -> crate::tls::Trust {
+    let mut trust = crate::tls::Trust::of(cluster.ca.cert_der());
+    if let Some(r) = &cluster.rotation {
+        let next = crate::tls::Trust::of(r.next.cert_der());
+        trust.roots.extend(next.roots);
+        trust.chain.push(r.cross_signed.clone());
+        trust.chain.extend(next.chain);
+    }
+    trust
+}
+
 /// How long each other manager has to answer `key rotate`/`key status`.
 const KEY_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -350,6 +366,71 @@ impl ClusterService {
             .collect()
     }
 
+    /// The root CA as `RootCa` answers it, with a rotation's progress.
+    async fn ca_answer(&self, cluster: &Cluster) -> Result<pb::RootCaResponse, Status> {
+        let ca = &cluster.ca;
+        let mut answer = pb::RootCaResponse {
+            certificate: ca.cert_der().to_vec(),
+            certificate_pem: ca.cert_pem(),
+            digest: ca.digest(),
+            cluster_id: ca.cluster_id().to_string(),
+            ..Default::default()
+        };
+        if let Some(r) = &cluster.rotation {
+            let next = r.next.digest();
+            let nodes = self.nodes().await?;
+            answer.nodes_total = u32::try_from(nodes.len()).unwrap_or(u32::MAX);
+            answer.nodes_done =
+                u32::try_from(nodes.values().filter(|n| n.cert_root == next).count())
+                    .unwrap_or(u32::MAX);
+            answer.next_certificate = r.next.cert_der().to_vec();
+            answer.next_digest = next;
+        }
+        Ok(answer)
+    }
+
+    /// Records the root that issued node `node`'s certificate, as it said,
+    /// and ends a rotation once every node holds a certificate from the
+    /// next root.
+    async fn record_cert_root(
+        &self,
+        cluster: &Cluster,
+        node: u64,
+        record: Option<NodeRecord>,
+        cert_root: &str,
+    ) -> Result<(), Status> {
+        if cert_root.len() != 64 || !cert_root.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(());
+        }
+        if record.is_none_or(|r| r.cert_root != cert_root) {
+            // A manager from before node records gets one.
+            let addr = member_addr(&self.store, node).unwrap_or_default();
+            NodeRecord::set_cert_root(&self.store, node, cert_root, || {
+                NodeRecord::active(node, Role::Manager, &addr)
+            })
+            .await
+            .map_err(from_vault)?;
+        }
+        let Some(r) = &cluster.rotation else {
+            return Ok(());
+        };
+        let next = r.next.digest();
+        let nodes = self.nodes().await?;
+        if nodes.values().all(|n| n.cert_root == next) {
+            if let Some(done) = Cluster::finish_rotation(&self.store, &next)
+                .await
+                .map_err(from_vault)?
+            {
+                tracing::info!(
+                    root = &done.ca.digest()[..12],
+                    nodes = nodes.len(),
+                    "the root CA rotation is done: every node holds a certificate from the new root, which alone is trusted now"
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn own_addr(&self) -> String {
         let membership = self.store.metrics().membership_config;
         membership
@@ -424,13 +505,67 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _: Request<pb::RootCaRequest>,
     ) -> Result<Response<pb::RootCaResponse>, Status> {
-        let ca = self.cluster().await?.ca;
-        Ok(Response::new(pb::RootCaResponse {
-            certificate: ca.cert_der().to_vec(),
-            certificate_pem: ca.cert_pem(),
-            digest: ca.digest(),
-            cluster_id: ca.cluster_id().to_string(),
-        }))
+        let cluster = self.cluster().await?;
+        Ok(Response::new(self.ca_answer(&cluster).await?))
+    }
+
+    async fn rotate_ca(
+        &self,
+        request: Request<pb::RotateCaRequest>,
+    ) -> Result<Response<pb::RootCaResponse>, Status> {
+        self.managers_or_local(&request)?;
+        if let Some(mut leader) = self.leader_client(request.metadata())? {
+            return leader.rotate_ca(forwarded(request.into_inner())).await;
+        }
+        self.leading()?;
+        let request = request.into_inner();
+        let cluster = self.cluster().await?;
+        if let Some(r) = &cluster.rotation {
+            return Err(Status::failed_precondition(format!(
+                "a root CA rotation to {} is already under way: `coffer ca` shows its progress",
+                &r.next.digest()[..12]
+            )));
+        }
+        if request.cert_expiry_secs > 0 {
+            ClusterConfig::new(Duration::from_secs(request.cert_expiry_secs))
+                .map_err(from_vault)?
+                .save(&self.store)
+                .await
+                .map_err(from_vault)?;
+        }
+        let id = cluster.ca.cluster_id();
+        let next = match (
+            request.ca_cert_pem.is_empty(),
+            request.ca_key_pem.is_empty(),
+        ) {
+            (true, true) => coffer_vault::ca::RootCa::generate(id).map_err(from_vault)?,
+            (false, false) => coffer_vault::ca::RootCa::from_operator(
+                id,
+                &request.ca_cert_pem,
+                &request.ca_key_pem,
+                crate::identity::unix_now(),
+            )
+            .map_err(|e| Status::invalid_argument(format!("the new CA: {e}")))?,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give both the new CA's certificate and its key, or neither",
+                ))
+            }
+        };
+        if next.digest() == cluster.ca.digest() {
+            return Err(Status::invalid_argument(
+                "the new CA is the cluster's current CA",
+            ));
+        }
+        let rotating = Cluster::start_rotation(&self.store, next, crate::identity::unix_now())
+            .await
+            .map_err(from_vault)?;
+        tracing::info!(
+            from = &rotating.ca.digest()[..12],
+            to = &rotating.issuing_ca().digest()[..12],
+            "a root CA rotation began: every node renews its certificate under the new root"
+        );
+        Ok(Response::new(self.ca_answer(&rotating).await?))
     }
 
     async fn join(
@@ -553,6 +688,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 membership: membership.into(),
                 leader: node.id == me,
                 reachable,
+                cert_root: node.cert_root,
             });
         }
         Ok(Response::new(pb::ListNodesResponse { nodes }))
@@ -718,10 +854,10 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .renew(forwarded_for(request.into_inner(), node))
                 .await;
         }
-        let role = match NodeRecord::load(&self.store, node)
+        let record = NodeRecord::load(&self.store, node)
             .await
-            .map_err(from_vault)?
-        {
+            .map_err(from_vault)?;
+        let role = match &record {
             Some(record) if record.is_removed() => {
                 return Err(crate::status::from_auth(crate::auth::AuthError::Removed(
                     node,
@@ -735,22 +871,32 @@ impl pb::cluster_server::Cluster for ClusterService {
                 )))
             }
         };
-        let csr = request.into_inner().csr;
-        let certificate = if csr.is_empty() {
+        let request = request.into_inner();
+        let cluster = self.cluster().await?;
+        let issuing = cluster.issuing_ca();
+        let certificate = if request.csr.is_empty() {
             Vec::new()
         } else {
-            let cluster = self.cluster().await?;
-            let issued = cluster
-                .ca
-                .issue_for_csr(&csr, node, role, self.cert_expiry().await?)
+            let issued = issuing
+                .issue_for_csr(&request.csr, node, role, self.cert_expiry().await?)
                 .map_err(from_vault)?;
-            tracing::info!(node = format_args!("{node:016x}"), %role, "renewed a node's certificate");
+            tracing::info!(node = format_args!("{node:016x}"), %role, root = &issuing.digest()[..12], "renewed a node's certificate");
             issued
         };
+        // What it holds now: a certificate just issued is not in use yet.
+        let renew_now = request.csr.is_empty()
+            && cluster.rotation.is_some()
+            && request.cert_root != issuing.digest();
+        self.record_cert_root(&cluster, node, record, &request.cert_root)
+            .await?;
+        let trust = cluster_trust(&cluster);
         Ok(Response::new(pb::RenewResponse {
             role: role.to_string(),
             certificate,
             managers: self.managers_addrs(),
+            trusted_roots: trust.roots,
+            chain: trust.chain,
+            renew_now,
         }))
     }
 

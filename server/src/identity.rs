@@ -20,11 +20,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use coffer_store::LocalKeys;
 use coffer_vault::ca::{pem, NodeCert, NodeKey, Role, RootCa};
+
+use crate::tls::Trust;
 use tracing::info;
 
 const IDENTITY_DIR: &str = "identity";
 const CERT_FILE: &str = "node.crt";
+/// The root CA certificates the node trusts (PEM): the cluster's, then
+/// the next root during a root rotation.
 const CA_FILE: &str = "ca.crt";
+/// The CA certificates the node presents after its own (PEM, possibly
+/// none); absent in a directory from before root rotation, where they
+/// follow from `ca.crt` ([`Trust::of`]).
+const CHAIN_FILE: &str = "chain.crt";
 const KEY_FILE: &str = "node.key";
 /// What the key is sealed for (see `LocalKeys::seal`).
 const KEY_PURPOSE: &str = "node-tls-key";
@@ -109,20 +117,52 @@ fn read_pem(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// Every certificate of a PEM file (`None`: no file).
+fn read_pem_all(path: &Path) -> Result<Option<Vec<Vec<u8>>>> {
+    use rustls::pki_types::pem::PemObject;
+    let Some(pem) = read_limited(path)? else {
+        return Ok(None);
+    };
+    rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.map(|der| der.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{} is not a PEM certificate file: {e}", path.display()))
+}
+
+fn pem_all(ders: &[Vec<u8>]) -> String {
+    ders.iter().map(|d| pem("CERTIFICATE", d)).collect()
+}
+
+/// What the node trusts and presents, from its public files.
+fn trust_on_disk(dir: &Path) -> Result<Option<Trust>> {
+    let Some(roots) = read_pem_all(&dir.join(CA_FILE))? else {
+        return Ok(None);
+    };
+    let Some(first) = roots.first() else {
+        bail!("{} holds no certificate", dir.join(CA_FILE).display());
+    };
+    let chain = match read_pem_all(&dir.join(CHAIN_FILE))? {
+        Some(chain) => chain,
+        None => Trust::of(first).chain,
+    };
+    Ok(Some(Trust { roots, chain }))
+}
+
 /// Who this data directory's node is, from its public files: its
-/// certificate and the root CA's, or `None` before it has an identity.
-pub fn on_disk(data_dir: &Path) -> Result<Option<(NodeCert, Vec<u8>)>> {
+/// certificate and what it trusts, or `None` before it has an identity.
+pub fn on_disk(data_dir: &Path) -> Result<Option<(NodeCert, Trust)>> {
     let (cert_path, _, dir) = paths(data_dir);
     if dir.exists() {
+        let _files = files_lock();
         finish_swap(&dir)?;
     }
-    let (Some(cert_der), Some(ca_der)) = (read_pem(&cert_path)?, read_pem(&dir.join(CA_FILE))?)
-    else {
+    let (Some(cert_der), Some(trust)) = (read_pem(&cert_path)?, trust_on_disk(&dir)?) else {
         return Ok(None);
     };
     let cert =
         NodeCert::parse(&cert_der).with_context(|| format!("reading {}", cert_path.display()))?;
-    Ok(Some((cert, ca_der)))
+    Ok(Some((cert, trust)))
 }
 
 /// The identity on disk, if it is there and from `ca`.
@@ -172,7 +212,7 @@ fn open_key(
 /// set replaces the current files (see [`save`]).
 const SWAP_FILE: &str = "swap";
 /// The identity files, in the order a swap renames them.
-const IDENTITY_FILES: [&str; 3] = [KEY_FILE, CA_FILE, CERT_FILE];
+const IDENTITY_FILES: [&str; 4] = [KEY_FILE, CA_FILE, CHAIN_FILE, CERT_FILE];
 
 fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
@@ -257,7 +297,7 @@ pub fn save(
     keys: &LocalKeys,
     cert_der: &[u8],
     key: &NodeKey,
-    ca_der: &[u8],
+    trust: &Trust,
 ) -> Result<()> {
     let _files = files_lock();
     let (_, _, dir) = paths(data_dir);
@@ -270,16 +310,26 @@ pub fn save(
     let sealed = keys.seal(KEY_PURPOSE, key.pkcs8_der())?;
     let staged = |name: &str| dir.join(format!("{name}.new"));
     write_atomic(&staged(KEY_FILE), &sealed, 0o600)?;
-    write_atomic(
-        &staged(CA_FILE),
-        pem("CERTIFICATE", ca_der).as_bytes(),
-        0o644,
-    )?;
+    write_atomic(&staged(CA_FILE), pem_all(&trust.roots).as_bytes(), 0o644)?;
+    write_atomic(&staged(CHAIN_FILE), pem_all(&trust.chain).as_bytes(), 0o644)?;
     write_atomic(
         &staged(CERT_FILE),
         pem("CERTIFICATE", cert_der).as_bytes(),
         0o644,
     )?;
+    write_atomic(&dir.join(SWAP_FILE), b"", 0o600)?;
+    finish_swap(&dir)
+}
+
+/// Replaces what the node trusts and presents (a root rotation began or
+/// ended), keeping its certificate and key.
+pub fn save_trust(data_dir: &Path, trust: &Trust) -> Result<()> {
+    let _files = files_lock();
+    let (_, _, dir) = paths(data_dir);
+    finish_swap(&dir)?;
+    let staged = |name: &str| dir.join(format!("{name}.new"));
+    write_atomic(&staged(CA_FILE), pem_all(&trust.roots).as_bytes(), 0o644)?;
+    write_atomic(&staged(CHAIN_FILE), pem_all(&trust.chain).as_bytes(), 0o644)?;
     write_atomic(&dir.join(SWAP_FILE), b"", 0o600)?;
     finish_swap(&dir)
 }
@@ -330,7 +380,7 @@ pub fn load_or_issue(
     let key = NodeKey::generate()?;
     let cert_der = ca.issue(&key.public_key_der()?, node, Role::Manager, validity)?;
     let cert = NodeCert::verify(&cert_der, ca)?;
-    save(data_dir, keys, &cert_der, &key, ca.cert_der())?;
+    save(data_dir, keys, &cert_der, &key, &Trust::of(ca.cert_der()))?;
     info!(
         node = format_args!("{node:016x}"),
         expires_in_days = (cert.not_after_unix - unix_now()) / 86_400,
@@ -376,9 +426,9 @@ mod tests {
             (key, cert)
         };
         let (old_key, old_cert) = issue(7);
-        save(dir, &keys, &old_cert, &old_key, ca.cert_der()).unwrap();
+        save(dir, &keys, &old_cert, &old_key, &Trust::of(ca.cert_der())).unwrap();
         let (new_key, new_cert) = issue(7);
-        save(dir, &keys, &new_cert, &new_key, ca.cert_der()).unwrap();
+        save(dir, &keys, &new_cert, &new_key, &Trust::of(ca.cert_der())).unwrap();
         let files = dir.join(IDENTITY_DIR);
         // The state a crash leaves mid-save: the new set staged.
         let stage = |marker: bool| {

@@ -51,7 +51,7 @@ pub async fn join(addr: &str, token: &str, advertise: &str) -> Result<Joined> {
     let key = NodeKey::generate()?;
     let csr = signing_request(&key)?;
     // From here on the pinned CA verifies the server.
-    let verified = connect_tls(addr, tls::client_config(&ca_der, None)?).await?;
+    let verified = connect_tls(addr, tls::client_config(&tls::Trust::of(&ca_der), None)?).await?;
     let answer = ClusterClient::new(verified)
         .join(pb::JoinRequest {
             token: token.trim().to_string(),

@@ -54,6 +54,13 @@ impl pb::cluster_server::Cluster for Arc<LockedCluster> {
         locked()
     }
 
+    async fn rotate_ca(
+        &self,
+        _: Request<pb::RotateCaRequest>,
+    ) -> Result<Response<pb::RootCaResponse>, Status> {
+        locked()
+    }
+
     async fn rotate_key(
         &self,
         _: Request<pb::RotateKeyRequest>,

@@ -106,3 +106,14 @@ impl std::fmt::Debug for SnapshotChunk {
             .finish()
     }
 }
+
+/// Carries a CA's private key: its length is all `Debug` shows of it.
+impl std::fmt::Debug for RotateCaRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateCaRequest")
+            .field("ca_cert_pem_len", &self.ca_cert_pem.len())
+            .field("ca_key_pem", &"[redacted]")
+            .field("cert_expiry_secs", &self.cert_expiry_secs)
+            .finish()
+    }
+}

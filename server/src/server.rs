@@ -144,7 +144,7 @@ pub(crate) enum Start {
     Known {
         node: u64,
         role: Role,
-        ca_der: Vec<u8>,
+        trust: tls::Trust,
     },
     /// It just joined a cluster.
     Joined(crate::join::Joined),
@@ -431,7 +431,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let mut force_new_cluster = config.force_new_cluster;
     let mut start_as = match (identity::on_disk(dir)?, &config.join) {
-        (Some((cert, ca_der)), join) => {
+        (Some((cert, trust)), join) => {
             if join.is_some() {
                 warn!("this data directory already belongs to a cluster: --join is ignored");
             }
@@ -452,7 +452,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             Start::Known {
                 node: cert.node,
                 role: cert.role,
-                ca_der,
+                trust,
             }
         }
         (None, _) if config.force_new_cluster => bail!(
@@ -491,7 +491,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
                 bail!("{why}; to join again, start on an empty data directory with a join token")
             }
             Ended::Switch(role) => {
-                let Some((cert, ca_der)) = identity::on_disk(dir)? else {
+                let Some((cert, trust)) = identity::on_disk(dir)? else {
                     bail!("switching to {role}: the new identity is not on disk");
                 };
                 if role == Role::Worker {
@@ -501,7 +501,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
                 start_as = Start::Known {
                     node: cert.node,
                     role: cert.role,
-                    ca_der,
+                    trust,
                 };
             }
         }
@@ -731,12 +731,13 @@ async fn start(
     let addr = tcp.local_addr().context("the listening address")?;
     let keys = store.local_keys();
     let first = matches!(start_as, Start::First { .. });
-    let (identity, ca_der) = match start_as {
-        Start::Known { ca_der, .. } => (identity::load(dir, &keys)?, ca_der),
+    let (identity, trust) = match start_as {
+        Start::Known { trust, .. } => (identity::load(dir, &keys)?, trust),
         Start::Joined(joined) => {
-            identity::save(dir, &keys, &joined.cert_der, &joined.key, &joined.ca_der)?;
+            let trust = tls::Trust::of(&joined.ca_der);
+            identity::save(dir, &keys, &joined.cert_der, &joined.key, &trust)?;
             remember_join_addr(config, &joined.managers)?;
-            (identity::load(dir, &keys)?, joined.ca_der)
+            (identity::load(dir, &keys)?, trust)
         }
         Start::First { own_ca } => {
             let settings = match config.cert_expiry {
@@ -785,13 +786,14 @@ async fn start(
                 cluster.ca.cluster_id(),
                 token.as_str()
             );
-            (identity, cluster.ca.cert_der().to_vec())
+            (identity, tls::Trust::of(cluster.ca.cert_der()))
         }
     };
-    let client_tls = tls::client_config(&ca_der, Some((&identity.cert_der, &identity.key)))?;
+    let client_tls = tls::client_config(&trust, Some((&identity.cert_der, &identity.key)))?;
     transport.set_client_config(client_tls.clone());
-    let certs = NodeCertResolver::new(&identity.cert_der, &identity.key, &ca_der)?;
-    let tls = tls::server_config(&ca_der, certs.clone())?;
+    let certs = NodeCertResolver::new(&identity.cert_der, &identity.key, &trust)?;
+    let verifier = tls::ClientVerifier::new(&trust)?;
+    let tls = tls::server_config(verifier.clone(), certs.clone())?;
     let socket = dir.join(SOCKET_FILE);
     let unix = bind_private(&socket)?;
 
@@ -844,7 +846,7 @@ async fn start(
     info!(
         node = format_args!("{:016x}", store.node_id()),
         cluster = identity.cert.cluster_id,
-        ca_digest = coffer_vault::ca::cert_digest(&ca_der),
+        ca_digest = coffer_vault::ca::cert_digest(trust.current()),
         listen = %addr,
         advertise,
         socket = %socket.display(),
@@ -855,7 +857,8 @@ async fn start(
         dir: dir.clone(),
         keys,
         identity,
-        ca_der,
+        trust,
+        verifier,
         resolver: certs,
         transport: Some(transport.clone()),
         store: Some(store.clone()),

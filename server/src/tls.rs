@@ -20,52 +20,171 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>> {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ca_der.to_vec()))
-        .context("the root CA certificate")?;
-    Ok(Arc::new(roots))
+/// What a node trusts and presents: the CA certificates whose node
+/// certificates it accepts (the cluster's, then the next root during a
+/// root rotation), and the CA certificates it presents after its own so
+/// that peers trusting a root above them accept it (an operator's
+/// intermediate CA; the next root cross-signed by the current one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trust {
+    pub roots: Vec<Vec<u8>>,
+    pub chain: Vec<Vec<u8>>,
 }
 
-fn certified_key(
-    cert_der: &[u8],
-    key: &NodeKey,
-    issuer: Option<&CertificateDer<'static>>,
-) -> Result<Arc<CertifiedKey>> {
+impl Trust {
+    /// The cluster's CA alone: a root, or an operator's intermediate,
+    /// which is then presented too.
+    pub fn of(ca_der: &[u8]) -> Trust {
+        Trust {
+            roots: vec![ca_der.to_vec()],
+            chain: if coffer_vault::ca::is_self_signed(ca_der) {
+                Vec::new()
+            } else {
+                vec![ca_der.to_vec()]
+            },
+        }
+    }
+
+    /// The cluster's current CA (the first root).
+    pub fn current(&self) -> &[u8] {
+        self.roots.first().map_or(&[], Vec::as_slice)
+    }
+
+    fn root_store(&self) -> Result<Arc<RootCertStore>> {
+        let mut roots = RootCertStore::empty();
+        for der in &self.roots {
+            roots
+                .add(CertificateDer::from(der.clone()))
+                .context("a root CA certificate")?;
+        }
+        Ok(Arc::new(roots))
+    }
+
+    /// The node certificate `cert_der` if one of the roots issued it, with
+    /// that root's digest.
+    pub fn verify(&self, cert_der: &[u8]) -> Result<(coffer_vault::ca::NodeCert, String)> {
+        let mut last = None;
+        for root in &self.roots {
+            match coffer_vault::ca::NodeCert::verify_with(cert_der, root) {
+                Ok(cert) => return Ok((cert, coffer_vault::ca::cert_digest(root))),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => anyhow!(e),
+            None => anyhow!("no root CA to verify against"),
+        })
+    }
+}
+
+fn certified_key(cert_der: &[u8], key: &NodeKey, trust: &Trust) -> Result<Arc<CertifiedKey>> {
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
     let mut chain = vec![CertificateDer::from(cert_der.to_vec())];
-    chain.extend(issuer.cloned());
+    chain.extend(trust.chain.iter().map(|c| CertificateDer::from(c.clone())));
     let certified = CertifiedKey::from_der(chain, key_der, &provider())
         .map_err(|e| anyhow!("the node certificate and key do not go together: {e}"))?;
     Ok(Arc::new(certified))
 }
 
-/// The node's certificate, swappable while connections are served. When
-/// the cluster's CA is an intermediate (an operator's own), the chain
-/// goes on with it, so that clients trusting the root above it accept the
-/// node.
+/// The node's certificate, swappable while connections are served, with
+/// the chain its trust presents after it ([`Trust::chain`]).
 #[derive(Debug)]
 pub struct NodeCertResolver {
     current: RwLock<Arc<CertifiedKey>>,
-    issuer: Option<CertificateDer<'static>>,
 }
 
 impl NodeCertResolver {
-    /// The resolver of a node whose certificate `cert_der` (with `key`)
-    /// the cluster's CA `ca_der` issued.
-    pub fn new(cert_der: &[u8], key: &NodeKey, ca_der: &[u8]) -> Result<Arc<NodeCertResolver>> {
-        let issuer = (!coffer_vault::ca::is_self_signed(ca_der))
-            .then(|| CertificateDer::from(ca_der.to_vec()));
-        let current = RwLock::new(certified_key(cert_der, key, issuer.as_ref())?);
-        Ok(Arc::new(NodeCertResolver { current, issuer }))
+    /// The resolver of a node whose certificate is `cert_der` (with `key`).
+    pub fn new(cert_der: &[u8], key: &NodeKey, trust: &Trust) -> Result<Arc<NodeCertResolver>> {
+        let current = RwLock::new(certified_key(cert_der, key, trust)?);
+        Ok(Arc::new(NodeCertResolver { current }))
     }
 
     /// New handshakes present this certificate from now on.
-    pub fn replace(&self, cert_der: &[u8], key: &NodeKey) -> Result<()> {
-        let next = certified_key(cert_der, key, self.issuer.as_ref())?;
+    pub fn replace(&self, cert_der: &[u8], key: &NodeKey, trust: &Trust) -> Result<()> {
+        let next = certified_key(cert_der, key, trust)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
         Ok(())
+    }
+}
+
+/// The client certificate verifier of the node's port, whose roots change
+/// while it serves (a root CA rotation).
+#[derive(Debug)]
+pub struct ClientVerifier {
+    inner: RwLock<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+fn client_verifier(trust: &Trust) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    WebPkiClientVerifier::builder_with_provider(trust.root_store()?, provider())
+        .allow_unauthenticated()
+        .build()
+        .context("building the client certificate verifier")
+}
+
+impl ClientVerifier {
+    pub fn new(trust: &Trust) -> Result<Arc<ClientVerifier>> {
+        Ok(Arc::new(ClientVerifier {
+            inner: RwLock::new(client_verifier(trust)?),
+        }))
+    }
+
+    /// New handshakes accept client certificates from these roots.
+    pub fn replace(&self, trust: &Trust) -> Result<()> {
+        let next = client_verifier(trust)?;
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.get().offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.get().client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // Hints are optional; the roots change under a lock.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.get()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.get().supported_verify_schemes()
     }
 }
 
@@ -81,11 +200,10 @@ impl ResolvesServerCert for NodeCertResolver {
 }
 
 /// The server side of the node's port.
-pub fn server_config(ca_der: &[u8], certs: Arc<NodeCertResolver>) -> Result<Arc<ServerConfig>> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
-        .allow_unauthenticated()
-        .build()
-        .context("building the client certificate verifier")?;
+pub fn server_config(
+    verifier: Arc<ClientVerifier>,
+    certs: Arc<NodeCertResolver>,
+) -> Result<Arc<ServerConfig>> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with the ring provider")?
@@ -95,17 +213,21 @@ pub fn server_config(ca_der: &[u8], certs: Arc<NodeCertResolver>) -> Result<Arc<
     Ok(Arc::new(config))
 }
 
-/// A client of a node's port: trusts only the cluster's root CA, and
-/// presents `identity` (certificate and key) when given.
-pub fn client_config(ca_der: &[u8], identity: Option<(&[u8], &NodeKey)>) -> Result<ClientConfig> {
+/// A client of a node's port: trusts only the cluster's root CAs, and
+/// presents `identity` (certificate and key, then the trust's chain) when
+/// given.
+pub fn client_config(trust: &Trust, identity: Option<(&[u8], &NodeKey)>) -> Result<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with the ring provider")?
-        .with_root_certificates(roots(ca_der)?);
+        .with_root_certificates(trust.root_store()?);
     let mut config = match identity {
         Some((cert_der, key)) => builder
             .with_client_auth_cert(
-                vec![CertificateDer::from(cert_der.to_vec())],
+                std::iter::once(cert_der)
+                    .chain(trust.chain.iter().map(Vec::as_slice))
+                    .map(|c| CertificateDer::from(c.to_vec()))
+                    .collect(),
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec())),
             )
             .context("the client certificate")?,

@@ -168,19 +168,21 @@ pub(crate) async fn start(
     let dir = &config.data_dir;
     let keys =
         LocalKeys::open(dir).with_context(|| format!("opening the keys in {}", dir.display()))?;
-    let ca_der = match start_as {
-        Start::Known { ca_der, .. } => ca_der,
+    let trust = match start_as {
+        Start::Known { trust, .. } => trust,
         Start::Joined(joined) => {
-            identity::save(dir, &keys, &joined.cert_der, &joined.key, &joined.ca_der)?;
+            let trust = tls::Trust::of(&joined.ca_der);
+            identity::save(dir, &keys, &joined.cert_der, &joined.key, &trust)?;
             remember_join_addr(config, &joined.managers)?;
-            joined.ca_der
+            trust
         }
         Start::First { .. } => bail!("a new cluster starts with a manager, not a worker"),
     };
     let identity = identity::load(dir, &keys)?;
     let addr = tcp.local_addr().context("the listening address")?;
-    let certs = NodeCertResolver::new(&identity.cert_der, &identity.key, &ca_der)?;
-    let tls = tls::server_config(&ca_der, certs.clone())?;
+    let certs = NodeCertResolver::new(&identity.cert_der, &identity.key, &trust)?;
+    let verifier = tls::ClientVerifier::new(&trust)?;
+    let tls = tls::server_config(verifier.clone(), certs.clone())?;
     let socket = dir.join(SOCKET_FILE);
     let unix = bind_private(&socket)?;
 
@@ -189,7 +191,7 @@ pub(crate) async fn start(
     // swaps on renewal.
     let transport = GrpcTransport::new();
     transport.set_client_config(tls::client_config(
-        &ca_der,
+        &trust,
         Some((&identity.cert_der, &identity.key)),
     )?);
     let mounts = Mounts::open(
@@ -241,7 +243,8 @@ pub(crate) async fn start(
         dir: dir.clone(),
         keys,
         identity,
-        ca_der,
+        trust,
+        verifier,
         resolver: certs,
         transport: Some(transport),
         store: None,

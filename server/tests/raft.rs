@@ -59,9 +59,11 @@ async fn node(id: u64, ca: &RootCa, bootstrap: Bootstrap) -> Node {
         .await
         .unwrap();
     let (cert, key) = identity(ca, id);
-    transport.set_client_config(tls::client_config(ca.cert_der(), Some((&cert, &key))).unwrap());
-    let resolver = tls::NodeCertResolver::new(&cert, &key, ca.cert_der()).unwrap();
-    let server_tls = tls::server_config(ca.cert_der(), resolver).unwrap();
+    let trust = tls::Trust::of(ca.cert_der());
+    transport.set_client_config(tls::client_config(&trust, Some((&cert, &key))).unwrap());
+    let resolver = tls::NodeCertResolver::new(&cert, &key, &trust).unwrap();
+    let verifier = tls::ClientVerifier::new(&trust).unwrap();
+    let server_tls = tls::server_config(verifier, resolver).unwrap();
     let (stop, stopping) = watch::channel(false);
     let served = server::serve_port(
         &store,
@@ -156,7 +158,7 @@ async fn managers_replicate_over_mtls_and_a_late_member_gets_a_snapshot() {
     // No member speaks for another: node 3's certificate asking for
     // votes as node 2 is refused.
     let (cert, key) = identity(&ca, 3);
-    let config = tls::client_config(ca.cert_der(), Some((&cert, &key))).unwrap();
+    let config = tls::client_config(&tls::Trust::of(ca.cert_der()), Some((&cert, &key))).unwrap();
     let mut raft = RaftClient::new(client::connect_tls(&n1.addr, config).await.unwrap());
     let impostor = VoteRequest {
         vote: Vote::new(99, 2),

@@ -58,7 +58,8 @@ fn unix_now() -> i64 {
 }
 
 async fn channel(addr: &str, ca: &[u8], id: Option<&(Vec<u8>, NodeKey)>) -> Channel {
-    let config = tls::client_config(ca, id.map(|(c, k)| (c.as_slice(), k))).unwrap();
+    let config =
+        tls::client_config(&tls::Trust::of(ca), id.map(|(c, k)| (c.as_slice(), k))).unwrap();
     connect_tls(addr, config).await.unwrap()
 }
 
@@ -100,8 +101,10 @@ async fn only_this_clusters_managers_reach_the_store() {
         coffer_vault::ca::NODE_CERT_VALIDITY,
     )
     .unwrap();
-    let resolver = tls::NodeCertResolver::new(&me.cert_der, &me.key, ca.cert_der()).unwrap();
-    let server_tls = tls::server_config(ca.cert_der(), resolver).unwrap();
+    let trust = tls::Trust::of(ca.cert_der());
+    let resolver = tls::NodeCertResolver::new(&me.cert_der, &me.key, &trust).unwrap();
+    let server_tls =
+        tls::server_config(tls::ClientVerifier::new(&trust).unwrap(), resolver).unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap().to_string();
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -166,7 +169,7 @@ async fn only_this_clusters_managers_reach_the_store() {
     // A certificate from another CA: refused by TLS itself.
     let foreign_ca = RootCa::generate(ca.cluster_id()).unwrap();
     let foreign = identity(&foreign_ca, 2, Role::Manager);
-    let config = tls::client_config(ca.cert_der(), Some((&foreign.0, &foreign.1))).unwrap();
+    let config = tls::client_config(&trust, Some((&foreign.0, &foreign.1))).unwrap();
     let foreign_call = match connect_tls(&addr, config).await {
         Ok(channel) => KvClient::new(channel).get(get(b"a")).await.map(|_| ()),
         Err(e) => Err(tonic::Status::unavailable(e.to_string())),
@@ -193,7 +196,7 @@ async fn only_this_clusters_managers_reach_the_store() {
     assert!(refused.message().contains("another cluster"), "{refused:?}");
 
     // A server that is not of this cluster is refused by the client.
-    let stranger = tls::client_config(foreign_ca.cert_der(), None).unwrap();
+    let stranger = tls::client_config(&tls::Trust::of(foreign_ca.cert_der()), None).unwrap();
     assert!(connect_tls(&addr, stranger).await.is_err());
 
     // Plain HTTP/2 without TLS gets nothing.

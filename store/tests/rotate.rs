@@ -227,3 +227,26 @@ async fn local_files_are_resealed_before_the_old_key_goes_and_policy_rotates() {
     assert_eq!(status.keys, vec![status.active.unwrap()]);
     store.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_older_than_the_policy_allows_is_rotated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.rotate_key_after = Some(Duration::from_secs(2));
+    let store = Store::open(cfg).await.unwrap();
+    let first = store.key_status();
+    assert!(first.active_created.is_some());
+    store.put(b"k", b"v").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = store.key_status();
+        if st.active != first.active && st.phase == RekeyPhase::Idle && st.keys.len() == 1 {
+            assert!(st.active_created >= first.active_created);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rotation by age: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    store.shutdown().await.unwrap();
+}

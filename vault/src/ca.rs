@@ -150,8 +150,11 @@ impl RootCa {
         name.push(DnType::CommonName, ROOT_CA_NAME);
         name.push(DnType::OrganizationName, cluster_id);
         params.distinguished_name = name;
-        // It signs node certificates only, never another CA.
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        // It signs node certificates, and one CA below it: its successor's
+        // certificate cross-signed during a root rotation, so that a node
+        // trusting only this root accepts certificates from the new one.
+        // (Roots made before CA rotation say 0; see `RootCa::cross_sign`.)
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -378,6 +381,54 @@ impl RootCa {
 }
 
 impl RootCa {
+    /// The certificate of `next` (its subject and public key) signed by
+    /// this CA: during a root rotation, nodes present it after a
+    /// certificate `next` issued, so that a peer that still trusts only
+    /// this root can build the chain. It lasts as long as both CAs do, and
+    /// may sign node certificates only. A verifier that enforces path
+    /// lengths accepts the chain only below a root that allows one CA
+    /// (this build's roots do; older ones said none, and nodes then accept
+    /// the new root by [`verify_cross_signed`] instead).
+    pub fn cross_sign(&self, next: &RootCa) -> Result<Vec<u8>, VaultError> {
+        let (_, next_cert) = x509_parser::parse_x509_certificate(&next.cert_der)
+            .map_err(|e| VaultError::InvalidCertificate(format!("the new CA: {e}")))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = same_name(next_cert.subject())?;
+        // The new root's own key identifier, so that certificates it issues
+        // (which name it) chain through this one.
+        if let Some(ski) = next_cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                    Some(id.0.to_vec())
+                }
+                _ => None,
+            })
+        {
+            params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(ski);
+        }
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = now() - CLOCK_SKEW;
+        params.not_after = match (self.not_after(), next.not_after()) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => now() + ROOT_CA_VALIDITY,
+        };
+        params.serial_number = Some(random_serial());
+        let next_key = key_pair(&next.key_der)?;
+        let cert = params.signed_by(&next_key, &self.issuer()?)?;
+        let der = cert.der().to_vec();
+        verify_cross_signed(&self.cert_der, &next.cert_der, &der)?;
+        Ok(der)
+    }
+
     /// Issues a certificate for `node` in `role` over the key of a PKCS#10
     /// request, whose signature proves the requester holds that key. The
     /// request's own subject is ignored: the CA names the node.
@@ -414,6 +465,80 @@ pub fn is_self_signed(der: &[u8]) -> bool {
     x509_parser::parse_x509_certificate(der).is_ok_and(|(_, cert)| {
         cert.subject().as_raw() == cert.issuer().as_raw() && cert.verify_signature(None).is_ok()
     })
+}
+
+/// `name` as rcgen writes it: each attribute with its type and string
+/// kind, so the encoding comes out byte for byte the same (checked by the
+/// caller).
+fn same_name(name: &x509_parser::x509::X509Name<'_>) -> Result<DistinguishedName, VaultError> {
+    use rcgen::DnValue;
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let bad = |why: &str| VaultError::InvalidCertificate(format!("the new CA's name: {why}"));
+    let mut dn = DistinguishedName::new();
+    for rdn in name.iter() {
+        let mut attrs = rdn.iter();
+        let (Some(attr), None) = (attrs.next(), attrs.next()) else {
+            return Err(bad("a name part with other than one attribute"));
+        };
+        let oid: Vec<u64> = attr
+            .attr_type()
+            .iter()
+            .ok_or_else(|| bad("an attribute type out of range"))?
+            .collect();
+        let data = attr.attr_value().data;
+        let text = || std::str::from_utf8(data).map_err(|_| bad("not text"));
+        let value = match attr.attr_value().header.tag() {
+            Tag::PrintableString => DnValue::PrintableString(
+                text()?
+                    .try_into()
+                    .map_err(|_| bad("not a printable string"))?,
+            ),
+            Tag::Ia5String => DnValue::Ia5String(text()?.try_into().map_err(|_| bad("not IA5"))?),
+            Tag::Utf8String => DnValue::Utf8String(text()?.to_owned()),
+            _ => return Err(bad("a string kind this build cannot reproduce")),
+        };
+        dn.push(DnType::from_oid(&oid), value);
+    }
+    Ok(dn)
+}
+
+/// Checks that `cross_signed` certifies the CA certificate `next_der` (the
+/// same subject and public key) and carries `trusted_der`'s signature: how
+/// a node that trusts only the old root learns to trust the new one
+/// during a root rotation, whatever path length the old root allows.
+pub fn verify_cross_signed(
+    trusted_der: &[u8],
+    next_der: &[u8],
+    cross_signed: &[u8],
+) -> Result<(), VaultError> {
+    let parse = |der, what: &str| {
+        x509_parser::parse_x509_certificate(der)
+            .map(|(_, c)| c)
+            .map_err(|e| VaultError::InvalidCertificate(format!("{what}: {e}")))
+    };
+    let trusted = parse(trusted_der, "the trusted root")?;
+    let next = parse(next_der, "the new root")?;
+    let cross = parse(cross_signed, "the cross-signed certificate")?;
+    cross
+        .verify_signature(Some(trusted.public_key()))
+        .map_err(|_| {
+            VaultError::InvalidCertificate(
+                "the cross-signed certificate is not signed by the trusted root".into(),
+            )
+        })?;
+    if cross.subject().as_raw() != next.subject().as_raw()
+        || cross.public_key().raw != next.public_key().raw
+    {
+        return Err(VaultError::InvalidCertificate(
+            "the cross-signed certificate is not the new root's".into(),
+        ));
+    }
+    if !next.is_ca() || !is_self_signed(next_der) {
+        return Err(VaultError::InvalidCertificate(
+            "the new root is not a self-signed CA certificate".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The SHA-256 of a certificate's DER, in hex.
@@ -576,6 +701,55 @@ mod tests {
         assert!(ca
             .issue_for_csr(b"junk", 7, Role::Worker, NODE_CERT_VALIDITY)
             .is_err());
+    }
+
+    #[test]
+    fn a_cross_signed_new_root_chains_to_the_old_one() {
+        let old = RootCa::generate("c0ffee").unwrap();
+        let new = RootCa::generate("c0ffee").unwrap();
+        let cross = old.cross_sign(&new).unwrap();
+        verify_cross_signed(old.cert_der(), new.cert_der(), &cross).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&cross).unwrap();
+        let (_, n) = x509_parser::parse_x509_certificate(new.cert_der()).unwrap();
+        let (_, o) = x509_parser::parse_x509_certificate(old.cert_der()).unwrap();
+        assert_eq!(c.subject().as_raw(), n.subject().as_raw());
+        assert_eq!(c.issuer().as_raw(), o.subject().as_raw());
+        assert!(c.is_ca());
+        assert!(!is_self_signed(&cross));
+        // A node certificate from the new root verifies under the
+        // cross-signed certificate (the same key), which the old root
+        // signed.
+        let key = NodeKey::generate().unwrap();
+        let leaf = new
+            .issue(
+                &key.public_key_der().unwrap(),
+                5,
+                Role::Manager,
+                NODE_CERT_VALIDITY,
+            )
+            .unwrap();
+        assert_eq!(NodeCert::verify_with(&leaf, &cross).unwrap().node, 5);
+        assert!(NodeCert::verify(&leaf, &old).is_err());
+        // Another root's signature, another root's subject, or a damaged
+        // certificate are refused.
+        let stranger = RootCa::generate("c0ffee").unwrap();
+        assert!(verify_cross_signed(stranger.cert_der(), new.cert_der(), &cross).is_err());
+        assert!(verify_cross_signed(old.cert_der(), stranger.cert_der(), &cross).is_err());
+        let mut bad = cross.clone();
+        let at = bad.len() - 3;
+        bad[at] ^= 1;
+        assert!(verify_cross_signed(old.cert_der(), new.cert_der(), &bad).is_err());
+        // The operator's own CA as the new root.
+        let (cert, key_pem) = operator_ca(|_| {});
+        let theirs = RootCa::from_operator(
+            "c0ffee",
+            cert.as_bytes(),
+            key_pem.as_bytes(),
+            now().unix_timestamp(),
+        )
+        .unwrap();
+        let cross = old.cross_sign(&theirs).unwrap();
+        verify_cross_signed(old.cert_der(), theirs.cert_der(), &cross).unwrap();
     }
 
     /// A CA certificate (PEM) and its key (PKCS#8 PEM) as an operator's

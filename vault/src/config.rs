@@ -73,6 +73,12 @@ impl ClusterConfig {
         )
     }
 
+    /// Stores these settings in place of the cluster's.
+    pub async fn save(&self, store: &Store) -> Result<(), VaultError> {
+        store.put(CONFIG_KEY, &self.encode()).await?;
+        Ok(())
+    }
+
     fn encode(&self) -> Vec<u8> {
         Writer::new(CONFIG_VERSION)
             .bytes(&self.cert_expiry.as_secs().to_be_bytes())

@@ -17,7 +17,8 @@ use crate::record::{Reader, Writer};
 use crate::VaultError;
 
 const NODES_PREFIX: &[u8] = b"\0coffer/nodes/";
-const NODE_VERSION: u8 = 1;
+/// 1: id, role, address, state; 2: and the root its certificate is from.
+const NODE_VERSION: u8 = 2;
 /// An address longer than this is not `HOST:PORT`.
 pub const ADDR_BYTES_MAX: usize = 1024;
 
@@ -38,7 +39,14 @@ pub struct NodeRecord {
     /// Where the node listens (`HOST:PORT`), as it advertised it.
     pub addr: String,
     pub state: NodeState,
+    /// The digest of the root CA that issued the certificate the node
+    /// last said it holds (its agent says so with every ask); empty until
+    /// it has. A root rotation is done when every node's is the new root.
+    pub cert_root: String,
 }
+
+/// A certificate digest is 64 hex digits.
+const DIGEST_BYTES_MAX: usize = 64;
 
 fn key(id: u64) -> Vec<u8> {
     let mut key = NODES_PREFIX.to_vec();
@@ -60,6 +68,7 @@ impl NodeRecord {
             role,
             addr: addr.to_string(),
             state: NodeState::Active,
+            cert_root: String::new(),
         })
     }
 
@@ -77,6 +86,7 @@ impl NodeRecord {
             .bytes(self.role.unit().as_bytes())
             .bytes(self.addr.as_bytes())
             .bytes(state)
+            .bytes(self.cert_root.as_bytes())
             .finish()
     }
 
@@ -87,7 +97,7 @@ impl NodeRecord {
             what: WHAT,
             detail: detail.to_string(),
         };
-        let mut r = Reader::new(WHAT, NODE_VERSION, record)?;
+        let (mut r, version) = Reader::any_of(WHAT, 1..=NODE_VERSION, record)?;
         let id = u64::from_be_bytes(
             r.bytes("node id")?
                 .try_into()
@@ -100,15 +110,24 @@ impl NodeRecord {
             b"removed" => NodeState::Removed,
             _ => return Err(corrupt("unknown state")),
         };
+        let cert_root = if version >= 2 {
+            r.string("certificate root")?
+        } else {
+            String::new()
+        };
         r.finish()?;
         if addr.len() > ADDR_BYTES_MAX {
             return Err(corrupt("the address is too long"));
+        }
+        if cert_root.len() > DIGEST_BYTES_MAX || !cert_root.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(corrupt("the certificate root is not a digest"));
         }
         Ok(NodeRecord {
             id,
             role,
             addr,
             state,
+            cert_root,
         })
     }
 
@@ -116,6 +135,54 @@ impl NodeRecord {
     pub async fn save(&self, store: &Store) -> Result<(), VaultError> {
         store.put(&key(self.id), &self.encode()).await?;
         Ok(())
+    }
+
+    /// Records that node `id` holds a certificate from the root whose
+    /// digest is `cert_root`, changing nothing else of its record (a
+    /// compare-and-swap, tried again if the record changed meanwhile).
+    /// `fallback` is the record to create if the node has none (a manager
+    /// from before node records). Returns the record as it now is.
+    pub async fn set_cert_root(
+        store: &Store,
+        id: u64,
+        cert_root: &str,
+        fallback: impl Fn() -> Result<NodeRecord, VaultError>,
+    ) -> Result<NodeRecord, VaultError> {
+        use coffer_store::{Check, CmpOp, Compare, Op, Txn, Value};
+        for _ in 0..8 {
+            let found = store.get(&key(id)).await?;
+            let (mut record, check) = match &found {
+                Some(raw) => (
+                    NodeRecord::decode(raw)?,
+                    Check::Value(CmpOp::Equal, Value(raw.to_vec())),
+                ),
+                None => (fallback()?, Check::Absent),
+            };
+            if found.is_some() && record.cert_root == cert_root {
+                return Ok(record);
+            }
+            record.cert_root = cert_root.to_string();
+            let answer = store
+                .txn(Txn {
+                    compares: vec![Compare {
+                        key: key(id),
+                        check,
+                    }],
+                    success: vec![Op::Put {
+                        key: key(id),
+                        value: Value(record.encode()),
+                        lease: 0,
+                    }],
+                    failure: vec![],
+                })
+                .await?;
+            if answer.succeeded {
+                return Ok(record);
+            }
+        }
+        Err(VaultError::Precondition(format!(
+            "node {id:016x}'s record kept changing; try again"
+        )))
     }
 
     /// The record of node `id`, if the cluster has one (a linearizable
@@ -207,6 +274,17 @@ mod tests {
         assert!(NodeRecord::decode(&other_state).is_err());
         crate::record::assert_decoder_survives_damage(&record, NodeRecord::decode);
         assert!(NodeRecord::active(1, Role::Worker, &"a".repeat(ADDR_BYTES_MAX + 1)).is_err());
+        node.cert_root = "ab".repeat(32);
+        assert_eq!(NodeRecord::decode(&node.encode()).unwrap(), node);
+        // Version 1 (no certificate root) still reads.
+        let v1 = Writer::new(1)
+            .bytes(&node.id.to_be_bytes())
+            .bytes(b"coffer-manager")
+            .bytes(node.addr.as_bytes())
+            .bytes(b"removed")
+            .finish();
+        let read = NodeRecord::decode(&v1).unwrap();
+        assert_eq!((read.id, read.cert_root.as_str()), (node.id, ""));
     }
 
     #[tokio::test]
@@ -223,6 +301,21 @@ mod tests {
         let all = NodeRecord::list(&store, Consistency::Stale).await.unwrap();
         assert_eq!(all, vec![worker, gone]);
         assert_eq!(ids_taken(&store).await.unwrap(), BTreeSet::from([7, 9]));
+        // The certificate root is set alone, and a record made if none.
+        let digest = "cd".repeat(32);
+        let set = NodeRecord::set_cert_root(&store, 7, &digest, || unreachable!())
+            .await
+            .unwrap();
+        assert_eq!(
+            (set.role, set.cert_root.as_str()),
+            (Role::Worker, digest.as_str())
+        );
+        let made = NodeRecord::set_cert_root(&store, 11, &digest, || {
+            NodeRecord::active(11, Role::Manager, "127.0.0.1:3")
+        })
+        .await
+        .unwrap();
+        assert_eq!(NodeRecord::load(&store, 11).await.unwrap().unwrap(), made);
         store.shutdown().await.unwrap();
     }
 }

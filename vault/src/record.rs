@@ -49,8 +49,18 @@ impl<'a> Reader<'a> {
         version: u8,
         record: &'a [u8],
     ) -> Result<Reader<'a>, VaultError> {
+        Reader::any_of(what, version..=version, record).map(|(r, _)| r)
+    }
+
+    /// Starts reading a `what` record of any version in `versions`;
+    /// returns the version too.
+    pub fn any_of(
+        what: &'static str,
+        versions: std::ops::RangeInclusive<u8>,
+        record: &'a [u8],
+    ) -> Result<(Reader<'a>, u8), VaultError> {
         match record.split_first() {
-            Some((v, rest)) if *v == version => Ok(Reader { what, rest }),
+            Some((v, rest)) if versions.contains(v) => Ok((Reader { what, rest }, *v)),
             Some((v, _)) => Err(VaultError::Corrupt {
                 what,
                 detail: format!("unknown version {v}"),

@@ -85,6 +85,7 @@ fn generate(protos: &[PathBuf], include: &Path, out: &Path) -> Result<()> {
             "coffer.v1.UpdateClusterResponse",
             "coffer.v1.SnapshotFrame",
             "coffer.v1.SnapshotChunk",
+            "coffer.v1.RotateCaRequest",
         ])
         .emit_rerun_if_changed(false)
         .out_dir(out)
