@@ -342,3 +342,91 @@ fn a_ca_that_will_not_do_is_refused_before_anything_is_written() {
     let needles: Vec<&str> = lines.iter().map(String::as_str).collect();
     assert_in_none(&logs, &needles);
 }
+
+/// `coffer ca rotate --ca-cert --ca-key` moves a running cluster (a
+/// generated root) to the operator's CA: done once both nodes renewed,
+/// `openssl s_client` then verifies each against the operator's CA, and
+/// the tokens carry its digest. A second rotation while one waits for a
+/// node that is down is refused, and a key that is not the CA's is refused
+/// before anything changes.
+#[test]
+fn a_running_cluster_rotates_to_the_operators_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let n1 = Server::start_in(root, "n1", "127.0.0.1:0", &[]);
+    let worker_token = ok(n1.coffer(&["join-token", "-q", "worker"]));
+    let mut w = Server::join_in(root, "w", &n1, &worker_token);
+    support::wait_for("the worker in node ls", &n1.log, || n1.nodes().len() == 2);
+    let (corp_pem, corp_key) = ca(root, "corp-root", "ec", None);
+    let (other_pem, other_key) = ca(root, "other-root", "ec", None);
+
+    // The other CA's key with this CA's certificate: refused.
+    let out = n1.coffer(&[
+        "ca",
+        "rotate",
+        "--ca-cert",
+        corp_pem.to_str().unwrap(),
+        "--ca-key",
+        other_key.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("the new CA"), "{said}");
+    assert!(ok(n1.coffer(&["ca"])).len() > 100);
+    assert!(coffer_status(&n1).is_empty(), "a rotation began");
+
+    let rotated = ok(n1.coffer(&[
+        "ca",
+        "rotate",
+        "--ca-cert",
+        corp_pem.to_str().unwrap(),
+        "--ca-key",
+        corp_key.to_str().unwrap(),
+    ]));
+    assert!(rotated.contains("rotation is done"), "{rotated}");
+    let printed = root.join("printed.pem");
+    std::fs::write(&printed, ok(n1.coffer(&["ca"]))).unwrap();
+    let want = digest(root, &corp_pem);
+    assert_eq!(digest(root, &printed), want);
+    assert!(ok(n1.coffer(&["join-token", "-q", "worker"])).contains(&want));
+    for node in [&n1, &w] {
+        support::wait_for("the node to present its new certificate", &node.log, || {
+            s_client(&node.addr, &corp_pem).0
+        });
+        assert!(!s_client(&node.addr, &other_pem).0);
+    }
+
+    // A rotation waits for the worker, which is down; another is refused.
+    w.stop("TERM");
+    let started = ok(n1.coffer(&["ca", "rotate", "--detach"]));
+    assert!(started.contains("of 2 nodes"), "{started}");
+    let again = n1.coffer(&["ca", "rotate", "--detach"]);
+    assert!(!again.status.success());
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("already under way"), "{said}");
+    w.restart();
+    support::wait_for("the second rotation to finish", &w.log, || {
+        coffer_status(&n1).is_empty()
+    });
+    std::fs::write(&printed, ok(n1.coffer(&["ca"]))).unwrap();
+    assert_ne!(digest(root, &printed), want);
+    // The CA key is sealed in the store: no file of a node, nor a log,
+    // holds it.
+    let mut files = Vec::new();
+    for node in [&n1, &w] {
+        files.push(node.log.clone());
+        files.extend(files_under(&node.dir));
+    }
+    let lines = key_lines(&corp_key);
+    assert!(!lines.is_empty());
+    let needles: Vec<&str> = lines.iter().map(String::as_str).collect();
+    assert_in_none(&files, &needles);
+}
+
+/// What `coffer ca` says on standard error: a rotation's progress, or
+/// nothing.
+fn coffer_status(node: &Server) -> String {
+    let out = node.coffer(&["ca"]);
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}

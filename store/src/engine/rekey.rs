@@ -10,11 +10,14 @@
 //!    are sealed and written: the state machine's (its rows), the log
 //!    store's gate (log entries, vote), the snapshots' (their rows). Any
 //!    write sealed before the new key became active has then landed.
-//! 2. **Rows.** Each column family is walked in chunks; a chunk holds the
-//!    lock of the rows' writer, opens each row under an old key and seals
-//!    it again for the same location, and writes the chunk in one batch.
-//!    A writer never interleaves with a chunk, so no row is brought back
-//!    after a delete or overwritten with an older value.
+//! 2. **Rows.** Each column family is scanned in a point-in-time view for
+//!    rows under an old key (their headers say; nothing is opened). In
+//!    chunks of 256, under the lock of the rows' writer, each is read
+//!    again, opened and sealed again for the same location if it still is
+//!    under an old key, and the chunk is written in one batch. A writer
+//!    never interleaves with a chunk, so no row is brought back after a
+//!    delete or overwritten with an older value; the lock is held for
+//!    point reads and one batch, about a millisecond.
 //! 3. **Snapshots.** Once no snapshot file begun before the rotation is
 //!    still being written or waiting to be published, the current
 //!    snapshot is sealed again into a new file if any frame is under an
@@ -46,9 +49,9 @@ use crate::engine::keys::{self, LocalKeys};
 use crate::engine::state_machine::Shared;
 use crate::error::Error;
 
-/// Rows examined while one chunk holds its writer's lock.
-const CHUNK_SCAN: usize = 1024;
-/// Rows sealed again in one chunk.
+/// Rows scanned between two looks at the stop flag and the progress.
+const CHUNK_SCAN: usize = 4096;
+/// Rows read again and sealed again under one hold of their writer's lock.
 const CHUNK_RESEAL: usize = 256;
 /// How often the thread looks again for a snapshot file begun before the
 /// rotation.
@@ -356,8 +359,13 @@ impl Rekey {
         Ok(())
     }
 
-    /// Seals again every row of `cf` under an old key, a chunk at a time,
-    /// each chunk under the lock of the rows' writer.
+    /// Seals again every row of `cf` under an old key. A scan of a
+    /// point-in-time view finds them (read from their headers, without the
+    /// writers' locks); then, a chunk at a time under the lock of the rows'
+    /// writer, each is read again and sealed again if it still is under an
+    /// old key (a row deleted or rewritten since the scan is left as it
+    /// is). The lock is held for point reads and one batch only, so
+    /// writers wait at most about a millisecond.
     fn reseal_family(
         &self,
         shared: &Shared,
@@ -366,53 +374,79 @@ impl Rekey {
     ) -> Result<(), Error> {
         let db = &shared.db;
         let handle = db.cf(cf)?;
-        let mut from: Vec<u8> = Vec::new();
-        loop {
-            stop_point(shared)?;
-            let (scanned, resealed, next) = {
-                let _locks = WriterLocks::take(shared, cf)?;
-                let it = db.db.iterator_cf_opt(
-                    handle,
-                    Db::total_order(),
-                    IteratorMode::From(&from, rocksdb::Direction::Forward),
-                );
-                let mut batch = WriteBatch::default();
-                let (mut scanned, mut resealed) = (0usize, 0usize);
-                let mut next = None;
-                for item in it {
-                    let (k, v) = item.map_err(|e| db.engine_err(e))?;
-                    if scanned == CHUNK_SCAN || resealed == CHUNK_RESEAL {
-                        next = Some(k.to_vec());
-                        break;
-                    }
-                    scanned += 1;
-                    if let Some(again) = db
-                        .cipher
-                        .reseal(&location(cf, &k), &v)
-                        .map_err(|e| db.corruption(cf, e))?
-                    {
-                        batch.put_cf(handle, &k, again);
-                        resealed += 1;
-                    }
-                }
-                if resealed > 0 {
-                    // Not synced on its own: until a later synced write the
-                    // old rows stay, still readable under the old key.
-                    db.write(batch, false)?;
-                }
-                (scanned as u64, resealed as u64, next)
-            };
-            {
-                let mut p = self.progress();
-                p.scanned += scanned;
-                p.resealed += resealed;
+        let Some(active) = db.cipher.active_key() else {
+            return Ok(());
+        };
+        // A scan of a large memtable in key order would sort it first.
+        db.db.flush_cf(handle).map_err(|e| db.engine_err(e))?;
+        let mut scanned = 0u64;
+        let mut old: Vec<Box<[u8]>> = Vec::with_capacity(CHUNK_RESEAL);
+        for item in db
+            .db
+            .iterator_cf_opt(handle, Db::total_order(), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| db.engine_err(e))?;
+            scanned += 1;
+            if record_key_id(&v).is_some_and(|id| id != active) {
+                old.push(k);
             }
-            limiter.took(resealed, shared)?;
-            match next {
-                Some(k) => from = k,
-                None => return Ok(()),
+            if old.len() == CHUNK_RESEAL || scanned >= CHUNK_SCAN as u64 {
+                self.reseal_rows(shared, cf, std::mem::take(&mut old), limiter)?;
+                self.progress().scanned += std::mem::take(&mut scanned);
             }
         }
+        self.reseal_rows(shared, cf, old, limiter)?;
+        self.progress().scanned += scanned;
+        Ok(())
+    }
+
+    /// Reads `rows` of `cf` again under their writer's lock and seals
+    /// again those still under an old key, in one batch.
+    fn reseal_rows(
+        &self,
+        shared: &Shared,
+        cf: &'static str,
+        rows: Vec<Box<[u8]>>,
+        limiter: &mut Limiter,
+    ) -> Result<(), Error> {
+        stop_point(shared)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let db = &shared.db;
+        let handle = db.cf(cf)?;
+        let resealed = {
+            let _locks = WriterLocks::take(shared, cf)?;
+            let mut batch = WriteBatch::default();
+            let mut resealed = 0u64;
+            for k in &rows {
+                let Some(v) = db
+                    .db
+                    .get_pinned_cf(handle, k)
+                    .map_err(|e| db.engine_err(e))?
+                else {
+                    continue;
+                };
+                if let Some(again) = db
+                    .cipher
+                    .reseal(&location(cf, k), &v)
+                    .map_err(|e| db.corruption(cf, e))?
+                {
+                    batch.put_cf(handle, k, again);
+                    resealed += 1;
+                }
+            }
+            if resealed > 0 {
+                // Not synced on its own: until a later synced write the
+                // old rows stay, still readable under the old key.
+                db.write(batch, false)?;
+            }
+            resealed
+        };
+        self.progress().resealed += resealed;
+        // Writers get the lock before the next chunk.
+        std::thread::yield_now();
+        limiter.took(resealed, shared)
     }
 }
 
