@@ -638,6 +638,23 @@ async fn ca(target: &Target) -> Result<ExitCode> {
     print!("{}", answer.certificate_pem);
     if !answer.next_digest.is_empty() {
         eprintln!("{}", rotation_progress(&answer));
+        // Which root each node's certificate is from.
+        let nodes = cluster_call(target, |mut c| async move {
+            c.list_nodes(crate::pb::ListNodesRequest {}).await
+        })
+        .await?;
+        for n in &nodes.nodes {
+            let holds = if n.cert_root == answer.next_digest {
+                "the new root"
+            } else if n.cert_root == answer.digest {
+                "the current root"
+            } else if n.cert_root.is_empty() {
+                "has not said which root yet"
+            } else {
+                "another root"
+            };
+            eprintln!("  {:016x}  {:<7}  {holds}", n.id, n.role);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

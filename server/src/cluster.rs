@@ -232,11 +232,14 @@ impl ClusterService {
                 node.role
             ))),
             Some(node) if node.addr == addr => Ok(()),
-            _ => NodeRecord::active(id, Role::Manager, addr)
-                .map_err(from_vault)?
-                .save(&self.store)
-                .await
-                .map_err(from_vault),
+            found => {
+                let mut record = NodeRecord::active(id, Role::Manager, addr).map_err(from_vault)?;
+                // What the node said of its certificate stays.
+                if let Some(node) = found {
+                    record.cert_root = node.cert_root;
+                }
+                record.save(&self.store).await.map_err(from_vault)
+            }
         }
     }
 }

@@ -115,7 +115,13 @@ fn the_root_ca_rotates_under_load_and_waits_for_a_node_that_was_down() {
         })
     };
 
-    // n3 is down when the rotation begins.
+    // Every node has said which root its certificate is from (its agent
+    // asks every 2 s); then n3 is down when the rotation begins.
+    let old_digest = coffer_vault::ca::cert_digest(&old_root);
+    wait_for("every node to say which root it holds", &n1.log, || {
+        let nodes = n1.nodes();
+        nodes.len() == 4 && nodes.iter().all(|n| n["cert_root"] == old_digest.as_str())
+    });
     n3.stop("TERM");
     let started = ok(n1.coffer(&["ca", "rotate", "--detach"]));
     assert!(started.contains("under way"), "{started}");
@@ -126,10 +132,26 @@ fn the_root_ca_rotates_under_load_and_waits_for_a_node_that_was_down() {
         &n1.log,
         || root_ca(&n1.dir).1.contains("3 of 4 nodes"),
     );
-    // It waits for n3: still under way, the old root still the cluster's.
+    // It waits for n3: still under way, the old root still the cluster's,
+    // and `coffer ca` names the node still under it.
     let (still, progress) = root_ca(&n1.dir);
     assert_eq!(der_of(&still), old_root, "{progress}");
     assert!(progress.contains("3 of 4 nodes"), "{progress}");
+    let per_node: Vec<&str> = progress.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(per_node.len(), 4, "{progress}");
+    assert_eq!(
+        per_node
+            .iter()
+            .filter(|l| l.ends_with("the new root"))
+            .count(),
+        3,
+        "{progress}"
+    );
+    let n3_line = progress
+        .lines()
+        .find(|l| l.contains("the current root"))
+        .unwrap_or_else(|| panic!("{progress}"));
+    assert!(n3_line.contains("manager"), "{progress}");
 
     // n3 returns trusting only the old root; it renews, and the rotation
     // ends.
