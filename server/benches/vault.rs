@@ -208,9 +208,7 @@ fn main() {
     m2.wait_until_voting();
     let token = ok(m1.coffer(&["join-token", "-q", "worker"]));
     let w = Server::join_in(root, "w", &m1, &token);
-    support::wait_for("the worker in node ls", &m1.log, || {
-        m1.nodes().iter().any(|n| n["role"] == "worker")
-    });
+    m1.worker_id();
     let data: &[u8] = b"rotation start";
     ok(support::coffer_with_input(
         &m1.dir,

@@ -48,16 +48,7 @@ fn the_root_ca_rotates_under_load_and_waits_for_a_node_that_was_down() {
     let [n1, n2, mut n3] = support::three_managers(root);
     let token = ok(n1.coffer(&["join-token", "-q", "worker"]));
     let w = Server::join_in(root, "w", &n1, &token);
-    let mut worker_id = String::new();
-    wait_for("the worker in node ls", &n1.log, || {
-        match n1.nodes().iter().find(|n| n["role"] == "worker") {
-            Some(n) => {
-                worker_id = n["id"].as_str().unwrap().to_string();
-                true
-            }
-            None => false,
-        }
-    });
+    let worker_id = n1.worker_id();
     ok(coffer_with_input(
         &n1.dir,
         &["secret", "create", "db_password", "-"],

@@ -73,17 +73,7 @@ fn a_worker_gets_its_own_tasks_secrets_and_no_other_node_does() {
     let mut managers = three_managers(root);
     let token = ok(managers[0].coffer(&["join-token", "-q", "worker"]));
     let w = Server::join_in(root, "w", &managers[0], &token);
-    let mut worker_id = String::new();
-    wait_for("the worker in node ls", &managers[0].log, || {
-        let all = managers[0].nodes();
-        match all.iter().find(|n| n["role"] == "worker") {
-            Some(n) => {
-                worker_id = n["id"].as_str().unwrap().to_string();
-                true
-            }
-            None => false,
-        }
-    });
+    let worker_id = managers[0].worker_id();
 
     let m = &managers[1];
     ok(coffer_with_input(

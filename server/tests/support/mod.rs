@@ -347,6 +347,21 @@ impl Server {
             .to_string()
     }
 
+    /// Waits until `node ls` through this server shows a worker; its id.
+    pub fn worker_id(&self) -> String {
+        let mut id = String::new();
+        wait_for("the worker in node ls", &self.log, || {
+            match self.nodes().iter().find(|n| n["role"] == "worker") {
+                Some(n) => {
+                    id = n["id"].as_str().unwrap().to_string();
+                    true
+                }
+                None => false,
+            }
+        });
+        id
+    }
+
     /// Waits until it logs that it is a voting member.
     pub fn wait_until_voting(&self) {
         wait_for("a voting member", &self.log, || {

@@ -367,6 +367,10 @@ impl Store {
     }
 
     /// This store's keys, for files the member keeps outside the store.
+    /// A data-key rotation ([`Store::rotate_key`]) deletes the old key
+    /// once the store's own records are re-encrypted: files sealed with
+    /// these keys must be sealed again by [`Config::local_resealer`] (as
+    /// the server does for its TLS key), or they stop opening.
     pub fn local_keys(&self) -> LocalKeys {
         LocalKeys {
             cipher: self.inner.shared.db.cipher.clone(),
