@@ -21,21 +21,29 @@ fn config(dir: &std::path::Path) -> Config {
     c
 }
 
-/// Polls until the rotation is done (one key, idle) or `deadline` passes.
-async fn wait_done(store: &Store, within: Duration) -> KeyStatus {
-    let deadline = Instant::now() + within;
+/// How long any wait on a store's key status may take.
+const DEADLINE: Duration = Duration::from_secs(120);
+/// How often the status is looked at.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls the key status until `until` holds (a failed rotation, or
+/// [`DEADLINE`], fails the test, naming `what`); the status that held.
+async fn poll_status(store: &Store, what: &str, until: impl Fn(&KeyStatus) -> bool) -> KeyStatus {
+    let deadline = Instant::now() + DEADLINE;
     loop {
         let st = store.key_status();
         assert_ne!(st.phase, RekeyPhase::Failed, "rotation failed: {st:?}");
-        if st.keys.len() == 1 && st.phase == RekeyPhase::Idle {
+        if until(&st) {
             return st;
         }
-        assert!(
-            Instant::now() < deadline,
-            "rotation not done in time: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(Instant::now() < deadline, "{what}: not in time: {st:?}");
+        tokio::time::sleep(POLL).await;
     }
+}
+
+/// Whether the status is that of a finished rotation: one key, idle.
+fn done(st: &KeyStatus) -> bool {
+    st.keys.len() == 1 && st.phase == RekeyPhase::Idle
 }
 
 fn only(counts: &BTreeMap<KeyId, u64>, key: KeyId) {
@@ -95,7 +103,7 @@ async fn rotation_under_writers_reseals_everything_and_deletes_the_old_key() {
         })
     };
     expected.extend(writer.await.unwrap());
-    let status = wait_done(&store, Duration::from_secs(120)).await;
+    let status = poll_status(&store, "the rotation", done).await;
     assert_eq!(status.keys, vec![new]);
     assert!(status.resealed > 0, "{status:?}");
     only(&store.key_census().await.unwrap(), new);
@@ -155,11 +163,7 @@ async fn an_interrupted_rotation_resumes_on_the_next_open() {
     let old = store.key_status().active.unwrap();
     let new = store.rotate_key().await.unwrap();
     // Stopped part way: both keys stay in the keyring.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while store.key_status().resealed < 100 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    poll_status(&store, "100 rows re-encrypted", |st| st.resealed >= 100).await;
     store.shutdown().await.unwrap();
     let counts = key_census(dir.path()).unwrap();
     assert!(
@@ -170,7 +174,7 @@ async fn an_interrupted_rotation_resumes_on_the_next_open() {
     cfg.rekey_records_per_sec = 1_000_000;
     let store = Store::open(cfg).await.unwrap();
     assert_eq!(store.key_status().keys, vec![old, new]);
-    wait_done(&store, Duration::from_secs(60)).await;
+    poll_status(&store, "the resumed rotation", done).await;
     for i in 0..1_000u32 {
         assert_eq!(
             store
@@ -206,15 +210,10 @@ async fn local_files_are_resealed_before_the_old_key_goes_and_policy_rotates() {
     for i in 0..400u32 {
         store.put(format!("k{i}").as_bytes(), b"v").await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let st = store.key_status();
-        if st.active != Some(first) && st.keys.len() == 1 && st.phase == RekeyPhase::Idle {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "no rotation by policy: {st:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = poll_status(&store, "a rotation by policy", |st| {
+        st.active != Some(first) && done(st)
+    })
+    .await;
     let record = std::fs::read(&file).unwrap();
     assert_eq!(
         store
@@ -237,16 +236,11 @@ async fn a_key_older_than_the_policy_allows_is_rotated() {
     let first = store.key_status();
     assert!(first.active_created.is_some());
     store.put(b"k", b"v").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = store.key_status();
-        if st.active != first.active && st.phase == RekeyPhase::Idle && st.keys.len() == 1 {
-            assert!(st.active_created >= first.active_created);
-            break;
-        }
-        assert!(Instant::now() < deadline, "no rotation by age: {st:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let st = poll_status(&store, "a rotation by age", |st| {
+        st.active != first.active && done(st)
+    })
+    .await;
+    assert!(st.active_created >= first.active_created);
     assert_eq!(store.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
     store.shutdown().await.unwrap();
 }
